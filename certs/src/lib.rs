@@ -1,0 +1,1 @@
+//! Development certificate tooling.

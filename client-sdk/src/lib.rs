@@ -1,0 +1,1 @@
+//! medrelay client SDK.

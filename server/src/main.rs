@@ -1,0 +1,4 @@
+//! The `medrelay` server binary.
+fn main() {
+    println!("medrelay {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,1 @@
+//! Cross-crate end-to-end tests for medrelay live in `tests/tests/`, one file per capability.
