@@ -1,7 +1,10 @@
 //! Compiles `proto/medrelay/v1/*.proto` with protox (no system `protoc`) and prost-build.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/medrelay/v1/relay.proto", "proto/medrelay/v1/e2e.proto"];
+    let files = [
+        "proto/medrelay/v1/relay.proto",
+        "proto/medrelay/v1/e2e.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

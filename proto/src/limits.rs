@@ -1,0 +1,88 @@
+//! Every limit of the wire protocol, named and documented in one place.
+//!
+//! Both ends respect these: the server refuses a frame that breaks one (with the error code
+//! given on each constant), and the SDK refuses a server frame that does. Server-only limits
+//! (connections, rates, timeouts) live in the server crate. `README.md` lists these too; keep
+//! the two in step.
+
+/// The protocol version this crate speaks; a frame with another version is refused with
+/// `UNSUPPORTED_VERSION`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest encoded frame, either direction (256 KiB). Checked before anything is decoded;
+/// a larger frame is refused with `TOO_LARGE`. Every other limit must fit inside this one: a
+/// send to 64 devices can carry at most about 4 KiB of ciphertext per device.
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+
+/// Length of every identifier (org, user, device, conversation, message, client message id).
+pub const ID_LEN: usize = 16;
+
+/// Length of the challenge nonce the server pushes first on every connection.
+pub const NONCE_LEN: usize = 32;
+
+/// Length of an X25519 public key (identity DH key, signed and one-time prekeys).
+pub const X25519_PUBLIC_KEY_LEN: usize = 32;
+
+/// Length of an Ed25519 public key (the identity signing key).
+pub const ED25519_PUBLIC_KEY_LEN: usize = 32;
+
+/// Length of an Ed25519 signature.
+pub const ED25519_SIGNATURE_LEN: usize = 64;
+
+/// Length of an ML-KEM-768 encapsulation (public) key, FIPS 203.
+pub const ML_KEM_768_PUBLIC_KEY_LEN: usize = 1184;
+
+/// Most envelopes (recipient devices) in one send; more is `LIMIT_EXCEEDED`.
+pub const MAX_ENVELOPES_PER_SEND: usize = 64;
+
+/// Largest ciphertext in one envelope or delivery (64 KiB); larger is `TOO_LARGE`.
+pub const MAX_CIPHERTEXT_BYTES: usize = 64 * 1024;
+
+/// Largest archive item (the message sealed to the org archive key): a ciphertext plus room
+/// for the sealed box's ephemeral key, tag and the record's ids. Larger is `TOO_LARGE`.
+pub const MAX_ARCHIVE_ITEM_BYTES: usize = MAX_CIPHERTEXT_BYTES + 1024;
+
+/// Most one-time prekeys in one enrolment or upload; more is `LIMIT_EXCEEDED`.
+pub const MAX_ONE_TIME_PREKEYS_PER_UPLOAD: usize = 100;
+
+/// Shortest handle, in bytes. Handles are lowercase ASCII letters, digits, '.', '-' and '_'.
+pub const MIN_HANDLE_LEN: usize = 3;
+
+/// Longest handle, in bytes.
+pub const MAX_HANDLE_LEN: usize = 64;
+
+/// Most members of a conversation, the caller included; also the most handles in one
+/// `OpenConversation`. More is `LIMIT_EXCEEDED`. Care-team conversations are small, and
+/// `MAX_MEMBERS * MAX_DEVICES_PER_USER` must fit one send's `MAX_ENVELOPES_PER_SEND`.
+pub const MAX_MEMBERS: usize = 16;
+
+/// Most devices one user may have enrolled at once.
+pub const MAX_DEVICES_PER_USER: usize = 4;
+
+// Every device of every member must be reachable in one send.
+const _: () = assert!(MAX_MEMBERS * MAX_DEVICES_PER_USER <= MAX_ENVELOPES_PER_SEND);
+
+/// Most message ids in one ack; more is `LIMIT_EXCEEDED`.
+pub const MAX_ACK_IDS: usize = 256;
+
+/// Most users in one prekey fetch; more is `LIMIT_EXCEEDED`.
+pub const MAX_FETCH_USERS: usize = MAX_MEMBERS;
+
+/// Most devices named in one prekey fetch's device filter; more is `LIMIT_EXCEEDED`.
+pub const MAX_FETCH_DEVICES: usize = MAX_ENVELOPES_PER_SEND;
+
+/// Longest invite code, in bytes. Codes are ASCII letters, digits, '-' and '_'.
+pub const MAX_INVITE_CODE_LEN: usize = 64;
+
+/// Longest origin a browser may bind its proof to (e.g. `https://clinic.example:8443`).
+pub const MAX_ORIGIN_LEN: usize = 256;
+
+/// Longest device label, in bytes of UTF-8.
+pub const MAX_DEVICE_LABEL_LEN: usize = 64;
+
+/// Longest org name the server may send, in bytes of UTF-8.
+pub const MAX_ORG_NAME_LEN: usize = 128;
+
+/// Most conversations the server sends in one `ConversationList` page; the client asks for the
+/// next page with `ListConversations.after`.
+pub const MAX_CONVERSATIONS_PER_PAGE: usize = 64;
