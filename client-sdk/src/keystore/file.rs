@@ -1,0 +1,383 @@
+//! [`FileKeyStore`]: the whole key-store state in one file, encrypted under a passphrase.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic "MRKS"
+//!      4     1  format version (1)
+//!      5     1  KDF id (1 = Argon2id, version 0x13)
+//!      6     4  Argon2 memory cost, KiB (u32 BE)
+//!     10     4  Argon2 time cost (u32 BE)
+//!     14     4  Argon2 parallelism (u32 BE)
+//!     18    16  salt (random, fixed for the file's passphrase)
+//!     34    12  nonce (random, fresh for every write)
+//!     46     …  ChaCha20-Poly1305(key, nonce, postcard(state), aad = bytes 0..46)
+//! key = Argon2id(passphrase, salt, params) (32 bytes)
+//! ```
+//!
+//! The KDF parameters live in the header so they can be raised later; the header is the AEAD's
+//! associated data, so it cannot be changed without detection. Writes are atomic: a temporary
+//! file in the same directory (mode 0600 on unix), `fsync`, `rename`, `fsync` of the directory.
+//! Nonces are random 96-bit values; a store is rewritten far fewer than the 2^32 times at which
+//! a collision would start to matter.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use rand_core::{CryptoRng, RngCore};
+use zeroize::Zeroizing;
+
+use super::{DeviceId, KeyStore, StoreState};
+use crate::error::KeyStoreError;
+use crate::identity::DeviceIdentity;
+use crate::limits::{
+    MAX_ARGON2_ITERATIONS, MAX_ARGON2_MEMORY_KIB, MAX_ARGON2_PARALLELISM, MAX_KEYSTORE_FILE_BYTES,
+};
+use crate::primitives::{self, AeadKey};
+use crate::secret::SecretBytes;
+use crate::session::Session;
+
+/// The first four bytes of a key-store file.
+pub const KEYSTORE_MAGIC: &[u8; 4] = b"MRKS";
+/// The file format version this build writes and reads.
+pub const KEYSTORE_FORMAT_VERSION: u8 = 1;
+const KDF_ARGON2ID_13: u8 = 1;
+const SALT_LEN: usize = 16;
+const HEADER_LEN: usize = 4 + 1 + 1 + 12 + SALT_LEN + 12;
+
+/// Argon2id cost parameters, stored in the file header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory cost in KiB.
+    pub memory_kib: u32,
+    /// Time cost (passes).
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl KdfParams {
+    /// OWASP's Argon2id recommendation: 19 MiB, 2 passes, 1 lane.
+    pub const OWASP: KdfParams = KdfParams {
+        memory_kib: 19_456,
+        iterations: 2,
+        parallelism: 1,
+    };
+
+    fn argon2(&self) -> Result<Argon2<'static>, KeyStoreError> {
+        if self.memory_kib > MAX_ARGON2_MEMORY_KIB
+            || self.iterations > MAX_ARGON2_ITERATIONS
+            || self.parallelism > MAX_ARGON2_PARALLELISM
+        {
+            return Err(KeyStoreError::InvalidKdfParams);
+        }
+        let params = Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+            .map_err(|_| KeyStoreError::InvalidKdfParams)?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+
+    fn derive(&self, passphrase: &[u8], salt: &[u8; SALT_LEN]) -> Result<AeadKey, KeyStoreError> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        self.argon2()?
+            .hash_password_into(passphrase, salt, key.as_mut())
+            .map_err(|_| KeyStoreError::InvalidKdfParams)?;
+        Ok(AeadKey::from_bytes(*key))
+    }
+}
+
+/// A [`KeyStore`] in one encrypted file. Holds the decrypted state and the derived key in memory
+/// (both zeroized on drop) and rewrites the file on every save. One process at a time.
+pub struct FileKeyStore<R: RngCore + CryptoRng> {
+    path: PathBuf,
+    params: KdfParams,
+    salt: [u8; SALT_LEN],
+    key: AeadKey,
+    state: StoreState,
+    rng: R,
+}
+
+impl<R: RngCore + CryptoRng> core::fmt::Debug for FileKeyStore<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FileKeyStore")
+            .field("path", &self.path)
+            .field("params", &self.params)
+            .field("key", &self.key)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: RngCore + CryptoRng> FileKeyStore<R> {
+    /// Creates a new, empty store at `path` with [`KdfParams::OWASP`]. Fails with
+    /// [`KeyStoreError::AlreadyExists`] rather than overwrite a file.
+    pub fn create(
+        path: impl AsRef<Path>,
+        passphrase: &[u8],
+        rng: R,
+    ) -> Result<Self, KeyStoreError> {
+        Self::create_with_params(path, passphrase, KdfParams::OWASP, rng)
+    }
+
+    /// Creates a new, empty store with the given KDF parameters (cheaper ones for tests).
+    pub fn create_with_params(
+        path: impl AsRef<Path>,
+        passphrase: &[u8],
+        params: KdfParams,
+        mut rng: R,
+    ) -> Result<Self, KeyStoreError> {
+        let path = path.as_ref().to_path_buf();
+        if path.try_exists()? {
+            return Err(KeyStoreError::AlreadyExists);
+        }
+        let mut salt = [0u8; SALT_LEN];
+        rng.fill_bytes(&mut salt);
+        let key = params.derive(passphrase, &salt)?;
+        let mut store = Self {
+            path,
+            params,
+            salt,
+            key,
+            state: StoreState::default(),
+            rng,
+        };
+        let state = store.state.clone();
+        store.write(&state)?;
+        Ok(store)
+    }
+
+    /// Opens an existing store. A wrong passphrase (or a modified file) gives
+    /// [`KeyStoreError::WrongPassphraseOrCorrupt`]; a missing file [`KeyStoreError::NotFound`].
+    pub fn open(path: impl AsRef<Path>, passphrase: &[u8], rng: R) -> Result<Self, KeyStoreError> {
+        let path = path.as_ref().to_path_buf();
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(KeyStoreError::NotFound)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if len > MAX_KEYSTORE_FILE_BYTES {
+            return Err(KeyStoreError::NotAKeyStore);
+        }
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => KeyStoreError::NotFound,
+            _ => KeyStoreError::Io(e),
+        })?;
+        let (header, ciphertext) = parse_header(&bytes)?;
+        let key = header.params.derive(passphrase, &header.salt)?;
+        let aad = bytes.get(..HEADER_LEN).ok_or(KeyStoreError::NotAKeyStore)?;
+        let plaintext = primitives::aead_open(&key, &header.nonce, aad, ciphertext)
+            .map_err(|_| KeyStoreError::WrongPassphraseOrCorrupt)?;
+        let state: StoreState = postcard::from_bytes(plaintext.expose_secret())
+            .map_err(|_| KeyStoreError::StateDecode)?;
+        Ok(Self {
+            path,
+            params: header.params,
+            salt: header.salt,
+            key,
+            state,
+            rng,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The KDF parameters in use.
+    pub fn kdf_params(&self) -> KdfParams {
+        self.params
+    }
+
+    /// Re-encrypts the store under a new passphrase (new salt, possibly new parameters).
+    pub fn change_passphrase(
+        &mut self,
+        new_passphrase: &[u8],
+        params: KdfParams,
+    ) -> Result<(), KeyStoreError> {
+        let mut salt = [0u8; SALT_LEN];
+        self.rng.fill_bytes(&mut salt);
+        let key = params.derive(new_passphrase, &salt)?;
+        let old = (self.params, self.salt, self.key.clone());
+        (self.params, self.salt, self.key) = (params, salt, key);
+        let state = self.state.clone();
+        if let Err(e) = self.write(&state) {
+            (self.params, self.salt, self.key) = old;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to a copy of the state, writes it, and keeps it only if the write
+    /// succeeded.
+    fn update(&mut self, change: impl FnOnce(&mut StoreState)) -> Result<(), KeyStoreError> {
+        let mut next = self.state.clone();
+        change(&mut next);
+        self.write(&next)?;
+        self.state = next;
+        Ok(())
+    }
+
+    fn write(&mut self, state: &StoreState) -> Result<(), KeyStoreError> {
+        let plaintext =
+            Zeroizing::new(postcard::to_allocvec(state).map_err(|_| KeyStoreError::StateEncode)?);
+        let mut nonce = [0u8; 12];
+        self.rng.fill_bytes(&mut nonce);
+        let mut file = Vec::with_capacity(HEADER_LEN + plaintext.len() + 16);
+        file.extend_from_slice(KEYSTORE_MAGIC);
+        file.push(KEYSTORE_FORMAT_VERSION);
+        file.push(KDF_ARGON2ID_13);
+        file.extend_from_slice(&self.params.memory_kib.to_be_bytes());
+        file.extend_from_slice(&self.params.iterations.to_be_bytes());
+        file.extend_from_slice(&self.params.parallelism.to_be_bytes());
+        file.extend_from_slice(&self.salt);
+        file.extend_from_slice(&nonce);
+        let ciphertext = primitives::aead_seal(&self.key, &nonce, &file, &plaintext)
+            .map_err(|_| KeyStoreError::Internal)?;
+        file.extend_from_slice(&ciphertext);
+        let mut suffix = [0u8; 8];
+        self.rng.fill_bytes(&mut suffix);
+        atomic_write(&self.path, &file, &hex::encode(suffix))
+    }
+}
+
+struct FileHeader {
+    params: KdfParams,
+    salt: [u8; SALT_LEN],
+    nonce: [u8; 12],
+}
+
+fn parse_header(bytes: &[u8]) -> Result<(FileHeader, &[u8]), KeyStoreError> {
+    if bytes.len() < HEADER_LEN + 16 {
+        return Err(KeyStoreError::NotAKeyStore);
+    }
+    let (header, ciphertext) = bytes.split_at(HEADER_LEN);
+    let (magic, rest) = header.split_at(4);
+    if magic != KEYSTORE_MAGIC {
+        return Err(KeyStoreError::NotAKeyStore);
+    }
+    let (version_kdf, rest) = rest.split_at(2);
+    if let [version, kdf] = version_kdf {
+        if *version != KEYSTORE_FORMAT_VERSION {
+            return Err(KeyStoreError::UnsupportedVersion(*version));
+        }
+        if *kdf != KDF_ARGON2ID_13 {
+            return Err(KeyStoreError::InvalidKdfParams);
+        }
+    }
+    let (m, rest) = rest.split_at(4);
+    let (t, rest) = rest.split_at(4);
+    let (p, rest) = rest.split_at(4);
+    let (salt, nonce) = rest.split_at(SALT_LEN);
+    let u32_be = |b: &[u8]| -> Result<u32, KeyStoreError> {
+        <[u8; 4]>::try_from(b)
+            .map(u32::from_be_bytes)
+            .map_err(|_| KeyStoreError::NotAKeyStore)
+    };
+    Ok((
+        FileHeader {
+            params: KdfParams {
+                memory_kib: u32_be(m)?,
+                iterations: u32_be(t)?,
+                parallelism: u32_be(p)?,
+            },
+            salt: salt.try_into().map_err(|_| KeyStoreError::NotAKeyStore)?,
+            nonce: nonce.try_into().map_err(|_| KeyStoreError::NotAKeyStore)?,
+        },
+        ciphertext,
+    ))
+}
+
+/// Writes `data` to `path` atomically: temp file in the same directory (0600 on unix), fsync,
+/// rename over `path`, fsync the directory.
+fn atomic_write(path: &Path, data: &[u8], suffix: &str) -> Result<(), KeyStoreError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{suffix}"));
+    let tmp = dir.join(tmp_name);
+
+    let result = (|| -> std::io::Result<()> {
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&tmp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        #[cfg(unix)]
+        File::open(&dir)?.sync_all()?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(KeyStoreError::Io)
+}
+
+impl<R: RngCore + CryptoRng> KeyStore for FileKeyStore<R> {
+    fn load_identity(&self) -> Result<Option<DeviceIdentity>, KeyStoreError> {
+        Ok(self.state.identity.clone())
+    }
+
+    fn save_identity(&mut self, identity: &DeviceIdentity) -> Result<(), KeyStoreError> {
+        self.update(|s| s.identity = Some(identity.clone()))
+    }
+
+    fn load_session(&self, peer: &DeviceId) -> Result<Option<Session>, KeyStoreError> {
+        Ok(self.state.sessions.get(peer).cloned())
+    }
+
+    fn save_session(&mut self, peer: &DeviceId, session: &Session) -> Result<(), KeyStoreError> {
+        self.update(|s| {
+            s.sessions.insert(*peer, session.clone());
+        })
+    }
+
+    fn delete_session(&mut self, peer: &DeviceId) -> Result<bool, KeyStoreError> {
+        if !self.state.sessions.contains_key(peer) {
+            return Ok(false);
+        }
+        self.update(|s| {
+            s.sessions.remove(peer);
+        })?;
+        Ok(true)
+    }
+
+    fn session_peers(&self) -> Result<Vec<DeviceId>, KeyStoreError> {
+        Ok(self.state.sessions.keys().copied().collect())
+    }
+
+    fn load_profile(&self) -> Result<Option<SecretBytes>, KeyStoreError> {
+        Ok(self.state.profile.clone())
+    }
+
+    fn save_profile(&mut self, profile: &[u8]) -> Result<(), KeyStoreError> {
+        self.update(|s| s.profile = Some(SecretBytes::from_slice(profile)))
+    }
+
+    fn save_identity_and_session(
+        &mut self,
+        identity: &DeviceIdentity,
+        peer: &DeviceId,
+        session: &Session,
+    ) -> Result<(), KeyStoreError> {
+        self.update(|s| {
+            s.identity = Some(identity.clone());
+            s.sessions.insert(*peer, session.clone());
+        })
+    }
+}
