@@ -1,4 +1,270 @@
-//! The `medrelay` server binary.
-fn main() {
-    println!("medrelay {}", env!("CARGO_PKG_VERSION"));
+//! The `medrelay` command: serve, initialise a data directory, add an org.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Parser, Subcommand};
+use medrelay_server::admin_socket::{self, AdminRequest, AdminResponse};
+use medrelay_server::clock::SystemClock;
+use medrelay_server::datadir::{DataDir, DEFAULT_ORG_NAME};
+use medrelay_server::hub::Hub;
+use medrelay_server::relay::Relay;
+use medrelay_server::server::{self, Context};
+use medrelay_server::store::sled_store::SledStore;
+use medrelay_server::tls;
+use tokio::sync::watch;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "medrelay",
+    version,
+    about = "A self-hosted, end-to-end encrypted messaging relay for clinics"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server. On first start with an empty data directory it initialises it
+    /// (org, development certificates, first admin invite).
+    Serve {
+        /// Data directory.
+        #[arg(long, default_value = "./medrelay-data")]
+        data: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Extra host name or IP address for the development certificate and the allowed
+        /// browser origins (repeatable).
+        #[arg(long = "hostname")]
+        hostnames: Vec<String>,
+        /// Name of the first org, on first start.
+        #[arg(long, default_value = DEFAULT_ORG_NAME)]
+        org: String,
+        /// Serve this certificate chain (PEM) instead of the development certificate.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The private key (PEM) of --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// Also accept TLS 1.2 (AEAD suites only). TLS 1.3 only by default.
+        #[arg(long)]
+        tls12: bool,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Initialise a data directory without serving; prints one JSON object.
+    Init {
+        /// Data directory (created if missing; must not be initialised already).
+        #[arg(long)]
+        data: PathBuf,
+        /// Name of the first org.
+        #[arg(long, default_value = DEFAULT_ORG_NAME)]
+        org: String,
+        /// Extra host name or IP address for the development certificate (repeatable).
+        #[arg(long = "hostname")]
+        hostnames: Vec<String>,
+    },
+    /// Manage organisations.
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OrgCommand {
+    /// Add an org (also while the server runs); prints its first admin invite as JSON.
+    Add {
+        /// Data directory.
+        #[arg(long, default_value = "./medrelay-data")]
+        data: PathBuf,
+        /// The org's name.
+        name: String,
+    },
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEDRELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("medrelay: could not start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("medrelay: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn open(data: &DataDir) -> anyhow::Result<(Arc<SledStore>, Relay)> {
+    data.create()?;
+    let store = Arc::new(SledStore::open(&data.db())?);
+    let relay = Relay::new(store.clone(), Arc::new(SystemClock));
+    Ok((store, relay))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init {
+            data,
+            org,
+            hostnames,
+        } => {
+            let data = DataDir::new(data);
+            let (store, relay) = open(&data).await?;
+            let report = data.initialise(&store, &relay, &org, &hostnames).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Org {
+            command: OrgCommand::Add { data, name },
+        } => {
+            let data = DataDir::new(data);
+            let request = AdminRequest::OrgAdd { name: name.clone() };
+            let added = match admin_socket::request(&data.admin_socket(), &request).await? {
+                Some(AdminResponse::OrgAdded(added)) => added,
+                Some(AdminResponse::Error { error }) => bail!("the server refused: {error}"),
+                None => {
+                    if !data.db().exists() {
+                        bail!(
+                            "{} is not a medrelay data directory (run `medrelay init --data {}` first)",
+                            data.root().display(),
+                            data.root().display()
+                        );
+                    }
+                    let (store, relay) = open(&data).await?;
+                    if !store.is_initialised()? {
+                        bail!("{} is not initialised", data.root().display());
+                    }
+                    admin_socket::org_add(&relay, &name)
+                        .await
+                        .map_err(|e| anyhow!(e))?
+                }
+            };
+            println!("{}", serde_json::to_string(&added)?);
+            Ok(())
+        }
+        Command::Serve {
+            data,
+            listen,
+            hostnames,
+            org,
+            cert,
+            key,
+            tls12,
+            json_logs,
+        } => {
+            init_logs(json_logs);
+            let data = DataDir::new(data);
+            let (store, relay) = open(&data).await?;
+            if !store.is_initialised()? {
+                let report = data.initialise(&store, &relay, &org, &hostnames).await?;
+                println!(
+                    "Initialised {} for \"{}\".",
+                    data.root().display(),
+                    report.org
+                );
+                println!("Clients trust the development CA in {}", report.ca);
+                println!(
+                    "First admin invite (single use, valid 7 days): {}",
+                    report.admin_invite
+                );
+            }
+            let (cert, key) = match (cert, key) {
+                (Some(cert), Some(key)) => (cert, key),
+                _ => (data.server_cert(), data.server_key()),
+            };
+            let tls = tls::server_config(&cert, &key, tls12)?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("could not listen on {listen}"))?;
+            let local = listener.local_addr()?;
+            let mut origins = Vec::new();
+            let port = local.port();
+            for host in ["localhost", "127.0.0.1", "[::1]"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(hostnames.iter().map(|h| {
+                    if h.contains(':') {
+                        format!("[{h}]")
+                    } else {
+                        h.clone()
+                    }
+                }))
+            {
+                origins.push(format!("https://{host}:{port}"));
+            }
+            let (shutdown_tx, shutdown_rx) = watch::channel(false);
+            let relay = Arc::new(relay);
+            let context = Arc::new(Context {
+                relay: (*relay).clone(),
+                hub: Arc::new(Hub::default()),
+                clock: Arc::new(SystemClock),
+                origins,
+                shutdown: shutdown_rx,
+                live_connections: AtomicUsize::new(0),
+            });
+            let admin = admin_socket::bind(&data.admin_socket())
+                .with_context(|| format!("could not bind {}", data.admin_socket().display()))?;
+            let admin_task = tokio::spawn(admin_socket::serve(admin, relay.clone()));
+            println!("medrelay listening on {local} (wss://{local}/v1/ws)");
+            tracing::info!(%local, "listening");
+            server::serve(listener, tls, context, shutdown_tx, shutdown_signal()).await;
+            admin_task.abort();
+            let _ = std::fs::remove_file(data.admin_socket());
+            drop(store);
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
 }

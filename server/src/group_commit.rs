@@ -1,0 +1,237 @@
+//! Group commit: many writers, one flush.
+//!
+//! sled makes writes durable only when its log is flushed, and it does not coalesce concurrent
+//! flushes: four writers that each flush get about as many durable writes per second as one.
+//! So the server acknowledges a write only after [`GroupCommit::sync`] returns, and `sync`
+//! shares flushes between everyone waiting.
+//!
+//! The rule that makes this correct: a write is covered by any flush that *starts* after the
+//! write was applied. `sync` is called after the write, so it waits for the first flush that
+//! starts after the call. While one flush runs, every `sync` that arrives asks for the next one;
+//! when the running flush ends, one flush covers them all.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+/// Something whose writes become durable when it is flushed (the sled database).
+pub trait Flush: Send + Sync + 'static {
+    /// Makes every write applied before this call durable.
+    fn flush(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>>;
+}
+
+/// Generations of flushes: requested by waiters, started and completed by the flusher.
+#[derive(Debug, Default)]
+struct Generations {
+    requested: u64,
+    started: u64,
+}
+
+/// The outcome of the latest completed flush, as seen by waiters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Completed {
+    generation: u64,
+    failed: bool,
+}
+
+/// Shares one storage flush among every writer waiting for durability.
+#[derive(Debug)]
+pub struct GroupCommit {
+    generations: Mutex<Generations>,
+    kick: Arc<tokio::sync::Notify>,
+    completed: watch::Sender<Completed>,
+    flushes: AtomicU64,
+    syncs: AtomicU64,
+}
+
+/// Why a write could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The flush failed; the write may not be durable and must not be acknowledged.
+    #[error("storage flush failed; the write was not acknowledged")]
+    FlushFailed,
+    /// The flusher has stopped (the server is shutting down).
+    #[error("storage is shutting down")]
+    Stopped,
+}
+
+/// Counters for the benchmarks and metrics: how well flushes are shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Flushes performed.
+    pub flushes: u64,
+    /// Calls to `sync` (roughly: acknowledged writes).
+    pub syncs: u64,
+}
+
+impl GroupCommit {
+    /// Starts the flusher task for `target` and returns the shared handle.
+    pub fn start(target: Arc<dyn Flush>) -> Arc<Self> {
+        let (completed, _) = watch::channel(Completed {
+            generation: 0,
+            failed: false,
+        });
+        let commit = Arc::new(GroupCommit {
+            generations: Mutex::new(Generations::default()),
+            kick: Arc::new(tokio::sync::Notify::new()),
+            completed,
+            flushes: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&commit);
+        tokio::spawn(async move {
+            loop {
+                let Some(commit) = weak.upgrade() else { return };
+                let Some(generation) = commit.next_generation() else {
+                    // `notify_one` stores a permit when nobody waits, so a kick that lands
+                    // between the check above and this wait is not lost. Hold no strong
+                    // reference while idle, so the task ends with the last handle.
+                    let kick = commit.kick.clone();
+                    drop(commit);
+                    kick.notified().await;
+                    continue;
+                };
+                let result = target.flush().await;
+                if let Err(error) = &result {
+                    tracing::error!(%error, "storage flush failed");
+                }
+                commit.flushes.fetch_add(1, Ordering::Relaxed);
+                commit.completed.send_replace(Completed {
+                    generation,
+                    failed: result.is_err(),
+                });
+            }
+        });
+        commit
+    }
+
+    /// Claims the next flush generation if anyone asked for one.
+    fn next_generation(&self) -> Option<u64> {
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        if generations.requested > generations.started {
+            generations.started += 1;
+            Some(generations.started)
+        } else {
+            None
+        }
+    }
+
+    /// Returns once every write applied before this call is durable.
+    pub async fn sync(&self) -> Result<(), SyncError> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        let need = {
+            let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+            let need = generations.started + 1;
+            generations.requested = generations.requested.max(need);
+            need
+        };
+        let mut completed = self.completed.subscribe();
+        self.kick.notify_one();
+        let outcome = completed
+            .wait_for(|c| c.generation >= need)
+            .await
+            .map_err(|_| SyncError::Stopped)?;
+        // A failed flush at or after our generation means we cannot promise durability.
+        if outcome.failed {
+            return Err(SyncError::FlushFailed);
+        }
+        Ok(())
+    }
+
+    /// How many flushes served how many syncs so far.
+    pub fn stats(&self) -> CommitStats {
+        CommitStats {
+            flushes: self.flushes.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    /// A flush target that records which writes each flush covered.
+    struct Recorder {
+        applied: AtomicU64,
+        durable: AtomicU64,
+        fail: AtomicBool,
+    }
+
+    impl Flush for Recorder {
+        fn flush(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>> {
+            Box::pin(async move {
+                let snapshot = self.applied.load(Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if self.fail.load(Ordering::SeqCst) {
+                    return Err(io::Error::other("disk gone"));
+                }
+                self.durable.fetch_max(snapshot, Ordering::SeqCst);
+                Ok(())
+            })
+        }
+    }
+
+    fn recorder() -> Arc<Recorder> {
+        Arc::new(Recorder {
+            applied: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            fail: AtomicBool::new(false),
+        })
+    }
+
+    #[tokio::test]
+    async fn every_synced_write_is_durable_and_flushes_are_shared() {
+        let target = recorder();
+        let commit = GroupCommit::start(target.clone());
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let commit = commit.clone();
+            let target = target.clone();
+            tasks.push(tokio::spawn(async move {
+                let mine = target.applied.fetch_add(1, Ordering::SeqCst) + 1;
+                commit.sync().await.unwrap();
+                assert!(target.durable.load(Ordering::SeqCst) >= mine);
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let stats = commit.stats();
+        assert_eq!(stats.syncs, 200);
+        assert!(
+            stats.flushes < 50,
+            "200 concurrent syncs took {} flushes",
+            stats.flushes
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_is_reported_to_its_waiters() {
+        let target = recorder();
+        target.fail.store(true, Ordering::SeqCst);
+        let commit = GroupCommit::start(target.clone());
+        assert!(matches!(commit.sync().await, Err(SyncError::FlushFailed)));
+        target.fail.store(false, Ordering::SeqCst);
+        commit.sync().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sequential_syncs_each_get_a_flush() {
+        let target = recorder();
+        let commit = GroupCommit::start(target.clone());
+        for i in 1..=3 {
+            target.applied.fetch_add(1, Ordering::SeqCst);
+            commit.sync().await.unwrap();
+            assert_eq!(target.durable.load(Ordering::SeqCst), i);
+        }
+        assert_eq!(commit.stats().flushes, 3);
+    }
+}

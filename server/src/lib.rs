@@ -1,0 +1,19 @@
+//! medrelay server: a TLS WebSocket relay that stores and forwards end-to-end encrypted
+//! messages for clinics, and can never read them.
+//!
+//! Layout (see ARCHITECTURE.md): [`relay`] holds the request logic over the [`store::Store`]
+//! seam; [`connection`] is the per-connection state machine; [`server`] and [`http`] are the
+//! thin tokio/rustls/hyper/tungstenite adapters; [`group_commit`] shares storage flushes.
+
+pub mod admin_socket;
+pub mod clock;
+pub mod connection;
+pub mod datadir;
+pub mod group_commit;
+pub mod http;
+pub mod hub;
+pub mod limits;
+pub mod relay;
+pub mod server;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,45 @@
+//! Every server-side limit in one place, named and documented.
+//!
+//! Protocol limits (frame size, envelopes per send, key sizes) live in
+//! `medrelay_proto::limits` because clients must respect them too.
+
+use std::time::Duration;
+
+/// Most connections the server holds at once; further ones are refused at accept.
+pub const MAX_CONNECTIONS: usize = 20_000;
+/// Most connections from one IP address at once.
+pub const MAX_CONNECTIONS_PER_IP: usize = 12_000;
+/// Time a client has to complete the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send its HTTP request head (and WebSocket upgrade).
+pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a new WebSocket connection has to authenticate or enrol.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
+/// An authenticated connection that sends nothing (not even a ping) for this long is closed.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
+/// A connection whose peer does not take our writes for this long is closed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Frames queued for one connection's writer before the connection is considered too slow.
+pub const CONNECTION_SEND_QUEUE: usize = 1024;
+/// Requests one connection may have waiting for durability at once.
+pub const MAX_PENDING_ACKS_PER_CONNECTION: usize = 256;
+/// Deliveries pushed to one device and not yet acknowledged; more wait for acks.
+pub const MAX_UNACKED_DELIVERIES: usize = 512;
+/// Envelopes read from a mailbox in one go.
+pub const MAILBOX_READ_BATCH: usize = 128;
+/// WebSocket read buffer per connection (tungstenite allocates it per connection).
+pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// WebSocket write buffer per connection before a write goes to the socket.
+pub const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
+/// Most bytes a slow peer may leave buffered for writing before the connection fails.
+pub const WS_MAX_WRITE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// How long an invite code stays valid.
+pub const INVITE_LIFETIME_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// One-time prekeys at or below which the server tells a device to upload more.
+pub const ONE_TIME_PREKEY_LOW_WATER: u32 = 20;
+/// Most one-time prekeys the server holds for one device.
+pub const MAX_ONE_TIME_PREKEYS_STORED: u32 = 500;
+/// Most devices per user (the protocol's limit, so every device fits one send).
+pub const MAX_DEVICES_PER_USER: usize = medrelay_proto::limits::MAX_DEVICES_PER_USER;
+/// Time a graceful shutdown waits for connections to drain.
+pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,178 @@
+//! The listener: accepts TCP, enforces connection limits, runs TLS and HTTP, and shuts down
+//! gracefully (stop accepting, close connections, drain, flush).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::clock::Clock;
+use crate::http::{self, PeerInfo};
+use crate::hub::{CloseReason, Hub};
+use crate::limits;
+use crate::relay::Relay;
+
+/// Everything a connection needs, shared.
+#[derive(Debug)]
+pub struct Context {
+    /// Request handling over the store.
+    pub relay: Relay,
+    /// Who is online.
+    pub hub: Arc<Hub>,
+    /// The server's clock.
+    pub clock: Arc<dyn Clock>,
+    /// Origins a browser may bind its proof to (`https://host:port`).
+    pub origins: Vec<String>,
+    /// Flips to true when the server begins shutting down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Live WebSocket connections.
+    pub live_connections: AtomicUsize,
+}
+
+/// Counts connections per IP address.
+#[derive(Debug, Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerIp {
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<PerIpGuard> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= limits::MAX_CONNECTIONS_PER_IP {
+            return None;
+        }
+        *count += 1;
+        Some(PerIpGuard {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+struct PerIpGuard {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for PerIpGuard {
+    fn drop(&mut self) {
+        let mut counts = self.per_ip.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains and returns.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    context: Arc<Context>,
+    shutdown_tx: watch::Sender<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(limits::MAX_CONNECTIONS));
+    let per_ip = Arc::new(PerIp::default());
+    let mut backoff = Duration::from_millis(5);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!("connection limit reached; refusing a connection");
+            continue;
+        };
+        let Some(ip_guard) = per_ip.try_acquire(addr.ip()) else {
+            tracing::warn!("per-address connection limit reached; refusing a connection");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let context = context.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ip_guard = ip_guard;
+            handle_tcp(stream, addr, acceptor, context).await;
+        });
+    }
+    tracing::info!("shutting down: no longer accepting connections");
+    shutdown_tx.send_replace(true);
+    context.hub.close_all(CloseReason::Shutdown);
+    let deadline = tokio::time::Instant::now() + limits::SHUTDOWN_DRAIN_TIMEOUT;
+    while context.live_connections.load(Ordering::SeqCst) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Err(error) = context.relay.store().sync().await {
+        tracing::error!(%error, "final flush failed");
+    }
+    tracing::info!("shutdown complete");
+}
+
+async fn handle_tcp(
+    stream: TcpStream,
+    addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    context: Arc<Context>,
+) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
+    let tls =
+        match tokio::time::timeout(limits::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+        };
+    let mut tls_exporter = [0u8; 32];
+    if let Err(error) = tls.get_ref().1.export_keying_material(
+        &mut tls_exporter,
+        medrelay_proto::TLS_EXPORTER_LABEL,
+        None,
+    ) {
+        tracing::warn!(%error, "could not derive TLS exporter keying material");
+        return;
+    }
+    let peer = PeerInfo { addr, tls_exporter };
+    let service = service_fn(move |request| http::route(request, context.clone(), peer.clone()));
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits::HTTP_HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, "HTTP connection ended with an error");
+    }
+}

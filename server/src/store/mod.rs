@@ -1,0 +1,169 @@
+//! The storage seam: everything the relay keeps, behind one trait.
+//!
+//! sled implements it now ([`sled_store::SledStore`]); a PostgreSQL backend can implement it
+//! later for stateless relays. Methods are synchronous (sled is an embedded, in-process store);
+//! every method that changes state applies its change atomically, and [`Store::sync`] makes
+//! everything applied before the call durable, sharing flushes between concurrent callers.
+//!
+//! Every stored value is a versioned record (see [`codec`]); an envelope holds only ciphertext
+//! and the routing metadata the server needs.
+
+pub mod codec;
+pub mod records;
+pub mod sled_store;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use medrelay_proto::ids::{ClientMessageId, ConversationId, DeviceId, MessageId, OrgId, UserId};
+use medrelay_proto::Handle;
+
+pub use medrelay_proto::OneTimePrekey;
+pub use records::{
+    ConversationRecord, DeviceRecord, EnvelopeRecord, InviteKindRecord, InviteRecord, OrgRecord,
+    SendRecord, UserRecord,
+};
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database reported an I/O or internal error.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A stored value could not be decoded: the database is damaged or from a newer version.
+    #[error("a stored {kind} record could not be decoded: {reason}")]
+    Corrupt {
+        /// Which kind of record.
+        kind: &'static str,
+        /// What was wrong, without the value itself.
+        reason: String,
+    },
+    /// The handle is taken in this org.
+    #[error("that handle is already taken in this organisation")]
+    HandleTaken,
+    /// The flush that would make a write durable failed or storage stopped.
+    #[error("could not make the write durable: {0}")]
+    NotDurable(#[from] crate::group_commit::SyncError),
+}
+
+/// Result of storing a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSendOutcome {
+    /// The envelopes were stored (atomically, not yet necessarily durable).
+    Stored(SendRecord),
+    /// The same sender device already sent this client message id; nothing was written.
+    Duplicate(SendRecord),
+}
+
+/// One envelope in a device's mailbox, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxItem {
+    /// Position in the mailbox: strictly increasing in the order of storage.
+    pub seq: u64,
+    /// The envelope.
+    pub envelope: EnvelopeRecord,
+}
+
+/// A boxed future of a durable sync.
+pub type SyncFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+
+/// Everything the relay stores.
+pub trait Store: Send + Sync + 'static {
+    /// Returns once every change applied before this call is durable (group commit).
+    fn sync(&self) -> SyncFuture<'_>;
+
+    // ---- orgs
+    /// Stores (creates or replaces) an org.
+    fn put_org(&self, org: &OrgRecord) -> Result<(), StoreError>;
+    /// Looks an org up.
+    fn org(&self, id: &OrgId) -> Result<Option<OrgRecord>, StoreError>;
+    /// Every org.
+    fn orgs(&self) -> Result<Vec<OrgRecord>, StoreError>;
+
+    // ---- invites
+    /// Stores an invite under the hash of its code.
+    fn put_invite(&self, code_hash: &[u8; 32], invite: &InviteRecord) -> Result<(), StoreError>;
+    /// Removes and returns the invite: a code can be taken once only, also under races.
+    fn take_invite(&self, code_hash: &[u8; 32]) -> Result<Option<InviteRecord>, StoreError>;
+    /// Puts a taken invite back (when enrolment failed after taking it).
+    fn restore_invite(&self, code_hash: &[u8; 32], invite: &InviteRecord)
+        -> Result<(), StoreError>;
+
+    // ---- users and devices
+    /// Creates a user with its first device and one-time prekeys, atomically; fails with
+    /// [`StoreError::HandleTaken`] and writes nothing if the handle is taken in the org.
+    fn create_user(
+        &self,
+        user: &UserRecord,
+        device: &DeviceRecord,
+        one_time_prekeys: &[OneTimePrekey],
+    ) -> Result<(), StoreError>;
+    /// Adds another device to an existing user, with its one-time prekeys, atomically.
+    fn add_device(
+        &self,
+        device: &DeviceRecord,
+        one_time_prekeys: &[OneTimePrekey],
+    ) -> Result<(), StoreError>;
+    /// Replaces a device record (prekey rotation, last activity).
+    fn put_device(&self, device: &DeviceRecord) -> Result<(), StoreError>;
+    /// Looks a user up.
+    fn user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError>;
+    /// Looks a user up by handle within an org.
+    fn user_by_handle(
+        &self,
+        org: &OrgId,
+        handle: &Handle,
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// Looks a device up.
+    fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+    /// The user's devices that are not revoked, in a stable order.
+    fn active_devices(&self, user: &UserId) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    // ---- one-time prekeys
+    /// Adds one-time prekeys; returns how many the device now has.
+    fn add_one_time_prekeys(
+        &self,
+        device: &DeviceId,
+        prekeys: &[OneTimePrekey],
+    ) -> Result<u32, StoreError>;
+    /// Removes and returns one one-time prekey: each is handed out once, also under races.
+    fn take_one_time_prekey(&self, device: &DeviceId) -> Result<Option<OneTimePrekey>, StoreError>;
+    /// How many one-time prekeys the device has left.
+    fn count_one_time_prekeys(&self, device: &DeviceId) -> Result<u32, StoreError>;
+
+    // ---- conversations
+    /// Looks a conversation up.
+    fn conversation(&self, id: &ConversationId) -> Result<Option<ConversationRecord>, StoreError>;
+    /// The conversation of exactly these members in this org, created if there is none.
+    fn find_or_create_conversation(
+        &self,
+        org: &OrgId,
+        members: &[UserId],
+        new_id: ConversationId,
+        now_ms: u64,
+    ) -> Result<ConversationRecord, StoreError>;
+    /// The conversations a user is a member of.
+    fn user_conversations(&self, user: &UserId) -> Result<Vec<ConversationId>, StoreError>;
+
+    // ---- mailboxes
+    /// Stores one envelope per recipient device and the idempotency record, in one atomic
+    /// batch; or finds that this (sender device, client message id) was sent before.
+    fn store_send(
+        &self,
+        sender_device: &DeviceId,
+        client_message_id: &ClientMessageId,
+        send: &SendRecord,
+        envelopes: Vec<(DeviceId, EnvelopeRecord)>,
+    ) -> Result<StoreSendOutcome, StoreError>;
+    /// Up to `limit` envelopes of a device's mailbox after position `after` (all if `None`),
+    /// oldest first.
+    fn mailbox_after(
+        &self,
+        device: &DeviceId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<MailboxItem>, StoreError>;
+    /// Deletes the device's copies of these messages; returns how many were deleted.
+    fn ack(&self, device: &DeviceId, message_ids: &[MessageId]) -> Result<u32, StoreError>;
+}
