@@ -23,7 +23,7 @@ use medrelay_proto::{
     WireError,
 };
 use rand::RngCore;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -101,17 +101,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         self.flush().await
     }
 
-    async fn close(mut self, code: CloseCode, reason: &'static str) {
+    /// Sends a close frame, then lingers: reads and discards what the peer still sends, for a
+    /// bounded time and amount, so that closing with unread data (the rest of an oversize
+    /// frame, say) does not reset the connection before the peer has read our error.
+    async fn close(mut self, stream: Stream<S>, code: CloseCode, reason: &'static str) {
         let frame = CloseFrame {
             code,
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(
+        if tokio::time::timeout(
             limits::WRITE_TIMEOUT,
             self.sink.send(Message::Close(Some(frame))),
         )
-        .await;
-        let _ = self.sink.close().await;
+        .await
+        .is_err()
+        {
+            return;
+        }
+        let Ok(mut ws) = self.sink.reunite(stream) else {
+            return;
+        };
+        let socket = ws.get_mut();
+        let mut discard = [0u8; 4096];
+        let mut drained = 0usize;
+        let deadline = tokio::time::Instant::now() + limits::LINGER_ON_CLOSE;
+        while drained < limits::LINGER_MAX_BYTES {
+            match tokio::time::timeout_at(deadline, socket.read(&mut discard)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+        let _ = socket.shutdown().await;
     }
 }
 
@@ -190,13 +210,12 @@ pub async fn run<S>(
 {
     context.live_connections.fetch_add(1, Ordering::SeqCst);
     let _live = LiveGuard(context.clone());
-    let (sink, stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     let mut writer = Writer { sink, queued: 0 };
     let connection = Unauthenticated {
         context: context.clone(),
         peer,
         origin_header,
-        stream,
         nonce: {
             let mut nonce = [0u8; medrelay_proto::limits::NONCE_LEN];
             rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -204,10 +223,13 @@ pub async fn run<S>(
         },
         bad_frames: 0,
     };
-    let end = match tokio::time::timeout(limits::AUTH_TIMEOUT, connection.authenticate(&mut writer))
-        .await
+    let end = match tokio::time::timeout(
+        limits::AUTH_TIMEOUT,
+        connection.authenticate(&mut stream, &mut writer),
+    )
+    .await
     {
-        Ok(Ok(authenticated)) => authenticated.serve(&mut writer).await,
+        Ok(Ok(authenticated)) => authenticated.serve(&mut stream, &mut writer).await,
         Ok(Err(end)) => end,
         Err(_) => {
             let _ = writer
@@ -223,21 +245,20 @@ pub async fn run<S>(
         }
     };
     if let End::Close(code, reason) = end {
-        writer.close(code, reason).await;
+        writer.close(stream, code, reason).await;
     }
 }
 
 /// A connection that has not proven which device it is.
-struct Unauthenticated<S> {
+struct Unauthenticated {
     context: Arc<Context>,
     peer: PeerInfo,
     origin_header: Option<String>,
-    stream: Stream<S>,
     nonce: [u8; medrelay_proto::limits::NONCE_LEN],
     bad_frames: u32,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Unauthenticated<S> {
+impl Unauthenticated {
     /// The binding the proof must cover, or an error if the claimed one is not acceptable.
     fn binding(&self, claimed: &ChannelBinding) -> Result<Binding, WireError> {
         match claimed {
@@ -262,14 +283,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Unauthenticated<S> {
     }
 
     /// Sends the challenge and waits for a valid enrolment or proof.
-    async fn authenticate(mut self, writer: &mut Writer<S>) -> Result<Authenticated<S>, End> {
+    async fn authenticate<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        mut self,
+        stream: &mut Stream<S>,
+        writer: &mut Writer<S>,
+    ) -> Result<Authenticated, End> {
         let challenge = ServerFrame::push(ServerMessage::Challenge(Challenge {
             nonce: self.nonce,
             server_time_ms: now_ms(&self.context),
         }));
         writer.send(&challenge).await?;
         loop {
-            let frame = match read_frame(&mut self.stream).await {
+            let frame = match read_frame(stream).await {
                 Ok(Incoming::Frame(frame)) => frame,
                 Ok(Incoming::Bad(error)) => {
                     self.bad_frames += 1;
@@ -373,7 +398,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Unauthenticated<S> {
                     registration.signals.wake.notify_one();
                     return Ok(Authenticated {
                         context: self.context,
-                        stream: self.stream,
                         who,
                         registration,
                         pending: FuturesOrdered::new(),
@@ -394,9 +418,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Unauthenticated<S> {
 }
 
 /// A connection proven to be `who`.
-struct Authenticated<S> {
+struct Authenticated {
     context: Arc<Context>,
-    stream: Stream<S>,
     who: AuthedDevice,
     registration: Registration,
     /// Replies waiting for durability, in request order.
@@ -424,9 +447,13 @@ fn conversation_frame(view: ConversationView) -> Conversation {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Authenticated<S> {
-    async fn serve(mut self, writer: &mut Writer<S>) -> End {
-        let end = self.serve_loop(writer).await;
+impl Authenticated {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        mut self,
+        stream: &mut Stream<S>,
+        writer: &mut Writer<S>,
+    ) -> End {
+        let end = self.serve_loop(stream, writer).await;
         // Drain replies already promised, so an acknowledged send is never left unsaid.
         while let Some(reply) = self.pending.next().await {
             if writer.feed(&reply).await.is_err() {
@@ -440,7 +467,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Authenticated<S> {
         end
     }
 
-    async fn serve_loop(&mut self, writer: &mut Writer<S>) -> End {
+    async fn serve_loop<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &mut self,
+        stream: &mut Stream<S>,
+        writer: &mut Writer<S>,
+    ) -> End {
         let signals = self.registration.signals.clone();
         let idle = tokio::time::sleep(limits::IDLE_CONNECTION_TIMEOUT);
         tokio::pin!(idle);
@@ -483,7 +514,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Authenticated<S> {
                         }
                     }
                 }
-                read = read_frame(&mut self.stream), if can_read => {
+                read = read_frame(stream), if can_read => {
                     idle.as_mut().reset(tokio::time::Instant::now() + limits::IDLE_CONNECTION_TIMEOUT);
                     match read {
                         Ok(Incoming::Frame(frame)) => {
@@ -535,7 +566,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Authenticated<S> {
     }
 
     /// Pushes the next envelopes of the mailbox, up to the in-flight bound.
-    async fn deliver(&mut self, writer: &mut Writer<S>) -> Result<(), End> {
+    async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut Writer<S>,
+    ) -> Result<(), End> {
         if self
             .registration
             .signals
@@ -588,7 +622,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Authenticated<S> {
     }
 
     /// Handles one request: answers at once, or queues a reply that waits for durability.
-    async fn handle(&mut self, frame: ClientFrame, writer: &mut Writer<S>) -> Result<(), End> {
+    async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        frame: ClientFrame,
+        writer: &mut Writer<S>,
+    ) -> Result<(), End> {
         let request_id = frame.request_id;
         let relay = &self.context.relay;
         let who = &self.who;

@@ -41,5 +41,10 @@ pub const ONE_TIME_PREKEY_LOW_WATER: u32 = 20;
 pub const MAX_ONE_TIME_PREKEYS_STORED: u32 = 500;
 /// Most devices per user (the protocol's limit, so every device fits one send).
 pub const MAX_DEVICES_PER_USER: usize = medrelay_proto::limits::MAX_DEVICES_PER_USER;
+/// How long a closing connection keeps reading (and discarding) what the peer still sends, so
+/// the peer can read our last error instead of a connection reset.
+pub const LINGER_ON_CLOSE: Duration = Duration::from_secs(2);
+/// Most bytes read and discarded while lingering on close.
+pub const LINGER_MAX_BYTES: usize = 2 * 1024 * 1024;
 /// Time a graceful shutdown waits for connections to drain.
 pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

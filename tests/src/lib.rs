@@ -1,1 +1,518 @@
-//! Cross-crate end-to-end tests for medrelay live in `tests/tests/`, one file per capability.
+//! The harness for medrelay's end-to-end tests: a real `medrelay` process on a temporary data
+//! directory, and a raw protocol client (real TLS 1.3, exporter binding, WebSocket, protobuf
+//! frames) for the tests that must speak the protocol by hand: forged, replayed, oversized and
+//! malformed input. Tests that message like a person does drive the `medrelay-client` CLI.
+//!
+//! The binaries are the workspace's own: `cargo test --workspace` builds them next to the test
+//! executables (the server and SDK packages have integration tests of their own, which makes
+//! cargo build their binaries).
+
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use futures_util::{SinkExt, StreamExt};
+use medrelay_proto::{
+    auth_transcript, decode_server_frame, encode_client_frame, enroll_transcript, Binding,
+    ChannelBinding, ClientFrame, ClientRequest, DeviceId, DeviceKeys, Ed25519PublicKey,
+    EnrollRequest, IdentityKeys, InviteCode, MlKemPublicKey, OneTimePrekey, PqSignedPrekey,
+    ServerFrame, ServerMessage, Signature, SignedPrekey, X25519PublicKey,
+};
+use medrelay_sdk::DeviceIdentity;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// How long a test waits for any single answer before calling the server hung.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The path of one of the workspace's binaries, built by `cargo test --workspace`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds the binaries)",
+        path.display()
+    );
+    path
+}
+
+/// A running `medrelay serve` on a temporary data directory.
+#[derive(Debug)]
+pub struct Server {
+    /// Holds the data directory and the log file.
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    /// The first admin's invite, printed on first start.
+    pub admin_invite: Option<String>,
+}
+
+impl Server {
+    /// Starts a fresh server (first start: initialises the data directory).
+    pub fn start() -> anyhow::Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let mut server = Server {
+            dir,
+            child: None,
+            port: 0,
+            admin_invite: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The server's log file (its stderr, at debug level).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// The dev CA certificate.
+    pub fn ca_path(&self) -> PathBuf {
+        self.data().join("certs/ca.pem")
+    }
+
+    /// `wss://localhost:PORT`.
+    pub fn url(&self) -> String {
+        format!("wss://localhost:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut child = Command::new(binary("medrelay"))
+            .arg("serve")
+            .arg("--data")
+            .arg(self.data())
+            .args(["--listen", "127.0.0.1:0"])
+            .env("MEDRELAY_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("could not start medrelay")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .context("medrelay did not report listening within 30 s")?;
+            if let Some(code) = line.strip_prefix("First admin invite (single use, valid 7 days): ")
+            {
+                self.admin_invite = Some(code.trim().to_owned());
+            }
+            if let Some(rest) = line.strip_prefix("medrelay listening on ") {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                self.port = addr
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| anyhow!("unreadable listen line: {line}"))?;
+                break;
+            }
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush or clean up) and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server with SIGTERM and waits for a graceful exit.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("not running"))?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("could not signal the server");
+        }
+        Ok(child.wait()?)
+    }
+
+    /// Starts the server again on the same data directory (after kill9 or terminate).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    /// Stops the server with SIGTERM (it drains and flushes) and starts it again.
+    pub fn restart_gracefully(&mut self) -> anyhow::Result<()> {
+        let status = self.terminate()?;
+        if !status.success() {
+            bail!("the server exited with {status} on SIGTERM");
+        }
+        self.spawn()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Adds an org through `medrelay org add` and returns its first admin invite.
+    pub fn add_org(&self, name: &str) -> anyhow::Result<String> {
+        let out = Command::new(binary("medrelay"))
+            .args(["org", "add", "--data"])
+            .arg(self.data())
+            .arg(name)
+            .output()?;
+        if !out.status.success() {
+            bail!("org add failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let added: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        added["admin_invite"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no admin_invite in {added}"))
+    }
+
+    /// Every file under the data directory, for scanning.
+    pub fn data_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let mut stack = vec![self.data()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        files
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A rustls client configuration trusting the server's dev CA.
+pub fn tls_config(ca_pem: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let pem = std::fs::read(ca_pem)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A protocol client speaking raw frames, for tests that must misbehave on purpose.
+#[derive(Debug)]
+pub struct RawClient {
+    ws: WebSocketStream<TlsStream<TcpStream>>,
+    /// The TLS exporter secret of this connection.
+    pub exporter: [u8; 32],
+    /// The challenge nonce the server sent.
+    pub nonce: [u8; 32],
+    next_request_id: u64,
+    /// Frames pushed by the server while waiting for an answer.
+    pub pushed: Vec<ServerFrame>,
+}
+
+impl RawClient {
+    /// Connects to the server, upgrades to WebSocket and reads the challenge.
+    pub async fn connect(server: &Server) -> anyhow::Result<RawClient> {
+        Self::connect_with(server, WebSocketConfig::default()).await
+    }
+
+    /// Connects with a given WebSocket configuration (e.g. to send oversized frames).
+    pub async fn connect_with(
+        server: &Server,
+        config: WebSocketConfig,
+    ) -> anyhow::Result<RawClient> {
+        let tcp = TcpStream::connect(("127.0.0.1", server.port)).await?;
+        tcp.set_nodelay(true)?;
+        let connector = tokio_rustls::TlsConnector::from(tls_config(&server.ca_path())?);
+        let name = rustls_pki_types::ServerName::try_from("localhost")?;
+        let tls = connector.connect(name, tcp).await?;
+        let mut exporter = [0u8; 32];
+        tls.get_ref().1.export_keying_material(
+            &mut exporter,
+            medrelay_proto::TLS_EXPORTER_LABEL,
+            None,
+        )?;
+        let request = format!("wss://localhost:{}/v1/ws", server.port).into_client_request()?;
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(request, tls, Some(config)).await?;
+        let mut client = RawClient {
+            ws,
+            exporter,
+            nonce: [0; 32],
+            next_request_id: 1,
+            pushed: Vec::new(),
+        };
+        match client.next_frame().await?.message {
+            ServerMessage::Challenge(challenge) => client.nonce = challenge.nonce,
+            other => bail!("expected a challenge first, got {}", other.name()),
+        }
+        Ok(client)
+    }
+
+    /// Sends raw WebSocket message.
+    pub async fn send_message(&mut self, message: Message) -> anyhow::Result<()> {
+        self.ws.send(message).await?;
+        Ok(())
+    }
+
+    /// Sends a request and returns its request id.
+    pub async fn send(&mut self, request: ClientRequest) -> anyhow::Result<u64> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let bytes = encode_client_frame(&ClientFrame {
+            request_id,
+            request,
+        });
+        self.ws.send(Message::binary(bytes)).await?;
+        Ok(request_id)
+    }
+
+    /// The next server frame, or an error naming a close or a time-out.
+    pub async fn next_frame(&mut self) -> anyhow::Result<ServerFrame> {
+        loop {
+            let message = tokio::time::timeout(ANSWER_TIMEOUT, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("no frame from the server within {ANSWER_TIMEOUT:?}"))?;
+            match message {
+                Some(Ok(Message::Binary(bytes))) => return Ok(decode_server_frame(&bytes)?),
+                Some(Ok(Message::Close(frame))) => bail!("closed by the server: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => bail!("connection failed: {error}"),
+                None => bail!("connection ended"),
+            }
+        }
+    }
+
+    /// The next server frame if one arrives within `wait`; `None` if none does.
+    pub async fn next_frame_within(
+        &mut self,
+        wait: Duration,
+    ) -> anyhow::Result<Option<ServerFrame>> {
+        match tokio::time::timeout(wait, self.next_frame()).await {
+            Ok(frame) => frame.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Every delivery pushed until none arrives for `quiet`, including those already set
+    /// aside while waiting for answers.
+    pub async fn drain_deliveries(
+        &mut self,
+        quiet: Duration,
+    ) -> anyhow::Result<Vec<medrelay_proto::Delivery>> {
+        let mut deliveries: Vec<_> = std::mem::take(&mut self.pushed)
+            .into_iter()
+            .filter_map(|f| match f.message {
+                ServerMessage::Delivery(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        while let Some(frame) = self.next_frame_within(quiet).await? {
+            if let ServerMessage::Delivery(d) = frame.message {
+                deliveries.push(d);
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// Whether the server closes the connection within the answer time-out (reading and
+    /// discarding frames until then); returns the frames seen before the close.
+    pub async fn closed_by_server(&mut self) -> anyhow::Result<Vec<ServerFrame>> {
+        let mut seen = Vec::new();
+        loop {
+            let message = tokio::time::timeout(ANSWER_TIMEOUT, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("the server kept the connection open"))?;
+            match message {
+                Some(Ok(Message::Binary(bytes))) => seen.push(decode_server_frame(&bytes)?),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(seen),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Sends a request and waits for its answer, keeping pushes aside.
+    pub async fn request(&mut self, request: ClientRequest) -> anyhow::Result<ServerMessage> {
+        let id = self.send(request).await?;
+        loop {
+            let frame = self.next_frame().await?;
+            if frame.request_id == id {
+                return Ok(frame.message);
+            }
+            self.pushed.push(frame);
+        }
+    }
+
+    /// The TLS exporter binding of this connection.
+    pub fn binding(&self) -> Binding {
+        Binding::TlsExporter(self.exporter)
+    }
+}
+
+/// The proto form of an SDK device's public keys, as uploaded at enrolment.
+pub fn device_keys(identity: &DeviceIdentity) -> anyhow::Result<DeviceKeys> {
+    let keys = identity.public_keys();
+    Ok(DeviceKeys {
+        identity: IdentityKeys {
+            signing_key: Ed25519PublicKey::from_array(keys.identity.signing_key),
+            dh_key: X25519PublicKey::from_array(keys.identity.dh_key),
+            dh_signature: Signature::from_array(keys.identity.dh_signature),
+        },
+        signed_prekey: SignedPrekey {
+            id: keys.signed_prekey.id,
+            public_key: X25519PublicKey::from_array(keys.signed_prekey.public_key),
+            signature: Signature::from_array(keys.signed_prekey.signature),
+        },
+        pq_prekey: PqSignedPrekey {
+            id: keys.pq_prekey.id,
+            public_key: MlKemPublicKey::from_bytes(&keys.pq_prekey.public_key)?,
+            signature: Signature::from_array(keys.pq_prekey.signature),
+        },
+        one_time_prekeys: keys
+            .one_time_prekeys
+            .iter()
+            .map(|k| OneTimePrekey {
+                id: k.id,
+                public_key: X25519PublicKey::from_array(k.public_key),
+            })
+            .collect(),
+    })
+}
+
+/// A device driven by hand: an SDK identity and, once enrolled, its id.
+#[derive(Debug)]
+pub struct RawDevice {
+    /// The device's keys.
+    pub identity: DeviceIdentity,
+    /// Its id, once enrolled.
+    pub device_id: Option<DeviceId>,
+}
+
+impl RawDevice {
+    /// A new device with fresh keys.
+    pub fn new() -> RawDevice {
+        RawDevice {
+            identity: DeviceIdentity::generate(&mut rand_core::OsRng, 0),
+            device_id: None,
+        }
+    }
+
+    /// The enrolment request for `client`'s connection.
+    pub fn enroll_request(&self, client: &RawClient, code: &str) -> anyhow::Result<ClientRequest> {
+        let keys = device_keys(&self.identity)?;
+        let transcript =
+            enroll_transcript(&client.nonce, &client.binding(), &keys.identity.signing_key);
+        let signature = Signature::from_array(self.identity.sign_auth_transcript(&transcript)?);
+        Ok(ClientRequest::Enroll(Box::new(EnrollRequest {
+            invite_code: InviteCode::new(code)?,
+            keys,
+            binding: ChannelBinding::TlsExporter,
+            signature,
+            device_label: medrelay_proto::DeviceLabel::new("test device")?,
+        })))
+    }
+
+    /// Enrols with `code` on a new connection; returns the authenticated connection.
+    pub async fn enroll(&mut self, server: &Server, code: &str) -> anyhow::Result<RawClient> {
+        let mut client = RawClient::connect(server).await?;
+        let request = self.enroll_request(&client, code)?;
+        match client.request(request).await? {
+            ServerMessage::AuthOk(ok) => {
+                self.device_id = Some(ok.device_id);
+                Ok(client)
+            }
+            ServerMessage::Error(error) => bail!("enrolment refused: {error:?}"),
+            other => bail!("unexpected answer to enroll: {}", other.name()),
+        }
+    }
+
+    /// The auth proof for `client`'s connection.
+    pub fn auth_request(&self, client: &RawClient) -> anyhow::Result<ClientRequest> {
+        let device_id = self.device_id.ok_or_else(|| anyhow!("not enrolled"))?;
+        let transcript = auth_transcript(&client.nonce, &client.binding(), &device_id);
+        let signature = Signature::from_array(self.identity.sign_auth_transcript(&transcript)?);
+        Ok(ClientRequest::Auth(medrelay_proto::AuthProof {
+            device_id,
+            binding: ChannelBinding::TlsExporter,
+            signature,
+        }))
+    }
+
+    /// Authenticates on a new connection.
+    pub async fn connect(&self, server: &Server) -> anyhow::Result<RawClient> {
+        let mut client = RawClient::connect(server).await?;
+        let request = self.auth_request(&client)?;
+        match client.request(request).await? {
+            ServerMessage::AuthOk(_) => Ok(client),
+            ServerMessage::Error(error) => bail!("authentication refused: {error:?}"),
+            other => bail!("unexpected answer to auth: {}", other.name()),
+        }
+    }
+}
+
+impl Default for RawDevice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
