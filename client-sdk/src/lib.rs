@@ -19,6 +19,7 @@
 //! | [`keystore`] | [`KeyStore`], memory and encrypted-file stores |
 //! | [`primitives`] | the audited primitive wrappers the known-answer tests exercise |
 //! | [`limits`] | every bound, named |
+//! | `transport` | (feature `transport`) the async TLS WebSocket client: `transport::Client` |
 //!
 //! Secret types are zeroized on drop and print as `<redacted>` in `Debug`.
 
@@ -36,6 +37,8 @@ pub mod ratchet;
 pub mod sealed_box;
 pub(crate) mod secret;
 pub mod session;
+#[cfg(feature = "transport")]
+pub mod transport;
 
 pub use error::{
     ContentError, IdentityError, KeyStoreError, PqxdhError, PrimitiveError, RatchetError,
@@ -46,7 +49,7 @@ pub use identity::{
     DeviceIdentity, OneTimePrekeyPublic, PqPrekeyPublic, PrekeyBundle, PublicDeviceKeys,
     PublicIdentity, SignedPrekeyPublic,
 };
-pub use keystore::{DeviceId, FileKeyStore, KdfParams, KeyStore, MemoryKeyStore};
+pub use keystore::{DeviceId, FileKeyStore, KdfParams, KeyStore, MemoryKeyStore, StoreUpdate};
 pub use sealed_box::ArchiveKeyPair;
 pub use secret::SecretBytes;
 pub use session::{IncomingKind, Role, Session};

@@ -249,3 +249,37 @@ fn debug_of_an_open_store_shows_no_secret() {
     assert!(dbg.contains("AeadKey(<redacted>)"));
     assert!(dbg.contains("SecretBytes(<redacted>)"));
 }
+
+#[test]
+fn apply_saves_identity_sessions_and_profile_in_one_write() {
+    let mut rng = common::rng(41);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.mrks");
+    let (alice_id, alice, _bob_id, bob) = common::established(&mut rng);
+    let mut store = FileKeyStore::create_with_params(&path, b"pw", TEST_KDF, OsRng).unwrap();
+    store.save_session(&ALICE_DEV, &bob).unwrap();
+    store
+        .apply(&medrelay_sdk::StoreUpdate {
+            identity: Some(&alice_id),
+            sessions: vec![(BOB_DEV, &alice)],
+            deleted_sessions: vec![ALICE_DEV],
+            profile: Some(b"profile-v2"),
+        })
+        .unwrap();
+    drop(store);
+    let reopened = FileKeyStore::open(&path, b"pw", OsRng).unwrap();
+    assert_eq!(reopened.session_peers().unwrap(), vec![BOB_DEV]);
+    assert!(reopened.load_identity().unwrap().is_some());
+    assert_eq!(
+        reopened.load_profile().unwrap().unwrap().expose_secret(),
+        b"profile-v2"
+    );
+    let mut memory = MemoryKeyStore::new();
+    memory
+        .apply(&medrelay_sdk::StoreUpdate {
+            sessions: vec![(BOB_DEV, &alice)],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(memory.session_peers().unwrap(), vec![BOB_DEV]);
+}

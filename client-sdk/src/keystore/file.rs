@@ -28,7 +28,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
-use super::{DeviceId, KeyStore, StoreState};
+use super::{DeviceId, KeyStore, StoreState, StoreUpdate};
 use crate::error::KeyStoreError;
 use crate::identity::DeviceIdentity;
 use crate::limits::{
@@ -379,5 +379,9 @@ impl<R: RngCore + CryptoRng> KeyStore for FileKeyStore<R> {
             s.identity = Some(identity.clone());
             s.sessions.insert(*peer, session.clone());
         })
+    }
+
+    fn apply(&mut self, update: &StoreUpdate<'_>) -> Result<(), KeyStoreError> {
+        self.update(|s| update.apply_to(s))
     }
 }

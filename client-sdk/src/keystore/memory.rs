@@ -1,6 +1,6 @@
 //! An in-memory [`KeyStore`], for tests and ephemeral clients.
 
-use super::{DeviceId, KeyStore, StoreState};
+use super::{DeviceId, KeyStore, StoreState, StoreUpdate};
 use crate::error::KeyStoreError;
 use crate::identity::DeviceIdentity;
 use crate::secret::SecretBytes;
@@ -52,6 +52,11 @@ impl KeyStore for MemoryKeyStore {
 
     fn save_profile(&mut self, profile: &[u8]) -> Result<(), KeyStoreError> {
         self.state.profile = Some(SecretBytes::from_slice(profile));
+        Ok(())
+    }
+
+    fn apply(&mut self, update: &StoreUpdate<'_>) -> Result<(), KeyStoreError> {
+        update.apply_to(&mut self.state);
         Ok(())
     }
 }

@@ -54,6 +54,67 @@ pub trait KeyStore {
         self.save_session(peer, session)?;
         self.save_identity(identity)
     }
+    /// Saves several changes together, in one atomic write where the store can
+    /// ([`FileKeyStore`] and [`MemoryKeyStore`] can). The transport uses it so that a received
+    /// message's session step and its "processed" mark, or every session a send advanced,
+    /// land together. The default applies the changes one by one.
+    fn apply(&mut self, update: &StoreUpdate<'_>) -> Result<(), KeyStoreError> {
+        for (peer, session) in &update.sessions {
+            self.save_session(peer, session)?;
+        }
+        for peer in &update.deleted_sessions {
+            self.delete_session(peer)?;
+        }
+        if let Some(identity) = update.identity {
+            self.save_identity(identity)?;
+        }
+        if let Some(profile) = update.profile {
+            self.save_profile(profile)?;
+        }
+        Ok(())
+    }
+}
+
+/// Changes to save together through [`KeyStore::apply`]. Its `Debug` shows only counts.
+#[derive(Default)]
+pub struct StoreUpdate<'a> {
+    /// The identity, when it changed (a one-time prekey consumed or generated, a rotation).
+    pub identity: Option<&'a DeviceIdentity>,
+    /// Sessions to save, by peer device.
+    pub sessions: Vec<(DeviceId, &'a Session)>,
+    /// Sessions to delete, by peer device.
+    pub deleted_sessions: Vec<DeviceId>,
+    /// The profile blob, when it changed.
+    pub profile: Option<&'a [u8]>,
+}
+
+impl core::fmt::Debug for StoreUpdate<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("StoreUpdate")
+            .field("identity", &self.identity.is_some())
+            .field("sessions", &self.sessions.len())
+            .field("deleted_sessions", &self.deleted_sessions.len())
+            .field("profile_len", &self.profile.map(<[u8]>::len))
+            .finish()
+    }
+}
+
+impl StoreUpdate<'_> {
+    /// Applies the update to an in-memory state (shared by the memory and file stores).
+    pub(crate) fn apply_to(&self, state: &mut StoreState) {
+        for (peer, session) in &self.sessions {
+            state.sessions.insert(*peer, (*session).clone());
+        }
+        for peer in &self.deleted_sessions {
+            state.sessions.remove(peer);
+        }
+        if let Some(identity) = self.identity {
+            state.identity = Some(identity.clone());
+        }
+        if let Some(profile) = self.profile {
+            state.profile = Some(SecretBytes::from_slice(profile));
+        }
+    }
 }
 
 /// The whole stored state, as serialised (postcard) inside the encrypted file.

@@ -1,0 +1,928 @@
+//! [`Client`]: an enrolled device talking to its server. It owns the key store and one
+//! connection (an actor task owning the socket), reconnects with backoff when the connection
+//! drops, and does the end-to-end work: client-side fan-out on send, decryption and
+//! de-duplication on receive, prekey upkeep.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use medrelay_proto::limits::MAX_ACK_IDS;
+use medrelay_proto::{
+    auth_transcript, enroll_transcript, AckRequest, AuthOk, AuthProof, Binding, Bytes,
+    ChannelBinding, ClientMessageId, ClientRequest, Conversation, ConversationId, DeviceId,
+    DeviceLabel, EnrollRequest, Envelope, ErrorCode, Handle, Identity, InviteCode, InviteCreated,
+    InviteSpec, ListConversations, MessageId, OpenConversation, SendRequest, ServerMessage,
+    Signature, UploadPrekeys, UserId,
+};
+use rand_core::{OsRng, RngCore};
+
+use super::connection::{authenticate, Connection, Push};
+use super::convert;
+use super::plan::{self, Backoff, MismatchPlan};
+use super::profile::{Profile, ReceivedMessage, PROFILE_VERSION};
+use super::tls;
+use super::{ServerUrl, TransportError};
+use crate::content::{self, Content};
+use crate::fingerprint::{safety_number, SafetyNumber};
+use crate::identity::DeviceIdentity;
+use crate::keystore::{KeyStore, StoreUpdate};
+use crate::limits::{ONE_TIME_PREKEY_BATCH_SIZE, ONE_TIME_PREKEY_REPLENISH_THRESHOLD};
+use crate::session::{self, IncomingKind, Session};
+
+/// Where the server is and which CA its certificate chains to.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `wss://HOST:PORT`.
+    pub url: ServerUrl,
+    /// PEM of the CA certificate(s) to trust (required; no platform roots).
+    pub ca_pem: String,
+}
+
+/// Timeouts and reconnection behaviour.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// TCP + TLS + WebSocket upgrade.
+    pub connect_timeout: Duration,
+    /// One request's answer (a send's answer waits for the server's flush).
+    pub request_timeout: Duration,
+    /// Delays between reconnection attempts.
+    pub backoff: Backoff,
+    /// Connection attempts before an operation gives up.
+    pub max_connect_attempts: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            backoff: Backoff::default(),
+            max_connect_attempts: 6,
+        }
+    }
+}
+
+/// What a send returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// The server's id for the message.
+    pub message_id: MessageId,
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The client message id used (pass it again to retry the same send safely).
+    pub client_message_id: ClientMessageId,
+    /// When the server accepted it, ms since the Unix epoch.
+    pub server_time_ms: u64,
+    /// True when the server had already accepted this client message id (a retry).
+    pub duplicate: bool,
+}
+
+/// A delivery that could not be decrypted or decoded. It carries no content and says nothing
+/// about why (the crypto core's single opaque error); the client has already acked it so it
+/// does not block the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UndecryptableMessage {
+    /// The server's id.
+    pub message_id: MessageId,
+    /// The conversation, as the server labelled it.
+    pub conversation_id: ConversationId,
+    /// The sender, as the server authenticated them.
+    pub sender_user_id: UserId,
+    /// The sending device.
+    pub sender_device_id: DeviceId,
+    /// When the server accepted it.
+    pub server_time_ms: u64,
+}
+
+/// What [`Client::recv`] yields.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    /// A message; ack it with [`Client::ack`] once it is shown or stored.
+    Message(ReceivedMessage),
+    /// A delivery that failed to decrypt (already acked; see [`UndecryptableMessage`]).
+    Undecryptable(UndecryptableMessage),
+}
+
+/// A safety number with one of a user's devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSafetyNumber {
+    /// The other user's device.
+    pub device_id: DeviceId,
+    /// The 60-digit number both sides can compare.
+    pub number: SafetyNumber,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// An enrolled device connected to its server. See the module docs.
+pub struct Client<K: KeyStore> {
+    options: ClientOptions,
+    tls: Arc<rustls::ClientConfig>,
+    store: K,
+    identity: DeviceIdentity,
+    profile: Profile,
+    connection: Option<Connection>,
+}
+
+impl<K: KeyStore> std::fmt::Debug for Client<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.profile.server)
+            .field("device_id", &self.profile.device_id)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: KeyStore> Client<K> {
+    /// Enrols a new device with an invite code: generates its identity, uploads its public keys
+    /// (with [`ONE_TIME_PREKEY_BATCH_SIZE`] one-time prekeys), and saves identity and profile in
+    /// `store`, which must not hold an identity yet. The invite is spent once the server
+    /// answers; if saving then fails, the device must be enrolled again with a new invite.
+    pub async fn enroll(
+        server: ServerConfig,
+        options: ClientOptions,
+        mut store: K,
+        invite_code: InviteCode,
+        device_label: DeviceLabel,
+    ) -> Result<Self, TransportError> {
+        if store.load_identity()?.is_some() {
+            return Err(TransportError::InvalidArgument(
+                "this key store already holds an enrolled device".into(),
+            ));
+        }
+        let tls = tls::client_config(server.ca_pem.as_bytes())?;
+        let identity = DeviceIdentity::generate(&mut OsRng, now_ms());
+        let keys = convert::device_keys(&identity.public_keys())?;
+        let (mut ws, exporter) =
+            tls::open(&server.url, tls.clone(), options.connect_timeout).await?;
+        let auth_ok = authenticate(
+            &mut ws,
+            exporter,
+            |nonce, exporter| {
+                let binding = Binding::TlsExporter(exporter);
+                let transcript = enroll_transcript(nonce, &binding, &keys.identity.signing_key);
+                let signature = identity.sign_auth_transcript(&transcript)?;
+                Ok(ClientRequest::Enroll(Box::new(EnrollRequest {
+                    invite_code,
+                    keys: keys.clone(),
+                    binding: ChannelBinding::TlsExporter,
+                    signature: Signature::from_array(signature),
+                    device_label,
+                })))
+            },
+            options.request_timeout,
+        )
+        .await?;
+        let profile = Profile {
+            version: PROFILE_VERSION,
+            server: server.url,
+            ca_pem: server.ca_pem,
+            org_id: auth_ok.org_id,
+            org_name: None,
+            user_id: auth_ok.user_id,
+            device_id: auth_ok.device_id,
+            handle: auth_ok.handle.clone(),
+            role: auth_ok.role,
+            handles: BTreeMap::from([(auth_ok.user_id, auth_ok.handle.clone())]),
+            processed: Default::default(),
+            pending: Vec::new(),
+        };
+        let blob = profile.to_bytes()?;
+        store.apply(&StoreUpdate {
+            identity: Some(&identity),
+            profile: Some(&blob),
+            ..StoreUpdate::default()
+        })?;
+        tracing::info!(device = %auth_ok.device_id, "device enrolled");
+        let mut client = Self {
+            connection: Some(Connection::spawn(ws, options.request_timeout)),
+            options,
+            tls,
+            store,
+            identity,
+            profile,
+        };
+        client
+            .maintain_prekeys(auth_ok.one_time_prekeys_remaining)
+            .await?;
+        Ok(client)
+    }
+
+    /// Opens an enrolled key store and authenticates to the server its profile names.
+    pub async fn connect(options: ClientOptions, store: K) -> Result<Self, TransportError> {
+        let mut client = Self::open(options, store)?;
+        client.ensure_connected().await?;
+        Ok(client)
+    }
+
+    /// Opens an enrolled key store without connecting yet (the first request connects).
+    pub fn open(options: ClientOptions, store: K) -> Result<Self, TransportError> {
+        let identity = store
+            .load_identity()?
+            .ok_or(TransportError::NotEnrolled("no device identity"))?;
+        let blob = store
+            .load_profile()?
+            .ok_or(TransportError::NotEnrolled("no profile"))?;
+        let profile = Profile::from_bytes(blob.expose_secret())?;
+        let tls = tls::client_config(profile.ca_pem.as_bytes())?;
+        Ok(Self {
+            options,
+            tls,
+            store,
+            identity,
+            profile,
+            connection: None,
+        })
+    }
+
+    /// The stored profile: server, ids, handle, role.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// The key store.
+    pub fn store(&self) -> &K {
+        &self.store
+    }
+
+    /// Whether a connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.connection.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    /// Closes the connection (the next request reconnects).
+    pub fn disconnect(&mut self) {
+        self.connection = None;
+    }
+
+    fn save_profile(&mut self) -> Result<(), TransportError> {
+        let blob = self.profile.to_bytes()?;
+        self.store.save_profile(&blob)?;
+        Ok(())
+    }
+
+    async fn connect_once(&mut self) -> Result<AuthOk, TransportError> {
+        let (mut ws, exporter) = tls::open(
+            &self.profile.server,
+            self.tls.clone(),
+            self.options.connect_timeout,
+        )
+        .await?;
+        let device_id = self.profile.device_id;
+        let identity = &self.identity;
+        let auth_ok = authenticate(
+            &mut ws,
+            exporter,
+            |nonce, exporter| {
+                let binding = Binding::TlsExporter(exporter);
+                let transcript = auth_transcript(nonce, &binding, &device_id);
+                let signature = identity.sign_auth_transcript(&transcript)?;
+                Ok(ClientRequest::Auth(AuthProof {
+                    device_id,
+                    binding: ChannelBinding::TlsExporter,
+                    signature: Signature::from_array(signature),
+                }))
+            },
+            self.options.request_timeout,
+        )
+        .await?;
+        if auth_ok.device_id != device_id || auth_ok.user_id != self.profile.user_id {
+            return Err(TransportError::Protocol(
+                "auth_ok names another device than the one that authenticated".into(),
+            ));
+        }
+        self.connection = Some(Connection::spawn(ws, self.options.request_timeout));
+        Ok(auth_ok)
+    }
+
+    /// Connects if needed, retrying transient failures with backoff and jitter.
+    async fn ensure_connected(&mut self) -> Result<(), TransportError> {
+        if self.is_connected() {
+            return Ok(());
+        }
+        self.connection = None;
+        let mut attempt = 0u32;
+        loop {
+            match self.connect_once().await {
+                Ok(auth_ok) => {
+                    if auth_ok.handle != self.profile.handle || auth_ok.role != self.profile.role {
+                        self.profile.handle = auth_ok.handle.clone();
+                        self.profile.role = auth_ok.role;
+                        self.save_profile()?;
+                    }
+                    if let Err(error) = self
+                        .maintain_prekeys(auth_ok.one_time_prekeys_remaining)
+                        .await
+                    {
+                        tracing::warn!(%error, "prekey upkeep failed; will retry on the next connection");
+                    }
+                    return Ok(());
+                }
+                Err(error)
+                    if error.is_transient() && attempt + 1 < self.options.max_connect_attempts =>
+                {
+                    let delay = self.options.backoff.delay(attempt, OsRng.next_u32());
+                    tracing::info!(%error, ?delay, "connection failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// One request on the current connection (connecting first if needed).
+    async fn request_once(
+        &mut self,
+        request: ClientRequest,
+    ) -> Result<ServerMessage, TransportError> {
+        self.ensure_connected().await?;
+        let connection = self
+            .connection
+            .as_ref()
+            .ok_or_else(|| TransportError::Disconnected("not connected".into()))?;
+        let result = connection.request(request).await;
+        if matches!(
+            result,
+            Err(TransportError::Disconnected(_) | TransportError::Timeout(_))
+        ) {
+            self.connection = None;
+        }
+        result
+    }
+
+    /// A request that is safe to repeat (idempotent on the server), repeated across
+    /// reconnections while the failure is a dropped connection or a timeout.
+    async fn request(&mut self, request: ClientRequest) -> Result<ServerMessage, TransportError> {
+        let mut attempt = 0u32;
+        loop {
+            match self.request_once(request.clone()).await {
+                Err(error @ (TransportError::Disconnected(_) | TransportError::Timeout(_)))
+                    if attempt + 1 < self.options.max_connect_attempts =>
+                {
+                    let delay = self.options.backoff.delay(attempt, OsRng.next_u32());
+                    tracing::info!(%error, ?delay, request = request.name(), "request failed; reconnecting");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Uploads one-time prekeys when the server holds fewer than the replenish threshold, and
+    /// rotates the signed and ML-KEM prekeys when due. The identity is saved before the
+    /// upload, so the server never hands out a key this device lost.
+    async fn maintain_prekeys(&mut self, server_remaining: u32) -> Result<(), TransportError> {
+        let now = now_ms();
+        let mut identity = self.identity.clone();
+        identity.prune_retired_prekeys(now);
+        let mut upload = UploadPrekeys {
+            one_time_prekeys: Vec::new(),
+            signed_prekey: None,
+            pq_prekey: None,
+        };
+        if identity.prekey_rotation_due(now) {
+            let spk = identity.rotate_signed_prekey(&mut OsRng, now)?;
+            let pq = identity.rotate_pq_prekey(&mut OsRng, now)?;
+            upload.signed_prekey = Some(convert::signed_prekey(&spk));
+            upload.pq_prekey = Some(convert::pq_prekey(&pq)?);
+        }
+        if (server_remaining as usize) < ONE_TIME_PREKEY_REPLENISH_THRESHOLD {
+            let fresh = identity.generate_one_time_prekeys(ONE_TIME_PREKEY_BATCH_SIZE, &mut OsRng);
+            upload.one_time_prekeys = convert::one_time_prekeys(&fresh);
+        }
+        self.store.save_identity(&identity)?;
+        self.identity = identity;
+        if upload.one_time_prekeys.is_empty() && upload.signed_prekey.is_none() {
+            return Ok(());
+        }
+        // On the current connection only (this runs while connecting): a failure is retried
+        // on the next connection, whose auth_ok reports the count again.
+        let connection = self
+            .connection
+            .as_ref()
+            .ok_or_else(|| TransportError::Disconnected("not connected".into()))?;
+        match connection
+            .request(ClientRequest::UploadPrekeys(upload))
+            .await?
+        {
+            ServerMessage::PrekeysUploaded {
+                one_time_prekeys_remaining,
+            } => {
+                tracing::debug!(one_time_prekeys_remaining, "prekeys uploaded");
+                Ok(())
+            }
+            other => Err(unexpected("prekeys_uploaded", &other)),
+        }
+    }
+
+    /// Who this device is, according to the server (and the org's name).
+    pub async fn whoami(&mut self) -> Result<Identity, TransportError> {
+        match self.request(ClientRequest::WhoAmI).await? {
+            ServerMessage::Identity(identity) => {
+                if self.profile.org_name.as_deref() != Some(identity.org_name.as_str()) {
+                    self.profile.org_name = Some(identity.org_name.clone());
+                    self.save_profile()?;
+                }
+                Ok(identity)
+            }
+            other => Err(unexpected("identity", &other)),
+        }
+    }
+
+    /// Creates an invite (a new user with a role and handle, or another device of this
+    /// account). Not repeated after a dropped connection: a lost answer would leave an invite
+    /// nobody knows the code of, so the caller decides.
+    pub async fn create_invite(
+        &mut self,
+        spec: InviteSpec,
+    ) -> Result<InviteCreated, TransportError> {
+        match self.request_once(ClientRequest::CreateInvite(spec)).await? {
+            ServerMessage::InviteCreated(invite) => Ok(invite),
+            other => Err(unexpected("invite_created", &other)),
+        }
+    }
+
+    fn remember_members(&mut self, conversation: &Conversation) -> Result<(), TransportError> {
+        let mut changed = false;
+        for member in &conversation.members {
+            changed |= self.profile.remember_handle(member.user_id, &member.handle);
+        }
+        if changed {
+            self.save_profile()?;
+        }
+        Ok(())
+    }
+
+    /// Opens (creating on first use) the conversation of this user and `handles`.
+    pub async fn open_conversation(
+        &mut self,
+        handles: &[Handle],
+    ) -> Result<Conversation, TransportError> {
+        let request = ClientRequest::OpenConversation(OpenConversation {
+            handles: handles.to_vec(),
+        });
+        match self.request(request).await? {
+            ServerMessage::Conversation(c) => {
+                self.remember_members(&c)?;
+                Ok(c)
+            }
+            other => Err(unexpected("conversation", &other)),
+        }
+    }
+
+    /// One conversation, with its members' current devices.
+    pub async fn conversation(
+        &mut self,
+        id: ConversationId,
+    ) -> Result<Conversation, TransportError> {
+        let request = ClientRequest::GetConversation {
+            conversation_id: id,
+        };
+        match self.request(request).await? {
+            ServerMessage::Conversation(c) => {
+                self.remember_members(&c)?;
+                Ok(c)
+            }
+            other => Err(unexpected("conversation", &other)),
+        }
+    }
+
+    /// Every conversation of this user, following the server's pages.
+    pub async fn list_conversations(&mut self) -> Result<Vec<Conversation>, TransportError> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let request = ClientRequest::ListConversations(ListConversations { after });
+            let page = match self.request(request).await? {
+                ServerMessage::ConversationList(page) => page,
+                other => return Err(unexpected("conversation_list", &other)),
+            };
+            let last = page.conversations.last().map(|c| c.id);
+            for c in &page.conversations {
+                self.remember_members(c)?;
+            }
+            all.extend(page.conversations);
+            match (page.more, last) {
+                (true, Some(last)) if after.is_none_or(|a| last > a) => after = Some(last),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// Sends `text` to a conversation: one envelope per recipient device (every member's
+    /// devices, this user's other devices included, this device excluded). Sessions are
+    /// started where missing (fetching prekeys for those devices only), and every advanced
+    /// session is saved before the frame goes out, so no message key is ever used twice. On
+    /// `DEVICES_MISMATCH` the send is re-planned and repeated a bounded number of times with
+    /// the same client message id; across reconnections it is repeated too (the server
+    /// de-duplicates by client message id). Pass `client_message_id` to make a retry of an
+    /// earlier call safe.
+    pub async fn send_text(
+        &mut self,
+        conversation_id: ConversationId,
+        text: &str,
+        client_message_id: Option<ClientMessageId>,
+    ) -> Result<SendReceipt, TransportError> {
+        let client_message_id =
+            client_message_id.unwrap_or_else(|| ClientMessageId::random(&mut OsRng));
+        let content = Content {
+            client_message_id: Bytes::copy_from_slice(client_message_id.as_bytes()),
+            conversation_id: Bytes::copy_from_slice(conversation_id.as_bytes()),
+            sent_at_ms: now_ms(),
+            text: text.to_owned(),
+            padding: Bytes::new(),
+        };
+        let plaintext = content::encode_padded(&content, &mut OsRng);
+        drop(content);
+        let mut conversation = self.conversation(conversation_id).await?;
+        let mut retries = 0u32;
+        loop {
+            let envelopes = self
+                .encrypt_for(&conversation, plaintext.expose_secret())
+                .await?;
+            let request = ClientRequest::Send(SendRequest {
+                conversation_id,
+                client_message_id,
+                envelopes,
+                archive_item: None,
+            });
+            match self.request(request).await {
+                Ok(ServerMessage::SendAccepted(accepted)) => {
+                    return Ok(SendReceipt {
+                        message_id: accepted.message_id,
+                        conversation_id,
+                        client_message_id,
+                        server_time_ms: accepted.server_time_ms,
+                        duplicate: accepted.duplicate,
+                    })
+                }
+                Ok(other) => return Err(unexpected("send_accepted", &other)),
+                Err(TransportError::Server(error)) => match plan::plan_mismatch(&error, retries) {
+                    MismatchPlan::Retry { delete_sessions } => {
+                        tracing::info!(
+                            missing = error.missing_devices.len(),
+                            stale = error.stale_devices.len(),
+                            "recipients' devices changed; re-planning the send"
+                        );
+                        let deleted: Vec<crate::DeviceId> = delete_sessions
+                            .iter()
+                            .map(convert::store_device_id)
+                            .collect();
+                        self.store.apply(&StoreUpdate {
+                            deleted_sessions: deleted,
+                            ..StoreUpdate::default()
+                        })?;
+                        conversation = self.conversation(conversation_id).await?;
+                        retries += 1;
+                    }
+                    MismatchPlan::GiveUp => return Err(TransportError::Server(error)),
+                },
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// Encrypts `plaintext` once per recipient device of `conversation`, starting missing
+    /// sessions, and saves every advanced session (one atomic write) before returning.
+    async fn encrypt_for(
+        &mut self,
+        conversation: &Conversation,
+        plaintext: &[u8],
+    ) -> Result<Vec<Envelope>, TransportError> {
+        let recipients = plan::recipients(conversation, &self.profile.device_id);
+        let mut sessions: BTreeMap<DeviceId, Session> = BTreeMap::new();
+        for r in &recipients {
+            if let Some(s) = self
+                .store
+                .load_session(&convert::store_device_id(&r.device))?
+            {
+                sessions.insert(r.device, s);
+            }
+        }
+        let needed = plan::needing_sessions(&recipients, |d| sessions.contains_key(d));
+        if !needed.is_empty() {
+            let fetch = plan::fetch_request(&needed);
+            let bundles = match self.request(ClientRequest::FetchPrekeys(fetch)).await? {
+                ServerMessage::PrekeyBundles(b) => b,
+                other => return Err(unexpected("prekey_bundles", &other)),
+            };
+            for wire in &bundles {
+                if !needed.iter().any(|r| r.device == wire.device_id) {
+                    continue;
+                }
+                let session = Session::initiate(&self.identity, &convert::bundle(wire), &mut OsRng)
+                    .map_err(|e| {
+                        TransportError::Crypto(format!(
+                            "device {} published an unusable prekey bundle: {e}",
+                            wire.device_id
+                        ))
+                    })?;
+                sessions.insert(wire.device_id, session);
+            }
+        }
+        let mut envelopes = Vec::with_capacity(sessions.len());
+        for r in &recipients {
+            // A device with no bundle (revoked meanwhile) is left out; the server's
+            // DEVICES_MISMATCH answer then re-plans the send.
+            if let Some(session) = sessions.get_mut(&r.device) {
+                envelopes.push(Envelope {
+                    recipient_device: r.device,
+                    ciphertext: Bytes::from(session.encrypt(plaintext)?),
+                });
+            }
+        }
+        let saved: Vec<(crate::DeviceId, &Session)> = sessions
+            .iter()
+            .map(|(d, s)| (convert::store_device_id(d), s))
+            .collect();
+        self.store.apply(&StoreUpdate {
+            sessions: saved,
+            ..StoreUpdate::default()
+        })?;
+        Ok(envelopes)
+    }
+
+    /// Waits up to `timeout` for the next message. Redelivered messages already processed are
+    /// acked silently (or returned again if they were returned but never acked); prekey
+    /// warnings are handled on the way; a dropped connection is re-established. A message is
+    /// recorded as processed, durably, before it is returned: ack it with [`Client::ack`] once
+    /// shown or stored. A delivery that fails to decrypt is acked and returned as
+    /// [`Incoming::Undecryptable`], with no content.
+    pub async fn recv(&mut self, timeout: Duration) -> Result<Option<Incoming>, TransportError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.ensure_connected().await?;
+            let Some(connection) = self.connection.as_mut() else {
+                continue;
+            };
+            let Some(push) = connection.next_push(deadline).await else {
+                return Ok(None);
+            };
+            match push {
+                Push::Delivery(delivery) => {
+                    if let Some(incoming) = self.process_delivery(delivery).await? {
+                        return Ok(Some(incoming));
+                    }
+                }
+                Push::PrekeysLow(remaining) => {
+                    tracing::debug!(remaining, "server reports one-time prekeys low");
+                    // The server warns at or below its low-water mark: replenish now.
+                    if let Err(error) = self.maintain_prekeys(0).await {
+                        tracing::warn!(%error, "prekey replenishment failed");
+                    }
+                }
+                Push::Error(error) => {
+                    tracing::info!(code = error.code.as_str(), message = %error.message, "server notice");
+                    if error.code == ErrorCode::LoggedOff {
+                        self.connection = None;
+                    }
+                }
+                Push::Closed(reason) => {
+                    tracing::info!(%reason, "connection closed; reconnecting");
+                    self.connection = None;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                    let delay = self.options.backoff.delay(0, OsRng.next_u32());
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Acknowledges messages (in chunks of the protocol's limit): the server deletes its
+    /// copies for this device. Returns how many copies the server deleted.
+    pub async fn ack(&mut self, message_ids: &[MessageId]) -> Result<u32, TransportError> {
+        // Forget them first: a crash after this and before the ack only means the server
+        // delivers them again, and they are then acked as already processed.
+        if self.profile.forget_pending(message_ids) {
+            self.save_profile()?;
+        }
+        let mut count = 0u32;
+        for chunk in message_ids.chunks(MAX_ACK_IDS) {
+            let request = ClientRequest::Ack(AckRequest {
+                message_ids: chunk.to_vec(),
+            });
+            match self.request(request).await? {
+                ServerMessage::Acked { count: n } => count = count.saturating_add(n),
+                other => return Err(unexpected("acked", &other)),
+            }
+        }
+        Ok(count)
+    }
+
+    async fn handle_of(&mut self, user: UserId, conversation: ConversationId) -> Option<Handle> {
+        if let Some(h) = self.profile.handles.get(&user) {
+            return Some(h.clone());
+        }
+        if let Err(error) = self.conversation(conversation).await {
+            tracing::debug!(%error, "could not resolve a sender's handle");
+        }
+        self.profile.handles.get(&user).cloned()
+    }
+
+    /// Decrypts one delivery. `None` when there is nothing to show (an acked duplicate).
+    async fn process_delivery(
+        &mut self,
+        delivery: medrelay_proto::Delivery,
+    ) -> Result<Option<Incoming>, TransportError> {
+        let id = delivery.message_id;
+        if self.profile.processed.contains(&id) {
+            if let Some(pending) = self.profile.pending(&id) {
+                return Ok(Some(Incoming::Message(pending.clone())));
+            }
+            self.ack_quietly(id).await?;
+            return Ok(None);
+        }
+        let peer = convert::store_device_id(&delivery.sender_device_id);
+        let opened = self.open_envelope(&delivery, &peer);
+        let (plaintext, session, identity) = match opened {
+            Ok(x) => x,
+            Err(error) => {
+                tracing::warn!(message = %id, %error, "a delivery could not be decrypted; acking it");
+                return self.undecryptable(&delivery).await.map(Some);
+            }
+        };
+        let content = match content::decode(plaintext.expose_secret()) {
+            Ok(c) if c.conversation_id.as_ref() == delivery.conversation_id.as_bytes() => c,
+            _ => {
+                tracing::warn!(message = %id, "a delivery's content is malformed or names another conversation");
+                return self.undecryptable(&delivery).await.map(Some);
+            }
+        };
+        let from_handle = self
+            .handle_of(delivery.sender_user_id, delivery.conversation_id)
+            .await;
+        let message = ReceivedMessage {
+            message_id: id,
+            conversation_id: delivery.conversation_id,
+            sender_user_id: delivery.sender_user_id,
+            sender_device_id: delivery.sender_device_id,
+            from_handle,
+            text: content.text,
+            sent_at_ms: content.sent_at_ms,
+            server_time_ms: delivery.server_time_ms,
+        };
+        let mut profile = self.profile.clone();
+        profile.record_received(&message);
+        let blob = profile.to_bytes()?;
+        self.store.apply(&StoreUpdate {
+            identity: identity.as_ref(),
+            sessions: session
+                .as_ref()
+                .map(|s| vec![(peer, s)])
+                .unwrap_or_default(),
+            profile: Some(&blob),
+            ..StoreUpdate::default()
+        })?;
+        self.profile = profile;
+        if let Some(identity) = identity {
+            self.identity = identity;
+        }
+        Ok(Some(Incoming::Message(message)))
+    }
+
+    /// Decrypts a delivery's ciphertext. Returns the plaintext, the session to save (if it
+    /// changed) and the identity to save (if a one-time prekey was consumed). Changes nothing.
+    #[allow(clippy::type_complexity)]
+    fn open_envelope(
+        &self,
+        delivery: &medrelay_proto::Delivery,
+        peer: &crate::DeviceId,
+    ) -> Result<(crate::SecretBytes, Option<Session>, Option<DeviceIdentity>), TransportError> {
+        let bytes = delivery.ciphertext.as_ref();
+        let existing = self.store.load_session(peer)?;
+        match session::inspect(bytes)? {
+            IncomingKind::Ratchet => {
+                let mut session = existing.ok_or(crate::SessionError::DecryptionFailed)?;
+                let plaintext = session.decrypt(bytes, &mut OsRng)?;
+                Ok((plaintext, Some(session), None))
+            }
+            IncomingKind::Prekey { sender, .. } => {
+                if let Some(mut session) = existing.clone() {
+                    match session.decrypt(bytes, &mut OsRng) {
+                        Ok(plaintext) => return Ok((plaintext, Some(session), None)),
+                        Err(crate::SessionError::NewSessionRequired) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    // A device's identity keys never change: a new session under another
+                    // identity for the same device id is refused.
+                    if session.peer_identity() != &sender {
+                        return Err(crate::SessionError::DecryptionFailed.into());
+                    }
+                }
+                let mut identity = self.identity.clone();
+                let (session, plaintext) = Session::accept(&mut identity, bytes, &mut OsRng)?;
+                let keep = plan::keep_existing_session(
+                    existing.as_ref(),
+                    &self.profile.device_id,
+                    &delivery.sender_device_id,
+                );
+                Ok((plaintext, (!keep).then_some(session), Some(identity)))
+            }
+        }
+    }
+
+    async fn undecryptable(
+        &mut self,
+        delivery: &medrelay_proto::Delivery,
+    ) -> Result<Incoming, TransportError> {
+        self.profile.processed.insert(delivery.message_id);
+        self.save_profile()?;
+        self.ack_quietly(delivery.message_id).await?;
+        Ok(Incoming::Undecryptable(UndecryptableMessage {
+            message_id: delivery.message_id,
+            conversation_id: delivery.conversation_id,
+            sender_user_id: delivery.sender_user_id,
+            sender_device_id: delivery.sender_device_id,
+            server_time_ms: delivery.server_time_ms,
+        }))
+    }
+
+    async fn ack_quietly(&mut self, id: MessageId) -> Result<(), TransportError> {
+        let request = ClientRequest::Ack(AckRequest {
+            message_ids: vec![id],
+        });
+        match self.request(request).await? {
+            ServerMessage::Acked { .. } => Ok(()),
+            other => Err(unexpected("acked", &other)),
+        }
+    }
+
+    /// Safety numbers with each current device of `user` (a member of one of this user's
+    /// conversations), computed from the identity keys this device actually encrypts to:
+    /// those of the stored sessions, started (fetching a prekey bundle) where missing.
+    pub async fn safety_numbers(
+        &mut self,
+        user: UserId,
+    ) -> Result<Vec<DeviceSafetyNumber>, TransportError> {
+        let conversations = self.list_conversations().await?;
+        let member = conversations
+            .iter()
+            .flat_map(|c| c.members.iter())
+            .find(|m| m.user_id == user)
+            .cloned()
+            .ok_or_else(|| {
+                TransportError::InvalidArgument("that user shares no conversation with you".into())
+            })?;
+        let recipients: Vec<plan::Recipient> = member
+            .devices
+            .iter()
+            .filter(|d| **d != self.profile.device_id)
+            .map(|d| plan::Recipient { user, device: *d })
+            .collect();
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        for r in &recipients {
+            match self
+                .store
+                .load_session(&convert::store_device_id(&r.device))?
+            {
+                Some(s) => out.push((r.device, s.peer_identity().clone())),
+                None => missing.push(*r),
+            }
+        }
+        if !missing.is_empty() {
+            let bundles = match self
+                .request(ClientRequest::FetchPrekeys(plan::fetch_request(&missing)))
+                .await?
+            {
+                ServerMessage::PrekeyBundles(b) => b,
+                other => return Err(unexpected("prekey_bundles", &other)),
+            };
+            for wire in &bundles {
+                let session =
+                    Session::initiate(&self.identity, &convert::bundle(wire), &mut OsRng)?;
+                self.store
+                    .save_session(&convert::store_device_id(&wire.device_id), &session)?;
+                out.push((wire.device_id, session.peer_identity().clone()));
+            }
+        }
+        let local = self.identity.public_identity().clone();
+        Ok(out
+            .into_iter()
+            .map(|(device_id, remote)| DeviceSafetyNumber {
+                device_id,
+                number: safety_number(
+                    self.profile.user_id.as_bytes(),
+                    &local,
+                    user.as_bytes(),
+                    &remote,
+                ),
+            })
+            .collect())
+    }
+}
+
+fn unexpected(expected: &str, got: &ServerMessage) -> TransportError {
+    TransportError::Protocol(format!("expected {expected}, got {}", got.name()))
+}
