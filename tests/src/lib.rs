@@ -112,7 +112,9 @@ impl Server {
             .arg("serve")
             .arg("--data")
             .arg(self.data())
-            .args(["--listen", "127.0.0.1:0"])
+            .arg("--listen")
+            // A restart keeps the port, so clients' remembered URLs stay right.
+            .arg(format!("127.0.0.1:{}", self.port))
             .env("MEDRELAY_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -512,6 +514,99 @@ impl RawDevice {
 }
 
 impl Default for RawDevice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A person's `medrelay-client` profile: a home directory and a passphrase.
+#[derive(Debug)]
+pub struct Cli {
+    home: tempfile::TempDir,
+}
+
+impl Cli {
+    /// A new, empty profile.
+    pub fn new() -> Cli {
+        Cli {
+            home: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    /// The profile directory.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// The command, ready to run with this profile (no terminal, passphrase from the env).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary("medrelay-client"));
+        command
+            .arg("--home")
+            .arg(self.home.path())
+            .args(args)
+            .env("MEDRELAY_PASSPHRASE", "correct horse battery staple")
+            .env("MEDRELAY_TEST_WEAK_KDF", "1")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs a command; its stdout on success, its stderr as the error otherwise.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.command(args).output()?;
+        if out.status.success() {
+            Ok(String::from_utf8(out.stdout)?)
+        } else {
+            bail!(
+                "medrelay-client {} failed: {}",
+                args.first().copied().unwrap_or_default(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        }
+    }
+
+    /// Runs a command that prints one JSON object.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let out = self.run(args)?;
+        Ok(serde_json::from_str(out.trim())?)
+    }
+
+    /// Runs a command that prints JSON lines.
+    pub fn json_lines(&self, args: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.run(args)?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| Ok(serde_json::from_str(l)?))
+            .collect()
+    }
+
+    /// Enrols this profile on `server` with `code`.
+    pub fn enroll(&self, server: &Server, code: &str) -> anyhow::Result<serde_json::Value> {
+        let url = server.url();
+        let ca = server.ca_path().display().to_string();
+        self.json(&["enroll", "--server", &url, "--ca", &ca, "--code", code])
+    }
+
+    /// Creates an invite and returns its code.
+    pub fn invite(&self, role: &str, handle: &str) -> anyhow::Result<String> {
+        Ok(self
+            .run(&["invite", "--role", role, "--handle", handle])?
+            .trim()
+            .to_owned())
+    }
+
+    /// Sends `text` to `handle`.
+    pub fn send(&self, handle: &str, text: &str) -> anyhow::Result<serde_json::Value> {
+        self.json(&["send", "--to", handle, text])
+    }
+
+    /// Receives what is waiting (waiting up to `wait` seconds for the first message).
+    pub fn recv(&self, wait: u32) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.json_lines(&["recv", "--wait", &wait.to_string()])
+    }
+}
+
+impl Default for Cli {
     fn default() -> Self {
         Self::new()
     }
