@@ -5,9 +5,10 @@ use crate::field::{
     optional, required, required_enum, required_text, FieldError, FieldProblem, Within,
 };
 use crate::limits::{MAX_ORG_NAME_LEN, NONCE_LEN};
+use crate::policy::optional_consent_text;
 use crate::{
-    pb, Bytes, DeviceId, DeviceKeys, DeviceLabel, Handle, InviteCode, OrgId, Origin, ProtoError,
-    Role, Signature, UserId, X25519PublicKey,
+    pb, Bytes, ConsentText, DeviceId, DeviceKeys, DeviceLabel, Handle, InviteCode, OrgId, Origin,
+    ProtoError, Role, Signature, UserId, X25519PublicKey,
 };
 
 /// Pushed by the server as the first frame of every connection.
@@ -174,6 +175,16 @@ pub struct AuthOk {
     pub one_time_prekeys_remaining: u32,
     /// If the org archives, the key every message must also be sealed to.
     pub archive_public_key: Option<X25519PublicKey>,
+    /// Staff and admins: the account has no password and TOTP yet; send `setup_credentials`,
+    /// then `login`.
+    pub credentials_required: bool,
+    /// Staff and admins: no live login session on this device (first login, or after a
+    /// logoff); send `login` before anything else.
+    pub login_required: bool,
+    /// Patients: the consent text must be accepted (`accept_consent`) before messaging.
+    pub consent_required: bool,
+    /// The consent text to accept; always present when `consent_required` is.
+    pub consent_text: Option<ConsentText>,
 }
 
 impl AuthOk {
@@ -189,10 +200,22 @@ impl AuthOk {
                 .archive_public_key
                 .map(|key| Bytes::copy_from_slice(key.as_bytes()))
                 .unwrap_or_default(),
+            credentials_required: self.credentials_required,
+            login_required: self.login_required,
+            consent_required: self.consent_required,
+            consent_text: self
+                .consent_text
+                .as_ref()
+                .map(|t| t.as_str().to_owned())
+                .unwrap_or_default(),
         }
     }
 
     pub(crate) fn from_pb(raw: pb::AuthOk) -> Result<Self, FieldError> {
+        let consent_text = optional_consent_text("consent_text", raw.consent_text)?;
+        if raw.consent_required && consent_text.is_none() {
+            return Err(FieldError::new("consent_text", FieldProblem::Missing));
+        }
         Ok(Self {
             org_id: required("org_id", &raw.org_id, OrgId::from_bytes)?,
             user_id: required("user_id", &raw.user_id, UserId::from_bytes)?,
@@ -205,6 +228,10 @@ impl AuthOk {
                 &raw.archive_public_key,
                 X25519PublicKey::from_bytes,
             )?,
+            credentials_required: raw.credentials_required,
+            login_required: raw.login_required,
+            consent_required: raw.consent_required,
+            consent_text,
         })
     }
 }

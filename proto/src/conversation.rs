@@ -4,7 +4,7 @@ use crate::field::{
     between_one_and, optional, required, required_each, required_text, unique, FieldError, Within,
 };
 use crate::limits::{MAX_CONVERSATIONS_PER_PAGE, MAX_MEMBERS};
-use crate::{pb, Bytes, ConversationId, DeviceId, Handle, Role, UserId};
+use crate::{pb, Bytes, ConsentState, ConversationId, DeviceId, Handle, Role, UserId};
 
 /// Open (create on first use) the conversation between the caller and these users.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +68,9 @@ pub struct Member {
     pub role: Role,
     /// Their current (not revoked) devices.
     pub devices: Vec<DeviceId>,
+    /// Their consent to messaging: for a patient, whether staff may message them; for anyone
+    /// else `NotApplicable`.
+    pub consent: ConsentState,
 }
 
 impl Member {
@@ -81,6 +84,7 @@ impl Member {
                 .iter()
                 .map(|id| Bytes::copy_from_slice(id.as_bytes()))
                 .collect(),
+            consent: self.consent.to_pb(),
         }
     }
 
@@ -90,6 +94,7 @@ impl Member {
             handle: required_text("handle", raw.handle, Handle::new)?,
             role: Role::from_pb("role", raw.role)?,
             devices: required_each("devices", &raw.devices, DeviceId::from_bytes)?,
+            consent: ConsentState::from_pb("consent", raw.consent)?,
         })
     }
 }

@@ -42,4 +42,30 @@ pub enum ProtoError {
     /// A text value held characters its rule does not allow (control characters, spaces...).
     #[error("contains characters that are not allowed")]
     InvalidCharacters,
+    /// A text value (password, team name, reason, recovery code) had too few or too many
+    /// characters. The actual count is not given: for a password even its length is a hint.
+    #[error("must be {min} to {max} characters")]
+    CharacterCount {
+        /// The fewest characters allowed.
+        min: usize,
+        /// The most characters allowed.
+        max: usize,
+    },
+    /// A TOTP code was not exactly [`crate::limits::TOTP_DIGITS`] ASCII digits.
+    #[error("must be exactly {digits} digits", digits = crate::limits::TOTP_DIGITS)]
+    InvalidTotpCode,
+    /// A CIDR was not an IP address with an optional `/prefix` within the address's length.
+    #[error("must be an IPv4 or IPv6 address, optionally followed by /prefix (e.g. 10.0.0.0/8)")]
+    InvalidCidr,
+    /// A number (a duration, a timeout) was outside its allowed range.
+    #[error("must be between {min} and {max}")]
+    OutOfRange {
+        /// The smallest value allowed.
+        min: u64,
+        /// The largest value allowed.
+        max: u64,
+    },
+    /// A name (e.g. of a permission, as typed on a command line) that names nothing.
+    #[error("is not a known name")]
+    UnknownName,
 }

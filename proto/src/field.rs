@@ -36,6 +36,9 @@ pub enum FieldProblem {
     /// The field must be left empty for this kind of request.
     #[error("must be empty for this kind of request")]
     NotAllowed,
+    /// The field and the one named are alternatives: at most one may be set.
+    #[error("must not be set together with {0}")]
+    ConflictsWith(&'static str),
 }
 
 impl FieldProblem {
@@ -237,4 +240,46 @@ pub(crate) fn required_each<T>(
         .iter()
         .map(|item| required(name, item, &parse))
         .collect()
+}
+
+/// A repeated fixed-size field (ids) of at most `max` entries, each required, none twice.
+pub(crate) fn distinct_each<T: Ord>(
+    name: &'static str,
+    items: &[prost::bytes::Bytes],
+    max: usize,
+    parse: impl Fn(&[u8]) -> Result<T, ProtoError>,
+) -> Result<Vec<T>, FieldError> {
+    at_most(name, items.len(), max)?;
+    let parsed = required_each(name, items, parse)?;
+    unique(name, &parsed)?;
+    Ok(parsed)
+}
+
+/// A fixed-size value (id, key) as a prost bytes field.
+pub(crate) fn bytes_of(value: impl AsRef<[u8]>) -> prost::bytes::Bytes {
+    prost::bytes::Bytes::copy_from_slice(value.as_ref())
+}
+
+/// Fixed-size values (ids) as a repeated prost bytes field.
+pub(crate) fn bytes_each<T: AsRef<[u8]>>(values: &[T]) -> Vec<prost::bytes::Bytes> {
+    values.iter().map(bytes_of).collect()
+}
+
+/// A number within `range`, inclusive; outside is `Invalid(OutOfRange)`.
+pub(crate) fn in_range(
+    name: &'static str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, FieldError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(FieldError::new(
+            name,
+            ProtoError::OutOfRange {
+                min: *range.start(),
+                max: *range.end(),
+            },
+        ))
+    }
 }

@@ -7,14 +7,17 @@
 use prost::bytes::Buf;
 use prost::Message;
 
-use crate::field::{FieldError, FieldPath, FieldProblem, Within};
+use crate::field::{bytes_of, optional, required, FieldError, FieldPath, FieldProblem, Within};
 use crate::limits::{MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use crate::pb::{client_frame, server_frame};
+use crate::secret::Scrubbed;
 use crate::{
-    pb, AckRequest, AuthOk, AuthProof, Bytes, Challenge, Conversation, ConversationId,
-    ConversationList, Delivery, EnrollRequest, ErrorCode, FetchPrekeys, Identity, InviteCreated,
-    InviteSpec, ListConversations, OpenConversation, PrekeyBundle, SendAccepted, SendRequest,
-    UploadPrekeys, WireError,
+    break_glass, care, credentials, directory, pb, policy, AckRequest, AuthOk, AuthProof, Bytes,
+    Challenge, ConsentText, Conversation, ConversationId, ConversationList, CredentialsSetup,
+    Delivery, DeviceId, DeviceInfo, EnrollRequest, ErrorCode, FetchPrekeys, Identity,
+    InviteCreated, InviteSpec, ListConversations, OpenConversation, Password, Permission, Policy,
+    PrekeyBundle, Reason, RoleAllowList, SecondFactor, SendAccepted, SendRequest, Team, TeamId,
+    TeamName, UploadPrekeys, UserId, UserInfo, WireError,
 };
 
 /// A frame from a client: a request the server answers with the same `request_id`.
@@ -56,6 +59,112 @@ pub enum ClientRequest {
     WhoAmI,
     /// Keep the connection alive (`ping`); allowed at any time.
     Ping,
+
+    // ---- access control
+    /// Staff and admins, once after enrolment: choose a password; the answer is the TOTP
+    /// secret and recovery codes (`setup_credentials`).
+    SetupCredentials {
+        /// The new password.
+        password: Password,
+    },
+    /// Start a staff login session on this device (`login`).
+    Login {
+        /// The account's password.
+        password: Password,
+        /// A TOTP code or a recovery code.
+        second_factor: SecondFactor,
+    },
+    /// End this device's login session (`logout`).
+    Logout,
+    /// Change the caller's password (`change_password`).
+    ChangePassword {
+        /// The password now.
+        current: Password,
+        /// The password from now on.
+        new: Password,
+    },
+    /// List the org's users (`list_users`).
+    ListUsers,
+    /// List a user's devices, revoked ones included (`list_devices`).
+    ListDevices {
+        /// The user; `None` (empty on the wire) for the caller.
+        user_id: Option<UserId>,
+    },
+    /// Revoke a device at once (`revoke_device`).
+    RevokeDevice {
+        /// The device.
+        device_id: DeviceId,
+    },
+    /// Deactivate a user: every device revoked, no further enrolment (`deactivate_user`).
+    DeactivateUser {
+        /// The user.
+        user_id: UserId,
+    },
+    /// Replace the permissions granted to a user beyond their role's (`set_permissions`).
+    SetPermissions {
+        /// The user.
+        user_id: UserId,
+        /// The grants, none twice; empty clears them.
+        grants: Vec<Permission>,
+    },
+    /// Create a care team with no members (`create_team`).
+    CreateTeam {
+        /// Its name.
+        name: TeamName,
+    },
+    /// Replace a team's staff (`set_team_members`).
+    SetTeamMembers {
+        /// The team.
+        team_id: TeamId,
+        /// At most [`crate::limits::MAX_TEAM_MEMBERS`], none twice.
+        staff_user_ids: Vec<UserId>,
+    },
+    /// List the org's care teams (`list_teams`).
+    ListTeams,
+    /// Replace who cares for a patient (`assign_care`).
+    AssignCare {
+        /// The patient.
+        patient_user_id: UserId,
+        /// Staff assigned directly: at most `MAX_MEMBERS - 1`, none twice.
+        staff_user_ids: Vec<UserId>,
+        /// Teams assigned: at most [`crate::limits::MAX_TEAMS_PER_PATIENT`], none twice.
+        team_ids: Vec<TeamId>,
+    },
+    /// Read the org's policy (`get_policy`).
+    GetPolicy,
+    /// Set the staff session timeouts (`set_session_policy`).
+    SetSessionPolicy {
+        /// [`crate::limits::MIN_IDLE_TIMEOUT_MS`] to [`crate::limits::MAX_IDLE_TIMEOUT_MS`].
+        idle_timeout_ms: u64,
+        /// `idle_timeout_ms` to [`crate::limits::MAX_SESSION_LIFETIME_MS`].
+        session_lifetime_ms: u64,
+    },
+    /// Replace one role's IP allow-list (`set_allow_list`).
+    SetAllowList(RoleAllowList),
+    /// Set the consent text patients must accept (`set_consent_text`).
+    SetConsentText {
+        /// The text.
+        text: ConsentText,
+    },
+    /// A patient accepts the consent text (`accept_consent`).
+    AcceptConsent {
+        /// [`ConsentText::sha256`] of the text accepted, as the patient was shown it.
+        text_sha256: [u8; 32],
+    },
+    /// A patient withdraws consent (`withdraw_consent`).
+    WithdrawConsent,
+    /// Grant a staff member emergency access to a patient's conversation
+    /// (`grant_break_glass`).
+    GrantBreakGlass {
+        /// Who gets access.
+        staff_user_id: UserId,
+        /// To whose conversation.
+        patient_user_id: UserId,
+        /// Why; goes to the access log.
+        reason: Reason,
+        /// For how long: 1 ms to [`crate::limits::MAX_BREAK_GLASS_MS`].
+        duration_ms: u64,
+    },
 }
 
 impl ClientRequest {
@@ -74,6 +183,26 @@ impl ClientRequest {
             Self::ListConversations(_) => "list_conversations",
             Self::WhoAmI => "whoami",
             Self::Ping => "ping",
+            Self::SetupCredentials { .. } => "setup_credentials",
+            Self::Login { .. } => "login",
+            Self::Logout => "logout",
+            Self::ChangePassword { .. } => "change_password",
+            Self::ListUsers => "list_users",
+            Self::ListDevices { .. } => "list_devices",
+            Self::RevokeDevice { .. } => "revoke_device",
+            Self::DeactivateUser { .. } => "deactivate_user",
+            Self::SetPermissions { .. } => "set_permissions",
+            Self::CreateTeam { .. } => "create_team",
+            Self::SetTeamMembers { .. } => "set_team_members",
+            Self::ListTeams => "list_teams",
+            Self::AssignCare { .. } => "assign_care",
+            Self::GetPolicy => "get_policy",
+            Self::SetSessionPolicy { .. } => "set_session_policy",
+            Self::SetAllowList(_) => "set_allow_list",
+            Self::SetConsentText { .. } => "set_consent_text",
+            Self::AcceptConsent { .. } => "accept_consent",
+            Self::WithdrawConsent => "withdraw_consent",
+            Self::GrantBreakGlass { .. } => "grant_break_glass",
         }
     }
 
@@ -102,6 +231,78 @@ impl ClientRequest {
             Self::ListConversations(r) => Body::ListConversations(r.to_pb()),
             Self::WhoAmI => Body::Whoami(pb::WhoAmI {}),
             Self::Ping => Body::Ping(pb::Ping {}),
+            Self::SetupCredentials { password } => Body::SetupCredentials(pb::SetupCredentials {
+                password: password.expose().to_owned(),
+            }),
+            Self::Login {
+                password,
+                second_factor,
+            } => Body::Login(credentials::login_to_pb(password, second_factor)),
+            Self::Logout => Body::Logout(pb::Logout {}),
+            Self::ChangePassword { current, new } => Body::ChangePassword(pb::ChangePassword {
+                current_password: current.expose().to_owned(),
+                new_password: new.expose().to_owned(),
+            }),
+            Self::ListUsers => Body::ListUsers(pb::ListUsers {}),
+            Self::ListDevices { user_id } => Body::ListDevices(pb::ListDevices {
+                user_id: user_id.map(bytes_of).unwrap_or_default(),
+            }),
+            Self::RevokeDevice { device_id } => Body::RevokeDevice(pb::RevokeDevice {
+                device_id: bytes_of(device_id),
+            }),
+            Self::DeactivateUser { user_id } => Body::DeactivateUser(pb::DeactivateUser {
+                user_id: bytes_of(user_id),
+            }),
+            Self::SetPermissions { user_id, grants } => Body::SetPermissions(pb::SetPermissions {
+                user_id: bytes_of(user_id),
+                grants: Permission::list_to_pb(grants),
+            }),
+            Self::CreateTeam { name } => Body::CreateTeam(pb::CreateTeam {
+                name: name.as_str().to_owned(),
+            }),
+            Self::SetTeamMembers {
+                team_id,
+                staff_user_ids,
+            } => Body::SetTeamMembers(care::set_team_members_to_pb(team_id, staff_user_ids)),
+            Self::ListTeams => Body::ListTeams(pb::ListTeams {}),
+            Self::AssignCare {
+                patient_user_id,
+                staff_user_ids,
+                team_ids,
+            } => Body::AssignCare(care::assign_care_to_pb(
+                patient_user_id,
+                staff_user_ids,
+                team_ids,
+            )),
+            Self::GetPolicy => Body::GetPolicy(pb::GetPolicy {}),
+            Self::SetSessionPolicy {
+                idle_timeout_ms,
+                session_lifetime_ms,
+            } => Body::SetSessionPolicy(pb::SetSessionPolicy {
+                idle_timeout_ms: *idle_timeout_ms,
+                session_lifetime_ms: *session_lifetime_ms,
+            }),
+            Self::SetAllowList(list) => Body::SetAllowList(pb::SetAllowList {
+                allow_list: Some(list.to_pb()),
+            }),
+            Self::SetConsentText { text } => Body::SetConsentText(pb::SetConsentText {
+                text: text.as_str().to_owned(),
+            }),
+            Self::AcceptConsent { text_sha256 } => Body::AcceptConsent(pb::AcceptConsent {
+                text_sha256: bytes_of(text_sha256),
+            }),
+            Self::WithdrawConsent => Body::WithdrawConsent(pb::WithdrawConsent {}),
+            Self::GrantBreakGlass {
+                staff_user_id,
+                patient_user_id,
+                reason,
+                duration_ms,
+            } => Body::GrantBreakGlass(break_glass::grant_break_glass_to_pb(
+                staff_user_id,
+                patient_user_id,
+                reason,
+                *duration_ms,
+            )),
         }
     }
 
@@ -137,8 +338,63 @@ impl ClientRequest {
             }
             Body::Whoami(pb::WhoAmI {}) => Self::WhoAmI,
             Body::Ping(pb::Ping {}) => Self::Ping,
+            Body::SetupCredentials(r) => {
+                credentials::setup_credentials_from_pb(r).within("setup_credentials")?
+            }
+            Body::Login(r) => credentials::login_from_pb(r).within("login")?,
+            Body::Logout(pb::Logout {}) => Self::Logout,
+            Body::ChangePassword(r) => {
+                credentials::change_password_from_pb(r).within("change_password")?
+            }
+            Body::ListUsers(pb::ListUsers {}) => Self::ListUsers,
+            Body::ListDevices(r) => Self::ListDevices {
+                user_id: optional("user_id", &r.user_id, UserId::from_bytes)
+                    .within("list_devices")?,
+            },
+            Body::RevokeDevice(r) => Self::RevokeDevice {
+                device_id: required("device_id", &r.device_id, DeviceId::from_bytes)
+                    .within("revoke_device")?,
+            },
+            Body::DeactivateUser(r) => Self::DeactivateUser {
+                user_id: required("user_id", &r.user_id, UserId::from_bytes)
+                    .within("deactivate_user")?,
+            },
+            Body::SetPermissions(r) => {
+                directory::set_permissions_from_pb(r).within("set_permissions")?
+            }
+            Body::CreateTeam(r) => care::create_team_from_pb(r).within("create_team")?,
+            Body::SetTeamMembers(r) => {
+                care::set_team_members_from_pb(r).within("set_team_members")?
+            }
+            Body::ListTeams(pb::ListTeams {}) => Self::ListTeams,
+            Body::AssignCare(r) => care::assign_care_from_pb(r).within("assign_care")?,
+            Body::GetPolicy(pb::GetPolicy {}) => Self::GetPolicy,
+            Body::SetSessionPolicy(r) => {
+                policy::set_session_policy_from_pb(r).within("set_session_policy")?
+            }
+            Body::SetAllowList(r) => policy::set_allow_list_from_pb(r).within("set_allow_list")?,
+            Body::SetConsentText(r) => Self::SetConsentText {
+                text: crate::field::required_text("text", r.text, ConsentText::new)
+                    .within("set_consent_text")?,
+            },
+            Body::AcceptConsent(r) => Self::AcceptConsent {
+                text_sha256: required("text_sha256", &r.text_sha256, sha256_from_bytes)
+                    .within("accept_consent")?,
+            },
+            Body::WithdrawConsent(pb::WithdrawConsent {}) => Self::WithdrawConsent,
+            Body::GrantBreakGlass(r) => {
+                break_glass::grant_break_glass_from_pb(r).within("grant_break_glass")?
+            }
         })
     }
+}
+
+/// A SHA-256 digest: exactly 32 bytes.
+fn sha256_from_bytes(bytes: &[u8]) -> Result<[u8; 32], crate::ProtoError> {
+    <[u8; 32]>::try_from(bytes).map_err(|_| crate::ProtoError::WrongLength {
+        expected: 32,
+        actual: bytes.len(),
+    })
 }
 
 /// A frame from the server: an answer to the request with `request_id`, or a push (0).
@@ -211,6 +467,34 @@ pub enum ServerMessage {
         /// One-time prekeys the server still holds for this device.
         one_time_prekeys_remaining: u32,
     },
+
+    // ---- access control
+    /// The request succeeded and has nothing else to say (`done`).
+    Done,
+    /// The answer to `setup_credentials`: secrets shown once (`credentials_setup`).
+    CredentialsSetup(CredentialsSetup),
+    /// The answer to `login` (`login_ok`).
+    LoginOk {
+        /// Idle time after which the server logs the session off.
+        idle_timeout_ms: u64,
+        /// When the session ends whatever the activity, ms since the Unix epoch.
+        session_expires_at_ms: u64,
+    },
+    /// The answer to `list_users` (`user_list`).
+    UserList(Vec<UserInfo>),
+    /// The answer to `list_devices` (`device_list`).
+    DeviceList(Vec<DeviceInfo>),
+    /// The answer to `create_team` and `set_team_members` (`team`).
+    Team(Team),
+    /// The answer to `list_teams` (`team_list`).
+    TeamList(Vec<Team>),
+    /// The answer to `get_policy` (`policy`).
+    Policy(Policy),
+    /// The answer to `grant_break_glass` (`break_glass_granted`).
+    BreakGlassGranted {
+        /// When the access ends, ms since the Unix epoch.
+        expires_at_ms: u64,
+    },
 }
 
 impl ServerMessage {
@@ -231,6 +515,15 @@ impl ServerMessage {
             Self::Pong { .. } => "pong",
             Self::Delivery(_) => "delivery",
             Self::PrekeysLow { .. } => "prekeys_low",
+            Self::Done => "done",
+            Self::CredentialsSetup(_) => "credentials_setup",
+            Self::LoginOk { .. } => "login_ok",
+            Self::UserList(_) => "user_list",
+            Self::DeviceList(_) => "device_list",
+            Self::Team(_) => "team",
+            Self::TeamList(_) => "team_list",
+            Self::Policy(_) => "policy",
+            Self::BreakGlassGranted { .. } => "break_glass_granted",
         }
     }
 
@@ -272,6 +565,31 @@ impl ServerMessage {
             } => Body::PrekeysLow(pb::PrekeysLow {
                 one_time_prekeys_remaining: *one_time_prekeys_remaining,
             }),
+            Self::Done => Body::Done(pb::Done {}),
+            Self::CredentialsSetup(c) => Body::CredentialsSetup(c.to_pb()),
+            Self::LoginOk {
+                idle_timeout_ms,
+                session_expires_at_ms,
+            } => Body::LoginOk(pb::LoginOk {
+                idle_timeout_ms: *idle_timeout_ms,
+                session_expires_at_ms: *session_expires_at_ms,
+            }),
+            Self::UserList(users) => Body::UserList(pb::UserList {
+                users: users.iter().map(UserInfo::to_pb).collect(),
+            }),
+            Self::DeviceList(devices) => Body::DeviceList(pb::DeviceList {
+                devices: devices.iter().map(DeviceInfo::to_pb).collect(),
+            }),
+            Self::Team(t) => Body::Team(t.to_pb()),
+            Self::TeamList(teams) => Body::TeamList(pb::TeamList {
+                teams: teams.iter().map(Team::to_pb).collect(),
+            }),
+            Self::Policy(p) => Body::Policy(p.to_pb()),
+            Self::BreakGlassGranted { expires_at_ms } => {
+                Body::BreakGlassGranted(pb::BreakGlassGranted {
+                    expires_at_ms: *expires_at_ms,
+                })
+            }
         }
     }
 
@@ -312,8 +630,39 @@ impl ServerMessage {
             Body::PrekeysLow(p) => Self::PrekeysLow {
                 one_time_prekeys_remaining: p.one_time_prekeys_remaining,
             },
+            Body::Done(pb::Done {}) => Self::Done,
+            Body::CredentialsSetup(c) => {
+                Self::CredentialsSetup(CredentialsSetup::from_pb(c).within("credentials_setup")?)
+            }
+            Body::LoginOk(l) => Self::LoginOk {
+                idle_timeout_ms: l.idle_timeout_ms,
+                session_expires_at_ms: l.session_expires_at_ms,
+            },
+            Body::UserList(l) => {
+                Self::UserList(each(l.users, "users", UserInfo::from_pb).within("user_list")?)
+            }
+            Body::DeviceList(l) => Self::DeviceList(
+                each(l.devices, "devices", DeviceInfo::from_pb).within("device_list")?,
+            ),
+            Body::Team(t) => Self::Team(Team::from_pb(t).within("team")?),
+            Body::TeamList(l) => {
+                Self::TeamList(each(l.teams, "teams", Team::from_pb).within("team_list")?)
+            }
+            Body::Policy(p) => Self::Policy(Policy::from_pb(p).within("policy")?),
+            Body::BreakGlassGranted(b) => Self::BreakGlassGranted {
+                expires_at_ms: b.expires_at_ms,
+            },
         })
     }
+}
+
+/// Converts every entry of a repeated message field named `name`.
+fn each<R, T>(
+    raw: Vec<R>,
+    name: &'static str,
+    convert: impl Fn(R) -> Result<T, FieldError>,
+) -> Result<Vec<T>, FieldError> {
+    raw.into_iter().map(|r| convert(r).within(name)).collect()
 }
 
 /// Why a frame was refused. Peer misbehaviour only: decoding has no local failures.
@@ -443,13 +792,17 @@ fn check_version(version: u32, request_id: u64) -> Result<(), FrameError> {
 }
 
 fn decode_client(buf: impl Buf) -> Result<ClientFrame, FrameError> {
-    let raw: pb::ClientFrame = decode_raw(buf)?;
+    // Scrubbed: a refused frame may still hold a password.
+    let mut raw = Scrubbed(decode_raw::<pb::ClientFrame>(buf)?);
     check_version(raw.version, raw.request_id)?;
     let request_id = raw.request_id;
     if request_id == 0 {
         return Err(FrameError::ZeroRequestId);
     }
-    let body = raw.body.ok_or(FrameError::MissingBody { request_id })?;
+    let body = raw
+        .body
+        .take()
+        .ok_or(FrameError::MissingBody { request_id })?;
     let request =
         ClientRequest::from_pb(body).map_err(|e| FrameError::invalid_field(request_id, e))?;
     Ok(ClientFrame {
@@ -459,10 +812,14 @@ fn decode_client(buf: impl Buf) -> Result<ClientFrame, FrameError> {
 }
 
 fn decode_server(buf: impl Buf) -> Result<ServerFrame, FrameError> {
-    let raw: pb::ServerFrame = decode_raw(buf)?;
+    // Scrubbed: a refused frame may still hold credentials being set up.
+    let mut raw = Scrubbed(decode_raw::<pb::ServerFrame>(buf)?);
     check_version(raw.version, raw.request_id)?;
     let request_id = raw.request_id;
-    let body = raw.body.ok_or(FrameError::MissingBody { request_id })?;
+    let body = raw
+        .body
+        .take()
+        .ok_or(FrameError::MissingBody { request_id })?;
     let message =
         ServerMessage::from_pb(body).map_err(|e| FrameError::invalid_field(request_id, e))?;
     let is_error = matches!(message, ServerMessage::Error(_));
@@ -505,26 +862,33 @@ pub fn decode_server_frame_bytes(bytes: Bytes) -> Result<ServerFrame, FrameError
 }
 
 /// Encodes a client frame (SDK side) at [`PROTOCOL_VERSION`]. The frame is not re-checked
-/// against the limits: a frame that breaks one is refused by the server.
+/// against the limits: a frame that breaks one is refused by the server. The intermediate
+/// prost message is scrubbed of secrets; the returned bytes of a `setup_credentials`, `login`
+/// or `change_password` frame hold a password, and are the caller's to wipe once sent.
 pub fn encode_client_frame(frame: &ClientFrame) -> Vec<u8> {
-    pb::ClientFrame {
+    Scrubbed(pb::ClientFrame {
         version: PROTOCOL_VERSION,
         request_id: frame.request_id,
         body: Some(frame.request.to_pb()),
-    }
+    })
     .encode_to_vec()
 }
 
-/// Encodes a server frame (server side) at [`PROTOCOL_VERSION`].
+/// Encodes a server frame (server side) at [`PROTOCOL_VERSION`]. As for
+/// [`encode_client_frame`], the bytes of a `credentials_setup` frame hold secrets.
 pub fn encode_server_frame(frame: &ServerFrame) -> Vec<u8> {
-    pb::ServerFrame {
+    Scrubbed(pb::ServerFrame {
         version: PROTOCOL_VERSION,
         request_id: frame.request_id,
         body: Some(frame.message.to_pb()),
-    }
+    })
     .encode_to_vec()
 }
 
 #[cfg(test)]
 #[path = "frame_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "frame_access_tests.rs"]
+mod access_tests;

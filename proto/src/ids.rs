@@ -53,6 +53,10 @@ id_type!(
     /// send with the same one is idempotent.
     ClientMessageId
 );
+id_type!(
+    /// A care team: a named group of staff that can be assigned to patients as a whole.
+    TeamId
+);
 
 #[cfg(test)]
 mod tests {
@@ -77,6 +81,10 @@ mod tests {
             })
         );
         assert!(UserId::from_bytes(&[7; 17]).is_err());
+        assert_eq!(
+            TeamId::from_bytes(&[7; 16]).map(TeamId::to_array),
+            Ok([7; 16])
+        );
     }
 
     #[test]

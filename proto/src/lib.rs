@@ -7,7 +7,13 @@
 //! describes the protocol: frames, flows, the auth transcript, error codes and limits.
 
 mod auth;
+mod break_glass;
+mod care;
+mod cidr;
+mod consent;
 mod conversation;
+mod credentials;
+mod directory;
 mod error;
 mod error_code;
 mod field;
@@ -19,8 +25,11 @@ mod keys;
 pub mod limits;
 mod messaging;
 mod names;
+mod permission;
+mod policy;
 mod prekeys;
 mod role;
+mod secret;
 mod transcript;
 
 #[cfg(test)]
@@ -42,9 +51,15 @@ pub mod e2e {
 pub use prost::bytes::Bytes;
 
 pub use auth::{AuthOk, AuthProof, Challenge, ChannelBinding, EnrollRequest, Identity};
+pub use break_glass::Reason;
+pub use care::{Team, TeamName};
+pub use cidr::Cidr;
+pub use consent::{ConsentState, ConsentText};
 pub use conversation::{
     Conversation, ConversationList, ListConversations, Member, OpenConversation,
 };
+pub use credentials::{CredentialsSetup, SecondFactor};
+pub use directory::{DeviceInfo, UserInfo};
 pub use error::ProtoError;
 pub use error_code::{ErrorCode, WireError};
 pub use field::{FieldPath, FieldProblem};
@@ -53,16 +68,19 @@ pub use frame::{
     encode_client_frame, encode_server_frame, ClientFrame, ClientRequest, FrameError, ServerFrame,
     ServerMessage,
 };
-pub use ids::{ClientMessageId, ConversationId, DeviceId, MessageId, OrgId, UserId};
+pub use ids::{ClientMessageId, ConversationId, DeviceId, MessageId, OrgId, TeamId, UserId};
 pub use invite::{InviteCode, InviteCreated, InviteKind, InviteSpec};
 pub use keys::{Ed25519PublicKey, MlKemPublicKey, Signature, X25519PublicKey};
 pub use messaging::{AckRequest, Delivery, Envelope, SendAccepted, SendRequest};
 pub use names::{DeviceLabel, Handle, Origin};
+pub use permission::Permission;
+pub use policy::{Policy, RoleAllowList};
 pub use prekeys::{
     DeviceKeys, FetchPrekeys, IdentityKeys, OneTimePrekey, PqSignedPrekey, PrekeyBundle,
     SignedPrekey, UploadPrekeys,
 };
 pub use role::Role;
+pub use secret::{Password, RecoveryCode, SecretText, TotpCode};
 pub use transcript::{
     auth_transcript, enroll_transcript, identity_dh_key_signed_message, pq_prekey_signed_message,
     signed_prekey_signed_message, Binding, AUTH_TRANSCRIPT_LABEL, ENROLL_TRANSCRIPT_LABEL,

@@ -86,3 +86,67 @@ pub const MAX_ORG_NAME_LEN: usize = 128;
 /// Most conversations the server sends in one `ConversationList` page; the client asks for the
 /// next page with `ListConversations.after`.
 pub const MAX_CONVERSATIONS_PER_PAGE: usize = 64;
+
+// ---- access control
+
+/// Shortest password, in characters (Unicode scalar values). Staff and admins choose one at
+/// `SetupCredentials`; shorter is `MALFORMED`. The SDK should check it before sending.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// Longest password, in characters; longer is `MALFORMED`.
+pub const MAX_PASSWORD_LEN: usize = 256;
+
+/// Digits in a TOTP code (RFC 6238, SHA-1, 30 s steps).
+pub const TOTP_DIGITS: usize = 6;
+
+/// Shortest recovery code, in characters (`a-z 0-9 -`).
+pub const MIN_RECOVERY_CODE_LEN: usize = 8;
+
+/// Longest recovery code, in characters.
+pub const MAX_RECOVERY_CODE_LEN: usize = 64;
+
+/// Most recovery codes the server hands out in one `CredentialsSetup`; the SDK refuses more.
+pub const MAX_RECOVERY_CODES: usize = 16;
+
+/// Largest secret the server shows once (TOTP secret, `otpauth://` URI, recovery code), in
+/// bytes; larger makes the SDK refuse the frame.
+pub const MAX_SECRET_TEXT_BYTES: usize = 4 * 1024;
+
+/// Longest care-team name, in characters; longer is `MALFORMED`.
+pub const MAX_TEAM_NAME_LEN: usize = 64;
+
+/// Most staff members of one care team; more is `LIMIT_EXCEEDED`.
+pub const MAX_TEAM_MEMBERS: usize = 64;
+
+/// Most care teams assigned to one patient; more is `LIMIT_EXCEEDED`. The server also checks
+/// that the resulting conversation (patient, direct staff, every team's staff) stays within
+/// [`MAX_MEMBERS`].
+pub const MAX_TEAMS_PER_PATIENT: usize = 8;
+
+/// Shortest idle timeout an org may set (1 s): after this long without a request the server
+/// logs a staff session off (`LOGGED_OFF`). Outside the range is `MALFORMED`.
+pub const MIN_IDLE_TIMEOUT_MS: u64 = 1_000;
+
+/// Longest idle timeout an org may set (24 h).
+pub const MAX_IDLE_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1_000;
+
+/// Longest session lifetime an org may set (7 days): a login session ends this long after the
+/// login whatever the activity. It may not be shorter than the idle timeout.
+pub const MAX_SESSION_LIFETIME_MS: u64 = 7 * 24 * 60 * 60 * 1_000;
+
+/// Most CIDRs in one role's IP allow-list; more is `LIMIT_EXCEEDED`.
+pub const MAX_ALLOW_LIST_CIDRS: usize = 64;
+
+/// Largest consent text, in bytes of UTF-8 (16 KiB); larger is `TOO_LARGE`.
+pub const MAX_CONSENT_TEXT_BYTES: usize = 16 * 1024;
+
+/// Longest break-glass reason, in characters; longer is `MALFORMED`.
+pub const MAX_REASON_LEN: usize = 500;
+
+/// Longest break-glass grant (24 h); a duration of 0, or longer than this, is `MALFORMED`.
+pub const MAX_BREAK_GLASS_MS: u64 = 24 * 60 * 60 * 1_000;
+
+// A session may not be shorter than the idle timeout that ends it.
+const _: () = assert!(MAX_IDLE_TIMEOUT_MS <= MAX_SESSION_LIFETIME_MS);
+// A patient's directly assigned staff leave room for the patient in the conversation.
+const _: () = assert!(MAX_MEMBERS >= 2);

@@ -1,4 +1,5 @@
-//! Validated text that crosses the wire: handles, origins and device labels.
+//! Validated text that crosses the wire: handles, origins and device labels, and the rules
+//! and impls other text types share (team names, break-glass reasons, the consent text).
 //!
 //! Each is a newtype whose constructor enforces its rule, so a value of the type is always
 //! valid. Error messages describe the rule and never echo the text.
@@ -132,6 +133,8 @@ macro_rules! text_conversions {
     };
 }
 
+pub(crate) use text_conversions;
+
 text_conversions!(Handle);
 text_conversions!(Origin);
 text_conversions!(DeviceLabel);
@@ -148,8 +151,40 @@ macro_rules! redacted_debug {
     };
 }
 
+pub(crate) use redacted_debug;
+
 redacted_debug!(Handle);
 redacted_debug!(DeviceLabel);
+
+/// Whether `c` has no place in text a person reads: control characters (newlines included),
+/// bidirectional overrides and isolates (which can make an audit log line read differently
+/// from what it holds), zero-width spaces and byte-order marks.
+pub(crate) fn is_unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
+/// The rule for one line of text a person wrote (a team name, a reason): not blank, no
+/// unprintable characters ([`is_unprintable`]), at most `max_chars` characters.
+pub(crate) fn check_line(text: &str, max_chars: usize) -> Result<(), ProtoError> {
+    if text.trim().is_empty() {
+        return Err(ProtoError::Empty);
+    }
+    if text.chars().any(is_unprintable) {
+        return Err(ProtoError::InvalidCharacters);
+    }
+    if text.chars().count() > max_chars {
+        return Err(ProtoError::CharacterCount {
+            min: 1,
+            max: max_chars,
+        });
+    }
+    Ok(())
+}
 
 impl fmt::Debug for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -222,6 +257,34 @@ mod tests {
             "DeviceLabel(<12 bytes>)"
         );
         Ok(())
+    }
+
+    #[test]
+    fn line_rule() {
+        assert_eq!(check_line("Cardiology — night shift", 64), Ok(()));
+        assert_eq!(check_line(&"é".repeat(64), 64), Ok(()));
+        assert_eq!(
+            check_line(&"é".repeat(65), 64),
+            Err(ProtoError::CharacterCount { min: 1, max: 64 })
+        );
+        for blank in ["", " ", "\u{3000}\t "] {
+            assert_eq!(check_line(blank, 64), Err(ProtoError::Empty), "{blank:?}");
+        }
+        for bad in [
+            "a\nb",
+            "a\rb",
+            "a\u{7}",
+            "abc\u{202E}fed",
+            "a\u{2066}b",
+            "a\u{200B}b",
+            "\u{FEFF}a",
+        ] {
+            assert_eq!(
+                check_line(bad, 64),
+                Err(ProtoError::InvalidCharacters),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

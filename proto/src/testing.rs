@@ -72,14 +72,41 @@ pub(crate) fn conversation() -> Conversation {
                 handle: handle("dr.lee"),
                 role: Role::Staff,
                 devices: vec![DeviceId::from([0x43; 16]), DeviceId::from([0x44; 16])],
+                consent: ConsentState::NotApplicable,
             },
             Member {
                 user_id: UserId::from([0x45; 16]),
                 handle: handle("pat_1"),
                 role: Role::Patient,
                 devices: vec![DeviceId::from([0x46; 16])],
+                consent: ConsentState::Accepted,
             },
         ],
+    }
+}
+
+/// A password known to be valid.
+pub(crate) fn password(text: &str) -> Password {
+    Password::new(text).expect("fixture password is valid")
+}
+
+/// A consent text known to be valid.
+pub(crate) fn consent_text() -> ConsentText {
+    ConsentText::new("I agree to receive messages from the clinic.\nI may withdraw at any time.")
+        .expect("fixture consent text is valid")
+}
+
+/// A CIDR known to be valid.
+pub(crate) fn cidr(text: &str) -> Cidr {
+    text.parse().expect("fixture CIDR is valid")
+}
+
+/// A valid care team with two staff.
+pub(crate) fn team() -> Team {
+    Team {
+        team_id: TeamId::from([0x81; 16]),
+        name: TeamName::new("Cardiology nights").expect("fixture team name is valid"),
+        staff_user_ids: vec![UserId::from([0x82; 16]), UserId::from([0x83; 16])],
     }
 }
 
@@ -166,6 +193,92 @@ pub(crate) fn every_client_request() -> Vec<ClientRequest> {
         }),
         ClientRequest::WhoAmI,
         ClientRequest::Ping,
+        ClientRequest::SetupCredentials {
+            password: password("correct horse battery staple"),
+        },
+        ClientRequest::Login {
+            password: password("correct horse battery staple"),
+            second_factor: SecondFactor::Totp(
+                TotpCode::new("012345").expect("fixture code is valid"),
+            ),
+        },
+        ClientRequest::Login {
+            password: password("pässwörd-ünïcödé"),
+            second_factor: SecondFactor::Recovery(
+                RecoveryCode::new("abcd-efgh-2345").expect("fixture code is valid"),
+            ),
+        },
+        ClientRequest::Logout,
+        ClientRequest::ChangePassword {
+            current: password("correct horse battery staple"),
+            new: password("another long passphrase"),
+        },
+        ClientRequest::ListUsers,
+        ClientRequest::ListDevices { user_id: None },
+        ClientRequest::ListDevices {
+            user_id: Some(UserId::from([0x84; 16])),
+        },
+        ClientRequest::RevokeDevice {
+            device_id: DeviceId::from([0x85; 16]),
+        },
+        ClientRequest::DeactivateUser {
+            user_id: UserId::from([0x86; 16]),
+        },
+        ClientRequest::SetPermissions {
+            user_id: UserId::from([0x87; 16]),
+            grants: Permission::ALL.to_vec(),
+        },
+        ClientRequest::SetPermissions {
+            user_id: UserId::from([0x87; 16]),
+            grants: Vec::new(),
+        },
+        ClientRequest::CreateTeam { name: team().name },
+        ClientRequest::SetTeamMembers {
+            team_id: TeamId::from([0x88; 16]),
+            staff_user_ids: vec![UserId::from([0x89; 16]), UserId::from([0x8a; 16])],
+        },
+        ClientRequest::SetTeamMembers {
+            team_id: TeamId::from([0x88; 16]),
+            staff_user_ids: Vec::new(),
+        },
+        ClientRequest::ListTeams,
+        ClientRequest::AssignCare {
+            patient_user_id: UserId::from([0x8b; 16]),
+            staff_user_ids: vec![UserId::from([0x8c; 16])],
+            team_ids: vec![TeamId::from([0x8d; 16]), TeamId::from([0x8e; 16])],
+        },
+        ClientRequest::AssignCare {
+            patient_user_id: UserId::from([0x8b; 16]),
+            staff_user_ids: Vec::new(),
+            team_ids: Vec::new(),
+        },
+        ClientRequest::GetPolicy,
+        ClientRequest::SetSessionPolicy {
+            idle_timeout_ms: 15 * 60 * 1000,
+            session_lifetime_ms: 12 * 60 * 60 * 1000,
+        },
+        ClientRequest::SetAllowList(RoleAllowList {
+            role: Role::Staff,
+            cidrs: vec![cidr("10.0.0.0/8"), cidr("2001:db8::/32"), cidr("192.0.2.7")],
+        }),
+        ClientRequest::SetAllowList(RoleAllowList {
+            role: Role::Admin,
+            cidrs: Vec::new(),
+        }),
+        ClientRequest::SetConsentText {
+            text: consent_text(),
+        },
+        ClientRequest::AcceptConsent {
+            text_sha256: consent_text().sha256(),
+        },
+        ClientRequest::WithdrawConsent,
+        ClientRequest::GrantBreakGlass {
+            staff_user_id: UserId::from([0x8f; 16]),
+            patient_user_id: UserId::from([0x90; 16]),
+            reason: Reason::new("Assigned nurse unreachable; urgent results")
+                .expect("fixture reason is valid"),
+            duration_ms: 4 * 60 * 60 * 1000,
+        },
     ]
 }
 
@@ -218,6 +331,10 @@ pub(crate) fn every_server_frame() -> Vec<ServerFrame> {
             handle: handle("pat_1"),
             one_time_prekeys_remaining: 17,
             archive_public_key: Some(X25519PublicKey::from([0x75; 32])),
+            credentials_required: false,
+            login_required: false,
+            consent_required: true,
+            consent_text: Some(consent_text()),
         })),
         reply(ServerMessage::AuthOk(AuthOk {
             org_id: OrgId::from([0x72; 16]),
@@ -227,6 +344,10 @@ pub(crate) fn every_server_frame() -> Vec<ServerFrame> {
             handle: handle("dr.lee"),
             one_time_prekeys_remaining: 0,
             archive_public_key: None,
+            credentials_required: true,
+            login_required: true,
+            consent_required: false,
+            consent_text: None,
         })),
         reply(ServerMessage::PrekeysUploaded {
             one_time_prekeys_remaining: 100,
@@ -272,7 +393,95 @@ pub(crate) fn every_server_frame() -> Vec<ServerFrame> {
         ServerFrame::push(ServerMessage::PrekeysLow {
             one_time_prekeys_remaining: 4,
         }),
+        reply(ServerMessage::Done),
+        reply(ServerMessage::CredentialsSetup(CredentialsSetup {
+            totp_secret: secret("JBSWY3DPEHPK3PXP"),
+            otpauth_uri: secret(
+                "otpauth://totp/medrelay:dr.lee?secret=JBSWY3DPEHPK3PXP&issuer=medrelay",
+            ),
+            recovery_codes: vec![secret("abcd-efgh-2345"), secret("wxyz-7654-3210")],
+        })),
+        reply(ServerMessage::LoginOk {
+            idle_timeout_ms: 900_000,
+            session_expires_at_ms: 1_700_043_200_000,
+        }),
+        reply(ServerMessage::UserList(vec![
+            UserInfo {
+                user_id: UserId::from([0x91; 16]),
+                handle: handle("dr.lee"),
+                role: Role::Staff,
+                active: true,
+                permissions: vec![
+                    Permission::MessageAssignedPatients,
+                    Permission::InvitePatients,
+                ],
+                consent: ConsentState::NotApplicable,
+            },
+            UserInfo {
+                user_id: UserId::from([0x92; 16]),
+                handle: handle("pat_1"),
+                role: Role::Patient,
+                active: false,
+                permissions: Vec::new(),
+                consent: ConsentState::Withdrawn,
+            },
+        ])),
+        reply(ServerMessage::UserList(Vec::new())),
+        reply(ServerMessage::DeviceList(vec![
+            DeviceInfo {
+                device_id: DeviceId::from([0x93; 16]),
+                label: DeviceLabel::new("front desk").unwrap_or_default(),
+                created_ms: 1,
+                last_seen_ms: 2,
+                revoked: false,
+            },
+            DeviceInfo {
+                device_id: DeviceId::from([0x94; 16]),
+                label: DeviceLabel::default(),
+                created_ms: 3,
+                last_seen_ms: 4,
+                revoked: true,
+            },
+        ])),
+        reply(ServerMessage::Team(team())),
+        reply(ServerMessage::TeamList(vec![
+            team(),
+            Team {
+                staff_user_ids: Vec::new(),
+                ..team()
+            },
+        ])),
+        reply(ServerMessage::TeamList(Vec::new())),
+        reply(ServerMessage::Policy(Policy {
+            idle_timeout_ms: 900_000,
+            session_lifetime_ms: 43_200_000,
+            allow_lists: vec![
+                RoleAllowList {
+                    role: Role::Staff,
+                    cidrs: vec![cidr("10.0.0.0/8")],
+                },
+                RoleAllowList {
+                    role: Role::Admin,
+                    cidrs: vec![cidr("192.0.2.0/24"), cidr("::1")],
+                },
+            ],
+            consent_text: Some(consent_text()),
+        })),
+        reply(ServerMessage::Policy(Policy {
+            idle_timeout_ms: 1_000,
+            session_lifetime_ms: 1_000,
+            allow_lists: Vec::new(),
+            consent_text: None,
+        })),
+        reply(ServerMessage::BreakGlassGranted {
+            expires_at_ms: 1_700_014_400_000,
+        }),
     ]
+}
+
+/// A secret text known to be valid.
+fn secret(text: &str) -> SecretText {
+    SecretText::new(text).expect("fixture secret is valid")
 }
 
 /// Encodes a raw client frame (version 1, request id 7) around `body`, for malformed-frame

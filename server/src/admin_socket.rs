@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::clock::{Clock, ManualClock};
 use crate::relay::Relay;
 
 /// Longest request line accepted.
@@ -25,6 +26,11 @@ pub enum AdminRequest {
     OrgAdd {
         /// The org's name.
         name: String,
+    },
+    /// Moves the server's clock forward (only on a server started with `--test-clock`).
+    AdvanceClock {
+        /// Milliseconds to move.
+        ms: u64,
     },
 }
 
@@ -47,6 +53,11 @@ pub struct OrgAdded {
 pub enum AdminResponse {
     /// Success.
     OrgAdded(OrgAdded),
+    /// The clock after moving it.
+    Clock {
+        /// Server time now.
+        now_ms: u64,
+    },
     /// Failure, in plain words.
     Error {
         /// What went wrong.
@@ -80,22 +91,28 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves admin requests until the task is dropped.
-pub async fn serve(listener: UnixListener, relay: Arc<Relay>) {
+/// Serves admin requests until the task is dropped. `test_clock` is the server's clock when it
+/// runs on an injected one.
+pub async fn serve(listener: UnixListener, relay: Arc<Relay>, test_clock: Option<ManualClock>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let relay = relay.clone();
+        let test_clock = test_clock.clone();
         tokio::spawn(async move {
-            if let Err(error) = handle(stream, &relay).await {
+            if let Err(error) = handle(stream, &relay, test_clock.as_ref()).await {
                 tracing::debug!(%error, "admin socket request failed");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, relay: &Relay) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    relay: &Relay,
+    test_clock: Option<&ManualClock>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_REQUEST_BYTES))
@@ -108,6 +125,18 @@ async fn handle(stream: UnixStream, relay: &Relay) -> std::io::Result<()> {
                 AdminResponse::OrgAdded(added)
             }
             Err(error) => AdminResponse::Error { error },
+        },
+        Ok(AdminRequest::AdvanceClock { ms }) => match test_clock {
+            Some(clock) => {
+                clock.advance(ms);
+                tracing::warn!(ms, "test clock advanced");
+                AdminResponse::Clock {
+                    now_ms: clock.now_ms(),
+                }
+            }
+            None => AdminResponse::Error {
+                error: "this server runs on the system clock (no --test-clock)".to_owned(),
+            },
         },
         Err(error) => AdminResponse::Error {
             error: format!("unreadable admin request: {error}"),

@@ -18,9 +18,10 @@ use futures_util::{SinkExt, StreamExt};
 use medrelay_proto::ids::MessageId;
 use medrelay_proto::{
     decode_client_frame_bytes, encode_server_frame, AuthOk, Binding, Challenge, ChannelBinding,
-    ClientFrame, ClientRequest, Conversation, ConversationList, Delivery, ErrorCode, FrameError,
-    Identity, InviteCreated, Member, PrekeyBundle, SendAccepted, ServerFrame, ServerMessage,
-    WireError,
+    ClientFrame, ClientRequest, ConsentState, Conversation, ConversationList, CredentialsSetup,
+    Delivery, DeviceInfo, ErrorCode, FrameError, Identity, InviteCreated, Member, Policy,
+    PrekeyBundle, Role, RoleAllowList, SecretText, SendAccepted, ServerFrame, ServerMessage, Team,
+    UserInfo, WireError,
 };
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -29,11 +30,15 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::access::{session_expiry, LoginState, LogoffReason};
+use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::http::PeerInfo;
 use crate::hub::{CloseReason, Registration};
 use crate::limits;
+use crate::permissions;
 use crate::relay::{AuthedDevice, ConversationView};
 use crate::server::Context;
+use crate::store::TeamRecord;
 
 /// Malformed frames tolerated on one connection before it is closed.
 const MAX_BAD_FRAMES: u32 = 16;
@@ -41,6 +46,65 @@ const MAX_BAD_FRAMES: u32 = 16;
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 type Stream<S> = SplitStream<WebSocketStream<S>>;
 type PendingReply = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// How a decided request is answered.
+enum Reply {
+    /// At once.
+    Now(Result<ServerMessage, WireError>),
+    /// Once everything written so far is durable; then these devices are woken.
+    AfterSync(
+        Result<ServerMessage, WireError>,
+        Vec<medrelay_proto::DeviceId>,
+    ),
+}
+
+fn rate_limited(wait_ms: u64) -> WireError {
+    WireError::new(
+        ErrorCode::RateLimited,
+        "too many requests; slow down and try again shortly",
+    )
+    .with_retry_after(wait_ms)
+}
+
+fn team_frame(team: TeamRecord) -> Team {
+    Team {
+        team_id: team.id,
+        name: team.name,
+        staff_user_ids: team.members,
+    }
+}
+
+fn team_message(team: TeamRecord) -> ServerMessage {
+    ServerMessage::Team(team_frame(team))
+}
+
+/// The ids a request is about, for the access log (never content, keys or handles).
+fn audit_objects(request: &ClientRequest) -> Vec<String> {
+    match request {
+        ClientRequest::Send(send) => vec![send.conversation_id.to_string()],
+        ClientRequest::GetConversation { conversation_id } => vec![conversation_id.to_string()],
+        ClientRequest::FetchPrekeys(fetch) => {
+            fetch.user_ids.iter().map(ToString::to_string).collect()
+        }
+        ClientRequest::Ack(ack) => ack.message_ids.iter().map(ToString::to_string).collect(),
+        ClientRequest::ListDevices { user_id } => user_id.iter().map(ToString::to_string).collect(),
+        ClientRequest::RevokeDevice { device_id } => vec![device_id.to_string()],
+        ClientRequest::DeactivateUser { user_id }
+        | ClientRequest::SetPermissions { user_id, .. } => {
+            vec![user_id.to_string()]
+        }
+        ClientRequest::SetTeamMembers { team_id, .. } => vec![team_id.to_string()],
+        ClientRequest::AssignCare {
+            patient_user_id, ..
+        } => vec![patient_user_id.to_string()],
+        ClientRequest::GrantBreakGlass {
+            staff_user_id,
+            patient_user_id,
+            ..
+        } => vec![staff_user_id.to_string(), patient_user_id.to_string()],
+        _ => Vec::new(),
+    }
+}
 
 /// Counts a live connection for graceful shutdown.
 struct LiveGuard(Arc<Context>);
@@ -313,6 +377,22 @@ impl Unauthenticated {
                 }
             };
             let request_id = frame.request_id;
+            if matches!(
+                frame.request,
+                ClientRequest::Auth(_) | ClientRequest::Enroll(_)
+            ) {
+                let limit = self
+                    .context
+                    .limits
+                    .auth
+                    .check(&self.peer.addr.ip(), now_ms(&self.context));
+                if let Err(wait) = limit {
+                    writer
+                        .send(&error_frame(request_id, rate_limited(wait)))
+                        .await?;
+                    return Err(End::Close(CloseCode::Policy, "rate limited"));
+                }
+            }
             let result = match &frame.request {
                 ClientRequest::Ping => {
                     writer
@@ -331,11 +411,19 @@ impl Unauthenticated {
                         &binding,
                         &proof.device_id,
                         &proof.signature,
+                        self.peer.addr.ip(),
                     )
                 }),
-                ClientRequest::Enroll(request) => self
-                    .binding(&request.binding)
-                    .and_then(|binding| self.context.relay.enroll(&self.nonce, &binding, request)),
+                ClientRequest::Enroll(request) => {
+                    self.binding(&request.binding).and_then(|binding| {
+                        self.context.relay.enroll(
+                            &self.nonce,
+                            &binding,
+                            request,
+                            self.peer.addr.ip(),
+                        )
+                    })
+                }
                 other => {
                     writer
                         .send(&error_frame(
@@ -352,6 +440,26 @@ impl Unauthenticated {
                     continue;
                 }
             };
+            let outcome = match &result {
+                Ok(_) => Outcome::Allowed,
+                Err(e) => Outcome::Denied(e.code),
+            };
+            self.context.record(AuditEvent {
+                at_ms: now_ms(&self.context),
+                actor: result.as_ref().ok().map(|who| Actor {
+                    org: who.org,
+                    user: who.user,
+                    device: who.device,
+                    role: who.role,
+                }),
+                action: frame.request.name(),
+                objects: match &frame.request {
+                    ClientRequest::Auth(proof) => vec![proof.device_id.to_string()],
+                    _ => Vec::new(),
+                },
+                outcome,
+                source: self.peer.addr.ip(),
+            });
             match result {
                 Ok(who) => {
                     // Enrolment keys must be durable before the device is told it exists.
@@ -375,6 +483,41 @@ impl Unauthenticated {
                         .relay
                         .one_time_prekeys_remaining(&who)
                         .unwrap_or(0);
+                    let login = match self.context.relay.login_state(&who) {
+                        Ok(login) => login,
+                        Err(error) => {
+                            writer.send(&error_frame(request_id, error)).await?;
+                            return Err(End::Close(CloseCode::Error, "could not read the account"));
+                        }
+                    };
+                    let consent_state = if who.role == Role::Patient {
+                        self.context
+                            .relay
+                            .store()
+                            .user(&who.user)
+                            .ok()
+                            .flatten()
+                            .map(|u| u.consent.state)
+                            .unwrap_or(ConsentState::Pending)
+                    } else {
+                        ConsentState::NotApplicable
+                    };
+                    let consent_required =
+                        who.role == Role::Patient && consent_state != ConsentState::Accepted;
+                    let consent_text = if who.role == Role::Patient {
+                        match self.context.relay.consent_text(&who.org) {
+                            Ok(text) => Some(text),
+                            Err(error) => {
+                                writer.send(&error_frame(request_id, error)).await?;
+                                return Err(End::Close(
+                                    CloseCode::Error,
+                                    "could not read the consent text",
+                                ));
+                            }
+                        }
+                    } else {
+                        None
+                    };
                     tracing::info!(
                         org = %who.org, user = %who.user, device = %who.device,
                         role = who.role.as_str(), "authenticated"
@@ -390,6 +533,10 @@ impl Unauthenticated {
                                 handle: who.handle.clone(),
                                 one_time_prekeys_remaining: remaining,
                                 archive_public_key: None,
+                                credentials_required: login == LoginState::NeedsCredentials,
+                                login_required: login == LoginState::NeedsLogin,
+                                consent_required,
+                                consent_text,
                             }),
                         ))
                         .await?;
@@ -404,6 +551,8 @@ impl Unauthenticated {
                         cursor: None,
                         in_flight: HashSet::new(),
                         bad_frames: self.bad_frames,
+                        login,
+                        peer_ip: self.peer.addr.ip(),
                     });
                 }
                 Err(error) => {
@@ -429,6 +578,10 @@ struct Authenticated {
     /// Deliveries pushed and not yet acknowledged.
     in_flight: HashSet<MessageId>,
     bad_frames: u32,
+    /// Staff and admins: where the login stands.
+    login: LoginState,
+    /// Where the connection comes from.
+    peer_ip: std::net::IpAddr,
 }
 
 fn conversation_frame(view: ConversationView) -> Conversation {
@@ -442,6 +595,7 @@ fn conversation_frame(view: ConversationView) -> Conversation {
                 handle: m.handle,
                 role: m.role,
                 devices: m.devices,
+                consent: m.consent,
             })
             .collect(),
     }
@@ -454,6 +608,14 @@ impl Authenticated {
         writer: &mut Writer<S>,
     ) -> End {
         let end = self.serve_loop(stream, writer).await;
+        if let LoginState::LoggedIn(session) = self.login {
+            if let Err(error) = self.context.relay.record_activity(&self.who, session) {
+                tracing::debug!(
+                    code = error.code.as_str(),
+                    "could not record session activity"
+                );
+            }
+        }
         // Drain replies already promised, so an acknowledged send is never left unsaid.
         while let Some(reply) = self.pending.next().await {
             if writer.feed(&reply).await.is_err() {
@@ -475,6 +637,8 @@ impl Authenticated {
         let signals = self.registration.signals.clone();
         let idle = tokio::time::sleep(limits::IDLE_CONNECTION_TIMEOUT);
         tokio::pin!(idle);
+        let mut logoff_check = tokio::time::interval(limits::LOGOFF_CHECK_INTERVAL);
+        logoff_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let can_read = self.pending.len() < limits::MAX_PENDING_ACKS_PER_CONNECTION;
             let can_deliver = self.in_flight.len() < limits::MAX_UNACKED_DELIVERIES;
@@ -543,6 +707,12 @@ impl Authenticated {
                 }
                 () = signals.wake.notified(), if can_deliver => {
                     if let Err(end) = self.deliver(writer).await {
+                        return end;
+                    }
+                }
+                _ = logoff_check.tick() => {
+                    if let Err((error, end)) = self.session_check() {
+                        let _ = writer.feed(&error_frame(0, error)).await;
                         return end;
                     }
                 }
@@ -621,25 +791,134 @@ impl Authenticated {
         Ok(())
     }
 
-    /// Handles one request: answers at once, or queues a reply that waits for durability.
+    /// Handles one request: decides it, emits the audit event, then answers at once or after
+    /// the write is durable.
     async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         frame: ClientFrame,
         writer: &mut Writer<S>,
     ) -> Result<(), End> {
         let request_id = frame.request_id;
-        let relay = &self.context.relay;
-        let who = &self.who;
-        let reply = |message| ServerFrame::reply(request_id, message);
-        let answer: Result<ServerMessage, WireError> = match frame.request {
-            ClientRequest::Ping => Ok(ServerMessage::Pong {
-                server_time_ms: now_ms(&self.context),
-            }),
-            ClientRequest::Auth(_) | ClientRequest::Enroll(_) => Err(WireError::new(
+        let action = frame.request.name();
+        let objects = audit_objects(&frame.request);
+        let (reply, end) = self.decide(frame.request);
+        let outcome = match &reply {
+            Reply::Now(Ok(_)) | Reply::AfterSync(Ok(_), _) => Outcome::Allowed,
+            Reply::Now(Err(e)) | Reply::AfterSync(Err(e), _) => Outcome::Denied(e.code),
+        };
+        self.context.record(AuditEvent {
+            at_ms: now_ms(&self.context),
+            actor: Some(self.actor()),
+            action,
+            objects,
+            outcome,
+            source: self.peer_ip,
+        });
+        match reply {
+            Reply::Now(answer) => {
+                let frame = match answer {
+                    Ok(message) => ServerFrame::reply(request_id, message),
+                    Err(error) => error_frame(request_id, error),
+                };
+                writer.feed(&frame).await?;
+            }
+            Reply::AfterSync(answer, recipients) => {
+                self.pending_after_sync(request_id, answer, recipients);
+            }
+        }
+        match end {
+            Some(end) => Err(end),
+            None => Ok(()),
+        }
+    }
+
+    fn actor(&self) -> Actor {
+        Actor {
+            org: self.who.org,
+            user: self.who.user,
+            device: self.who.device,
+            role: self.who.role,
+        }
+    }
+
+    /// Logs the session off: forgets it on the device and tells the user why.
+    fn logoff(&mut self, reason: LogoffReason) -> (WireError, End) {
+        if let Err(error) = self.context.relay.logout(&self.who) {
+            tracing::error!(code = error.code.as_str(), "could not record a logoff");
+        }
+        self.login = LoginState::NeedsLogin;
+        tracing::info!(device = %self.who.device, reason = ?reason, "automatic logoff");
+        (
+            WireError::new(ErrorCode::LoggedOff, reason.message()),
+            End::Close(CloseCode::Policy, "logged off"),
+        )
+    }
+
+    /// Checks the login session against the org's timeouts now.
+    fn session_check(&mut self) -> Result<(), (WireError, End)> {
+        let LoginState::LoggedIn(session) = self.login else {
+            return Ok(());
+        };
+        let policy = match self.context.relay.policy(&self.who.org) {
+            Ok(policy) => policy,
+            Err(_) => return Ok(()),
+        };
+        match session_expiry(&session, &policy, now_ms(&self.context)) {
+            Ok(()) => Ok(()),
+            Err(reason) => Err(self.logoff(reason)),
+        }
+    }
+
+    /// Decides one request. Returns the reply and, if the connection must end, how.
+    fn decide(&mut self, request: ClientRequest) -> (Reply, Option<End>) {
+        let context = self.context.clone();
+        let relay = &context.relay;
+        let now = now_ms(&context);
+
+        // Staff and admins must have logged in (password + second factor) on this device.
+        let logged_in = matches!(self.login, LoginState::NotNeeded | LoginState::LoggedIn(_));
+        let before_login = matches!(
+            request,
+            ClientRequest::Ping
+                | ClientRequest::Auth(_)
+                | ClientRequest::Enroll(_)
+                | ClientRequest::WhoAmI
+                | ClientRequest::Logout
+                | ClientRequest::SetupCredentials { .. }
+                | ClientRequest::Login { .. }
+        );
+        if !logged_in && !before_login {
+            let message = if self.login == LoginState::NeedsCredentials {
+                "set up your password and authenticator (setup-credentials), then log in"
+            } else {
+                "log in with your password and authenticator code first"
+            };
+            return (
+                Reply::Now(Err(WireError::new(ErrorCode::Unauthenticated, message))),
+                None,
+            );
+        }
+        if !matches!(request, ClientRequest::Ping) {
+            if let Err((error, end)) = self.session_check() {
+                return (Reply::Now(Err(error)), Some(end));
+            }
+            if let LoginState::LoggedIn(session) = &mut self.login {
+                session.last_activity_ms = now;
+            }
+        }
+        let who = self.who.clone();
+        let durable =
+            |answer: Result<ServerMessage, WireError>| Reply::AfterSync(answer, Vec::new());
+        let done = |result: Result<(), WireError>| durable(result.map(|()| ServerMessage::Done));
+        let reply = match request {
+            ClientRequest::Ping => Reply::Now(Ok(ServerMessage::Pong {
+                server_time_ms: now,
+            })),
+            ClientRequest::Auth(_) | ClientRequest::Enroll(_) => Reply::Now(Err(WireError::new(
                 ErrorCode::UnexpectedFrame,
                 "this connection is already authenticated",
-            )),
-            ClientRequest::WhoAmI => relay.org(who).map(|org| {
+            ))),
+            ClientRequest::WhoAmI => Reply::Now(relay.org(&who).map(|org| {
                 ServerMessage::Identity(Identity {
                     org_id: who.org,
                     user_id: who.user,
@@ -648,116 +927,259 @@ impl Authenticated {
                     handle: who.handle.clone(),
                     org_name: org.name,
                 })
-            }),
+            })),
             ClientRequest::CreateInvite(spec) => {
-                match relay.create_invite(who, &spec) {
-                    Ok(invite) => {
-                        let created = medrelay_proto::InviteCode::new(invite.code)
-                            .map(|code| {
-                                ServerMessage::InviteCreated(InviteCreated {
-                                    code,
-                                    expires_at_ms: invite.expires_ms,
-                                })
+                durable(relay.create_invite(&who, &spec).and_then(|invite| {
+                    medrelay_proto::InviteCode::new(invite.code)
+                        .map(|code| {
+                            ServerMessage::InviteCreated(InviteCreated {
+                                code,
+                                expires_at_ms: invite.expires_ms,
                             })
-                            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()));
-                        // The invite must survive a crash before its code is shown.
-                        self.pending_after_sync(request_id, created, Vec::new());
-                        return Ok(());
-                    }
-                    Err(error) => Err(error),
-                }
+                        })
+                        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+                }))
             }
             ClientRequest::UploadPrekeys(upload) => {
-                let uploaded = relay.upload_prekeys(who, &upload).map(|remaining| {
+                durable(relay.upload_prekeys(&who, &upload).map(|remaining| {
                     ServerMessage::PrekeysUploaded {
                         one_time_prekeys_remaining: remaining,
                     }
-                });
-                self.pending_after_sync(request_id, uploaded, Vec::new());
-                return Ok(());
+                }))
             }
             ClientRequest::FetchPrekeys(fetch) => {
-                match relay.fetch_prekeys(who, &fetch.user_ids, &fetch.devices) {
-                    Ok(outcome) => {
-                        for device in &outcome.running_low {
-                            self.context.hub.prekeys_low(device);
-                        }
-                        let bundles = outcome
-                            .bundles
-                            .into_iter()
-                            .map(|b| PrekeyBundle {
-                                user_id: b.user,
-                                device_id: b.device.id,
-                                identity: b.device.identity,
-                                signed_prekey: b.device.signed_prekey,
-                                pq_prekey: b.device.pq_prekey,
-                                one_time_prekey: b.one_time_prekey,
-                            })
-                            .collect();
-                        // A handed-out one-time prekey must stay handed out after a crash.
-                        self.pending_after_sync(
-                            request_id,
-                            Ok(ServerMessage::PrekeyBundles(bundles)),
-                            Vec::new(),
-                        );
-                        return Ok(());
-                    }
-                    Err(error) => Err(error),
+                if let Err(wait) = context.limits.fetches.check(&who.device, now) {
+                    return (Reply::Now(Err(rate_limited(wait))), None);
+                }
+                // A handed-out one-time prekey must stay handed out after a crash.
+                durable(
+                    relay
+                        .fetch_prekeys(&who, &fetch.user_ids, &fetch.devices)
+                        .map(|outcome| {
+                            for device in &outcome.running_low {
+                                context.hub.prekeys_low(device);
+                            }
+                            ServerMessage::PrekeyBundles(
+                                outcome
+                                    .bundles
+                                    .into_iter()
+                                    .map(|b| PrekeyBundle {
+                                        user_id: b.user,
+                                        device_id: b.device.id,
+                                        identity: b.device.identity,
+                                        signed_prekey: b.device.signed_prekey,
+                                        pq_prekey: b.device.pq_prekey,
+                                        one_time_prekey: b.one_time_prekey,
+                                    })
+                                    .collect(),
+                            )
+                        }),
+                )
+            }
+            ClientRequest::OpenConversation(open) => durable(
+                relay
+                    .open_conversation(&who, &open.handles)
+                    .map(|view| ServerMessage::Conversation(conversation_frame(view))),
+            ),
+            ClientRequest::GetConversation { conversation_id } => Reply::Now(
+                relay
+                    .get_conversation(&who, &conversation_id)
+                    .map(|view| ServerMessage::Conversation(conversation_frame(view))),
+            ),
+            ClientRequest::ListConversations(list) => Reply::Now(
+                relay
+                    .list_conversations(&who, list.after)
+                    .map(|(views, more)| {
+                        ServerMessage::ConversationList(ConversationList {
+                            conversations: views.into_iter().map(conversation_frame).collect(),
+                            more,
+                        })
+                    }),
+            ),
+            ClientRequest::Send(send) => {
+                if let Err(wait) = context.limits.sends.check(&who.device, now) {
+                    return (Reply::Now(Err(rate_limited(wait))), None);
+                }
+                match relay.send(&who, &send) {
+                    Ok(outcome) => Reply::AfterSync(
+                        Ok(ServerMessage::SendAccepted(SendAccepted {
+                            message_id: outcome.record.message_id,
+                            server_time_ms: outcome.record.server_time_ms,
+                            duplicate: outcome.duplicate,
+                        })),
+                        outcome.recipients,
+                    ),
+                    Err(error) => Reply::Now(Err(error)),
                 }
             }
-            ClientRequest::OpenConversation(open) => {
-                match relay.open_conversation(who, &open.handles) {
-                    Ok(view) => {
-                        self.pending_after_sync(
-                            request_id,
-                            Ok(ServerMessage::Conversation(conversation_frame(view))),
-                            Vec::new(),
-                        );
-                        return Ok(());
-                    }
-                    Err(error) => Err(error),
-                }
-            }
-            ClientRequest::GetConversation { conversation_id } => relay
-                .get_conversation(who, &conversation_id)
-                .map(|view| ServerMessage::Conversation(conversation_frame(view))),
-            ClientRequest::ListConversations(list) => relay
-                .list_conversations(who, list.after)
-                .map(|(views, more)| {
-                    ServerMessage::ConversationList(ConversationList {
-                        conversations: views.into_iter().map(conversation_frame).collect(),
-                        more,
-                    })
-                }),
-            ClientRequest::Send(send) => match relay.send(who, &send) {
-                Ok(outcome) => {
-                    let accepted = ServerMessage::SendAccepted(SendAccepted {
-                        message_id: outcome.record.message_id,
-                        server_time_ms: outcome.record.server_time_ms,
-                        duplicate: outcome.duplicate,
-                    });
-                    self.pending_after_sync(request_id, Ok(accepted), outcome.recipients);
-                    return Ok(());
-                }
-                Err(error) => Err(error),
-            },
             ClientRequest::Ack(ack) => {
                 for id in &ack.message_ids {
                     self.in_flight.remove(id);
                 }
-                let acked = relay
-                    .ack(who, &ack.message_ids)
-                    .map(|count| ServerMessage::Acked { count });
                 // Room for more deliveries.
                 self.registration.signals.wake.notify_one();
-                acked
+                Reply::Now(
+                    relay
+                        .ack(&who, &ack.message_ids)
+                        .map(|count| ServerMessage::Acked { count }),
+                )
             }
+            ClientRequest::SetupCredentials { password } => {
+                durable(relay.setup_credentials(&who, &password).and_then(|new| {
+                    let secret = |s: &str| {
+                        SecretText::new(s.to_owned())
+                            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+                    };
+                    Ok(ServerMessage::CredentialsSetup(CredentialsSetup {
+                        totp_secret: secret(&new.totp_secret_base32)?,
+                        otpauth_uri: secret(&new.otpauth_uri)?,
+                        recovery_codes: new
+                            .recovery_codes
+                            .iter()
+                            .map(|c| secret(c))
+                            .collect::<Result<_, _>>()?,
+                    }))
+                }))
+            }
+            ClientRequest::Login {
+                password,
+                second_factor,
+            } => match relay.login(&who, &password, &second_factor) {
+                Ok(session) => {
+                    self.login = LoginState::LoggedIn(session);
+                    let policy = relay.policy(&who.org);
+                    durable(policy.map(|policy| {
+                        ServerMessage::LoginOk {
+                            idle_timeout_ms: policy.idle_timeout_ms,
+                            session_expires_at_ms: session
+                                .started_ms
+                                .saturating_add(policy.session_lifetime_ms),
+                        }
+                    }))
+                }
+                // A failed login changed the lockout record: durable before answering.
+                Err(error) => durable(Err(error)),
+            },
+            ClientRequest::Logout => {
+                if who.role != medrelay_proto::Role::Patient {
+                    self.login = LoginState::NeedsLogin;
+                }
+                done(relay.logout(&who))
+            }
+            ClientRequest::ChangePassword { current, new } => {
+                done(relay.change_password(&who, &current, &new))
+            }
+            ClientRequest::ListUsers => Reply::Now(relay.list_users(&who).map(|users| {
+                ServerMessage::UserList(
+                    users
+                        .into_iter()
+                        .map(|u| UserInfo {
+                            user_id: u.id,
+                            permissions: permissions::effective(&u).into_iter().collect(),
+                            handle: u.handle,
+                            role: u.role,
+                            active: u.active,
+                            consent: u.consent.state,
+                        })
+                        .collect(),
+                )
+            })),
+            ClientRequest::ListDevices { user_id } => {
+                Reply::Now(relay.list_devices(&who, user_id).map(|devices| {
+                    ServerMessage::DeviceList(
+                        devices
+                            .into_iter()
+                            .map(|d| DeviceInfo {
+                                device_id: d.id,
+                                label: d.label,
+                                created_ms: d.created_ms,
+                                last_seen_ms: d.last_seen_ms,
+                                revoked: d.revoked,
+                            })
+                            .collect(),
+                    )
+                }))
+            }
+            ClientRequest::RevokeDevice { device_id } => {
+                let result = relay.revoke_device(&who, &device_id);
+                if result.is_ok() {
+                    context.hub.close(&device_id, CloseReason::Revoked);
+                }
+                done(result)
+            }
+            ClientRequest::DeactivateUser { user_id } => {
+                let result = relay.deactivate_user(&who, &user_id);
+                if let Ok(devices) = &result {
+                    for device in devices {
+                        context.hub.close(device, CloseReason::Revoked);
+                    }
+                }
+                done(result.map(|_| ()))
+            }
+            ClientRequest::SetPermissions { user_id, grants } => {
+                done(relay.set_permissions(&who, &user_id, &grants))
+            }
+            ClientRequest::CreateTeam { name } => {
+                durable(relay.create_team(&who, &name).map(team_message))
+            }
+            ClientRequest::SetTeamMembers {
+                team_id,
+                staff_user_ids,
+            } => durable(
+                relay
+                    .set_team_members(&who, &team_id, &staff_user_ids)
+                    .map(team_message),
+            ),
+            ClientRequest::ListTeams => {
+                Reply::Now(relay.list_teams(&who).map(|teams| {
+                    ServerMessage::TeamList(teams.into_iter().map(team_frame).collect())
+                }))
+            }
+            ClientRequest::AssignCare {
+                patient_user_id,
+                staff_user_ids,
+                team_ids,
+            } => done(
+                relay
+                    .assign_care(&who, &patient_user_id, &staff_user_ids, &team_ids)
+                    .map(|_| ()),
+            ),
+            ClientRequest::GetPolicy => Reply::Now(relay.get_policy(&who).and_then(|policy| {
+                Ok(ServerMessage::Policy(Policy {
+                    idle_timeout_ms: policy.idle_timeout_ms,
+                    session_lifetime_ms: policy.session_lifetime_ms,
+                    allow_lists: policy
+                        .allow_lists
+                        .into_iter()
+                        .map(|(role, cidrs)| RoleAllowList { role, cidrs })
+                        .collect(),
+                    consent_text: Some(relay.consent_text(&who.org)?),
+                }))
+            })),
+            ClientRequest::SetSessionPolicy {
+                idle_timeout_ms,
+                session_lifetime_ms,
+            } => done(relay.set_session_policy(&who, idle_timeout_ms, session_lifetime_ms)),
+            ClientRequest::SetAllowList(list) => {
+                done(relay.set_allow_list(&who, &list, self.peer_ip))
+            }
+            ClientRequest::SetConsentText { text } => done(relay.set_consent_text(&who, &text)),
+            ClientRequest::AcceptConsent { text_sha256 } => {
+                done(relay.accept_consent(&who, &text_sha256))
+            }
+            ClientRequest::WithdrawConsent => done(relay.withdraw_consent(&who)),
+            ClientRequest::GrantBreakGlass {
+                staff_user_id,
+                patient_user_id,
+                reason,
+                duration_ms,
+            } => durable(
+                relay
+                    .grant_break_glass(&who, &staff_user_id, &patient_user_id, &reason, duration_ms)
+                    .map(|expires_at_ms| ServerMessage::BreakGlassGranted { expires_at_ms }),
+            ),
         };
-        let frame = match answer {
-            Ok(message) => reply(message),
-            Err(error) => error_frame(request_id, error),
-        };
-        writer.feed(&frame).await
+        (reply, None)
     }
 
     /// Queues a reply that is sent once everything written so far is durable; then wakes

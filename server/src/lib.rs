@@ -5,14 +5,19 @@
 //! seam; [`connection`] is the per-connection state machine; [`server`] and [`http`] are the
 //! thin tokio/rustls/hyper/tungstenite adapters; [`group_commit`] shares storage flushes.
 
+pub mod access;
 pub mod admin_socket;
+pub mod audit;
 pub mod clock;
 pub mod connection;
+pub mod credentials;
 pub mod datadir;
 pub mod group_commit;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod permissions;
+pub mod rate_limit;
 pub mod relay;
 pub mod server;
 pub mod store;

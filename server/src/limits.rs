@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::rate_limit::Rate;
+
 /// Most connections the server holds at once; further ones are refused at accept.
 pub const MAX_CONNECTIONS: usize = 20_000;
 /// Most connections from one IP address at once.
@@ -46,5 +48,22 @@ pub const MAX_DEVICES_PER_USER: usize = medrelay_proto::limits::MAX_DEVICES_PER_
 pub const LINGER_ON_CLOSE: Duration = Duration::from_secs(2);
 /// Most bytes read and discarded while lingering on close.
 pub const LINGER_MAX_BYTES: usize = 2 * 1024 * 1024;
+/// How often a connection checks its login session against the org's timeouts.
+pub const LOGOFF_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// Authentication and enrolment attempts per IP address.
+pub const AUTH_RATE: Rate = Rate {
+    burst: 100.0,
+    per_second: 5.0,
+};
+/// Sends per device (generous: a care-team device sends in bursts; the benchmark overrides).
+pub const SEND_RATE: Rate = Rate {
+    burst: 2000.0,
+    per_second: 1000.0,
+};
+/// Prekey fetches per device.
+pub const FETCH_RATE: Rate = Rate {
+    burst: 200.0,
+    per_second: 50.0,
+};
 /// Time a graceful shutdown waits for connections to drain.
 pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

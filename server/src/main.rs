@@ -9,7 +9,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Parser, Subcommand};
 use medrelay_server::admin_socket::{self, AdminRequest, AdminResponse};
-use medrelay_server::clock::SystemClock;
+use medrelay_server::audit::LogAuditSink;
+use medrelay_server::clock::{Clock, ManualClock, SystemClock};
 use medrelay_server::datadir::{DataDir, DEFAULT_ORG_NAME};
 use medrelay_server::hub::Hub;
 use medrelay_server::relay::Relay;
@@ -59,6 +60,10 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long)]
         json_logs: bool,
+        /// Tests only: run on a clock that moves only when `advance_clock` is sent on the
+        /// admin socket.
+        #[arg(long, hide = true)]
+        test_clock: bool,
     },
     /// Initialise a data directory without serving; prints one JSON object.
     Init {
@@ -125,10 +130,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn open(data: &DataDir) -> anyhow::Result<(Arc<SledStore>, Relay)> {
+async fn open(data: &DataDir, clock: Arc<dyn Clock>) -> anyhow::Result<(Arc<SledStore>, Relay)> {
     data.create()?;
     let store = Arc::new(SledStore::open(&data.db())?);
-    let relay = Relay::new(store.clone(), Arc::new(SystemClock));
+    let relay = Relay::new(store.clone(), clock);
     Ok((store, relay))
 }
 
@@ -140,7 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hostnames,
         } => {
             let data = DataDir::new(data);
-            let (store, relay) = open(&data).await?;
+            let (store, relay) = open(&data, Arc::new(SystemClock)).await?;
             let report = data.initialise(&store, &relay, &org, &hostnames).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
@@ -153,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let added = match admin_socket::request(&data.admin_socket(), &request).await? {
                 Some(AdminResponse::OrgAdded(added)) => added,
                 Some(AdminResponse::Error { error }) => bail!("the server refused: {error}"),
+                Some(AdminResponse::Clock { .. }) => bail!("unexpected answer from the server"),
                 None => {
                     if !data.db().exists() {
                         bail!(
@@ -161,7 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             data.root().display()
                         );
                     }
-                    let (store, relay) = open(&data).await?;
+                    let (store, relay) = open(&data, Arc::new(SystemClock)).await?;
                     if !store.is_initialised()? {
                         bail!("{} is not initialised", data.root().display());
                     }
@@ -182,10 +188,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             tls12,
             json_logs,
+            test_clock,
         } => {
             init_logs(json_logs);
             let data = DataDir::new(data);
-            let (store, relay) = open(&data).await?;
+            let manual_clock = test_clock.then(|| ManualClock::new(SystemClock.now_ms()));
+            let clock: Arc<dyn Clock> = match &manual_clock {
+                Some(manual) => {
+                    eprintln!(
+                        "medrelay: WARNING: running on a test clock that only moves when told to; \
+                         never use --test-clock in production"
+                    );
+                    Arc::new(manual.clone())
+                }
+                None => Arc::new(SystemClock),
+            };
+            let (store, relay) = open(&data, clock.clone()).await?;
             if !store.is_initialised()? {
                 let report = data.initialise(&store, &relay, &org, &hostnames).await?;
                 println!(
@@ -228,14 +246,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let context = Arc::new(Context {
                 relay: (*relay).clone(),
                 hub: Arc::new(Hub::default()),
-                clock: Arc::new(SystemClock),
+                clock,
                 origins,
                 shutdown: shutdown_rx,
                 live_connections: AtomicUsize::new(0),
+                limits: Default::default(),
+                audit: Arc::new(LogAuditSink),
             });
             let admin = admin_socket::bind(&data.admin_socket())
                 .with_context(|| format!("could not bind {}", data.admin_socket().display()))?;
-            let admin_task = tokio::spawn(admin_socket::serve(admin, relay.clone()));
+            let admin_task = tokio::spawn(admin_socket::serve(admin, relay.clone(), manual_clock));
             println!("medrelay listening on {local} (wss://{local}/v1/ws)");
             tracing::info!(%local, "listening");
             server::serve(listener, tls, context, shutdown_tx, shutdown_signal()).await;

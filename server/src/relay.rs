@@ -4,24 +4,27 @@
 //! authenticated device, and encodes the answer. Every method checks authorisation itself (org
 //! isolation, conversation membership, role), so no caller can forget to.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::VerifyingKey;
 use medrelay_proto::ids::{ConversationId, DeviceId, MessageId, OrgId, UserId};
 use medrelay_proto::{
-    auth_transcript, enroll_transcript, Binding, DeviceKeys, Ed25519PublicKey, EnrollRequest,
-    ErrorCode, Handle, InviteSpec, OneTimePrekey, PqSignedPrekey, Role, SendRequest, Signature,
-    SignedPrekey, WireError,
+    auth_transcript, enroll_transcript, Binding, ConsentState, DeviceKeys, Ed25519PublicKey,
+    EnrollRequest, ErrorCode, Handle, InviteSpec, OneTimePrekey, Permission, PqSignedPrekey, Role,
+    SendRequest, Signature, SignedPrekey, WireError,
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::limits;
+use crate::permissions;
 use crate::store::{
-    ConversationRecord, DeviceRecord, EnvelopeRecord, InviteKindRecord, InviteRecord, MailboxItem,
-    OrgRecord, SendRecord, Store, StoreError, StoreSendOutcome, UserRecord,
+    CareRecord, ConsentRecord, ConversationRecord, DeviceRecord, EnvelopeRecord, InviteKindRecord,
+    InviteRecord, LockoutRecord, MailboxItem, OrgPolicy, OrgRecord, SendRecord, Store, StoreError,
+    StoreSendOutcome, UserRecord,
 };
 
 /// An authenticated device: who is asking. Only [`Relay::authenticate`] and
@@ -69,6 +72,8 @@ pub struct MemberView {
     pub role: Role,
     /// Current (not revoked) devices.
     pub devices: Vec<DeviceId>,
+    /// Patients: their consent to messaging.
+    pub consent: ConsentState,
 }
 
 /// A device's published keys with at most one one-time prekey, for session setup.
@@ -102,7 +107,7 @@ pub struct FetchOutcome {
     pub running_low: Vec<DeviceId>,
 }
 
-fn internal(error: StoreError) -> WireError {
+pub(crate) fn internal(error: StoreError) -> WireError {
     tracing::error!(%error, "storage error");
     WireError::new(
         ErrorCode::Internal,
@@ -110,7 +115,7 @@ fn internal(error: StoreError) -> WireError {
     )
 }
 
-fn not_found(what: &str) -> WireError {
+pub(crate) fn not_found(what: &str) -> WireError {
     WireError::new(ErrorCode::NotFound, format!("{what} not found"))
 }
 
@@ -185,11 +190,38 @@ fn verify_prekeys(
     Ok(())
 }
 
+/// Default idle time before staff and admin sessions are logged off.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+/// Default absolute lifetime of a staff or admin session.
+pub const DEFAULT_SESSION_LIFETIME_MS: u64 = 12 * 60 * 60 * 1000;
+
+/// The consent text patients see until the clinic sets its own.
+pub fn default_consent_text(org_name: &str) -> String {
+    format!(
+        "By accepting, you agree that {org_name} may exchange messages with you about your care \
+         through this secure messaging service. Messages are end-to-end encrypted: the server \
+         cannot read them. Do not use messaging for emergencies; call your local emergency \
+         number. You can withdraw this consent at any time, which stops messaging."
+    )
+}
+
+/// A fresh org policy with the defaults.
+pub fn default_policy() -> OrgPolicy {
+    OrgPolicy {
+        idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+        session_lifetime_ms: DEFAULT_SESSION_LIFETIME_MS,
+        allow_lists: Default::default(),
+        consent_text: None,
+    }
+}
+
 /// The relay's request logic.
 #[derive(Debug, Clone)]
 pub struct Relay {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Per org, the staff who may see every patient conversation (they are members of all).
+    see_all: Arc<Mutex<HashMap<OrgId, Arc<Vec<UserId>>>>>,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -201,7 +233,11 @@ impl std::fmt::Debug for dyn Store {
 impl Relay {
     /// The relay over `store`, on `clock`.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Relay { store, clock }
+        Relay {
+            store,
+            clock,
+            see_all: Arc::default(),
+        }
     }
 
     /// The store.
@@ -227,6 +263,7 @@ impl Relay {
             id: OrgId::random(&mut rand::rngs::OsRng),
             name: name.to_owned(),
             created_ms: self.clock.now_ms(),
+            policy: default_policy(),
         };
         self.store.put_org(&org).map_err(internal)?;
         let handle = Handle::new("admin").map_err(|e| {
@@ -289,6 +326,7 @@ impl Relay {
         binding: &Binding,
         device_id: &DeviceId,
         signature: &Signature,
+        source: IpAddr,
     ) -> Result<AuthedDevice, WireError> {
         let device = self
             .store
@@ -300,10 +338,36 @@ impl Relay {
         {
             return Err(auth_failed());
         }
+        let who = self.authed(&device)?;
+        self.check_allow_list(&who.org, who.role, source)?;
         let mut device = device;
         device.last_seen_ms = self.clock.now_ms();
         self.store.put_device(&device).map_err(internal)?;
-        self.authed(&device)
+        Ok(who)
+    }
+
+    /// Refuses a connection from outside the org's allow-list for `role`.
+    pub(crate) fn check_allow_list(
+        &self,
+        org: &OrgId,
+        role: Role,
+        source: IpAddr,
+    ) -> Result<(), WireError> {
+        let org = self
+            .store
+            .org(org)
+            .map_err(internal)?
+            .ok_or_else(|| not_found("organisation"))?;
+        match org.policy.allow_lists.get(&role) {
+            Some(cidrs) if !cidrs.is_empty() && !cidrs.iter().any(|c| c.contains(&source)) => {
+                Err(WireError::new(
+                    ErrorCode::Forbidden,
+                    "connections from this network are not allowed for your role; ask your \
+                     clinic's admin",
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Enrols a new device with an invite code; the proof binds it to this connection.
@@ -312,6 +376,7 @@ impl Relay {
         nonce: &[u8; 32],
         binding: &Binding,
         request: &EnrollRequest,
+        source: IpAddr,
     ) -> Result<AuthedDevice, WireError> {
         let keys = &request.keys;
         let transcript = enroll_transcript(nonce, binding, &keys.identity.signing_key);
@@ -335,7 +400,10 @@ impl Relay {
         if invite.expires_ms <= now {
             return Err(invite_invalid());
         }
-        let result = self.enroll_with_invite(&invite, request, now);
+        let result = self
+            .invite_role(&invite)
+            .and_then(|role| self.check_allow_list(&invite.org, role, source))
+            .and_then(|()| self.enroll_with_invite(&invite, request, now));
         if result.is_err() {
             // The invite was not used up by a failed enrolment: put it back.
             self.store
@@ -343,6 +411,22 @@ impl Relay {
                 .map_err(internal)?;
         }
         result
+    }
+
+    /// The role of the user an invite enrols.
+    fn invite_role(&self, invite: &InviteRecord) -> Result<Role, WireError> {
+        match &invite.kind {
+            InviteKindRecord::NewUser { role, .. } => Ok(*role),
+            InviteKindRecord::NewDevice { user } => {
+                let user = self
+                    .store
+                    .user(user)
+                    .map_err(internal)?
+                    .filter(|u| u.active)
+                    .ok_or_else(invite_invalid)?;
+                Ok(user.role)
+            }
+        }
     }
 
     fn enroll_with_invite(
@@ -367,6 +451,7 @@ impl Relay {
             created_ms: now,
             last_seen_ms: now,
             revoked: false,
+            login: None,
         };
         match &invite.kind {
             InviteKindRecord::NewUser { role, handle } => {
@@ -376,6 +461,19 @@ impl Relay {
                     handle: handle.clone(),
                     role: *role,
                     created_ms: now,
+                    active: true,
+                    grants: BTreeSet::new(),
+                    consent: ConsentRecord {
+                        state: if *role == Role::Patient {
+                            ConsentState::Pending
+                        } else {
+                            ConsentState::NotApplicable
+                        },
+                        changed_ms: now,
+                        text_sha256: None,
+                    },
+                    credentials: None,
+                    lockout: LockoutRecord::default(),
                 };
                 match self
                     .store
@@ -384,6 +482,33 @@ impl Relay {
                     Ok(()) => {}
                     Err(StoreError::HandleTaken) => return Err(handle_taken()),
                     Err(other) => return Err(internal(other)),
+                }
+                // A patient invited by a staff member is in that staff member's care.
+                if *role == Role::Patient {
+                    if let Some(inviter) = invite.created_by {
+                        let inviter_is_staff = self
+                            .store
+                            .user(&inviter)
+                            .map_err(internal)?
+                            .is_some_and(|u| u.role == Role::Staff && u.active);
+                        if inviter_is_staff {
+                            let care = CareRecord {
+                                staff: vec![inviter],
+                                teams: Vec::new(),
+                            };
+                            self.store
+                                .put_care(&invite.org, &user_id, &care)
+                                .map_err(internal)?;
+                            self.store
+                                .patient_conversation(
+                                    &invite.org,
+                                    &user_id,
+                                    ConversationId::random(&mut rand::rngs::OsRng),
+                                    now,
+                                )
+                                .map_err(internal)?;
+                        }
+                    }
                 }
             }
             InviteKindRecord::NewDevice { user } => {
@@ -417,17 +542,17 @@ impl Relay {
             InviteSpec::NewDevice => InviteKindRecord::NewDevice { user: who.user },
             InviteSpec::NewUser { role, handle } => {
                 let role = *role;
-                let allowed = match who.role {
-                    Role::Admin => true,
-                    Role::Staff => role == Role::Patient,
-                    Role::Patient => false,
+                let needed = match role {
+                    Role::Patient => Permission::InvitePatients,
+                    Role::Staff | Role::Admin => Permission::ManageStaff,
                 };
-                if !allowed {
-                    return Err(WireError::new(
+                self.require(who, needed).map_err(|_| {
+                    WireError::new(
                         ErrorCode::Forbidden,
-                        "your role may not invite that role (staff invite patients; admins invite anyone)",
-                    ));
-                }
+                        "you may not invite that role (inviting patients and managing staff are \
+                         separate permissions)",
+                    )
+                })?;
                 if self
                     .store
                     .user_by_handle(&who.org, handle)
@@ -505,14 +630,159 @@ impl Relay {
         if other.id == who.user {
             return Ok(true);
         }
-        for id in self.store.user_conversations(&who.user).map_err(internal)? {
-            if let Some(conversation) = self.store.conversation(&id).map_err(internal)? {
-                if conversation.members.contains(&other.id) {
-                    return Ok(true);
-                }
+        let now = self.clock.now_ms();
+        for conversation in self.conversations_of(who, now)? {
+            if self.members_of(&conversation, now)?.contains(&other.id) {
+                return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// The caller's user record, which must still be active.
+    pub(crate) fn caller(&self, who: &AuthedDevice) -> Result<UserRecord, WireError> {
+        self.store
+            .user(&who.user)
+            .map_err(internal)?
+            .filter(|u| u.active)
+            .ok_or_else(|| WireError::new(ErrorCode::LoggedOff, "this account was deactivated"))
+    }
+
+    /// Refuses unless the caller has `permission` now.
+    pub(crate) fn require(
+        &self,
+        who: &AuthedDevice,
+        permission: Permission,
+    ) -> Result<UserRecord, WireError> {
+        let user = self.caller(who)?;
+        if permissions::effective(&user).contains(&permission) {
+            Ok(user)
+        } else {
+            Err(WireError::new(
+                ErrorCode::Forbidden,
+                format!("this needs the {} permission", permission.as_str()),
+            ))
+        }
+    }
+
+    /// Active staff of the org allowed to see every patient conversation.
+    fn see_all_staff(&self, org: &OrgId) -> Result<Arc<Vec<UserId>>, WireError> {
+        if let Some(cached) = self
+            .see_all
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(org)
+        {
+            return Ok(cached.clone());
+        }
+        let staff: Vec<UserId> = self
+            .store
+            .org_users(org)
+            .map_err(internal)?
+            .into_iter()
+            .filter(|u| {
+                u.active
+                    && u.role == Role::Staff
+                    && permissions::effective(u).contains(&Permission::SeeAllPatientConversations)
+            })
+            .map(|u| u.id)
+            .collect();
+        let staff = Arc::new(staff);
+        self.see_all
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*org, staff.clone());
+        Ok(staff)
+    }
+
+    /// Forgets cached permission-derived membership (after a permission or user change).
+    pub(crate) fn invalidate_membership(&self, org: &OrgId) {
+        self.see_all
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(org);
+    }
+
+    /// The staff who care for a patient now: assigned directly, through a team, or by an
+    /// unexpired break-glass grant; active staff only.
+    pub(crate) fn care_staff(
+        &self,
+        org: &OrgId,
+        patient: &UserId,
+        now: u64,
+    ) -> Result<BTreeSet<UserId>, WireError> {
+        let care = self.store.care(org, patient).map_err(internal)?;
+        let mut staff: BTreeSet<UserId> = care.staff.into_iter().collect();
+        for team in &care.teams {
+            if let Some(team) = self.store.team(org, team).map_err(internal)? {
+                staff.extend(team.members);
+            }
+        }
+        for grant in self.store.break_glass_for(org, patient).map_err(internal)? {
+            if grant.expires_ms > now {
+                staff.insert(grant.staff);
+            }
+        }
+        let mut active = BTreeSet::new();
+        for id in staff {
+            if self
+                .store
+                .user(&id)
+                .map_err(internal)?
+                .is_some_and(|u| u.active && u.role == Role::Staff && u.org == *org)
+            {
+                active.insert(id);
+            }
+        }
+        Ok(active)
+    }
+
+    /// The members of a conversation now. A patient's care conversation has the patient, the
+    /// staff who care for them, and the staff allowed to see every patient conversation.
+    pub(crate) fn members_of(
+        &self,
+        conversation: &ConversationRecord,
+        now: u64,
+    ) -> Result<Vec<UserId>, WireError> {
+        let Some(patient) = conversation.patient else {
+            return Ok(conversation.members.clone());
+        };
+        let mut members = self.care_staff(&conversation.org, &patient, now)?;
+        members.extend(self.see_all_staff(&conversation.org)?.iter().copied());
+        members.insert(patient);
+        Ok(members.into_iter().collect())
+    }
+
+    /// Every conversation `who` is a member of now.
+    pub(crate) fn conversations_of(
+        &self,
+        who: &AuthedDevice,
+        now: u64,
+    ) -> Result<Vec<ConversationRecord>, WireError> {
+        let mut conversations = Vec::new();
+        for id in self.store.user_conversations(&who.user).map_err(internal)? {
+            if let Some(c) = self.store.conversation(&id).map_err(internal)? {
+                conversations.push(c);
+            }
+        }
+        if who.role == Role::Admin {
+            return Ok(conversations);
+        }
+        for (patient, id) in self
+            .store
+            .org_patient_conversations(&who.org)
+            .map_err(internal)?
+        {
+            if who.role == Role::Patient && patient != who.user {
+                continue;
+            }
+            if let Some(c) = self.store.conversation(&id).map_err(internal)? {
+                if self.members_of(&c, now)?.contains(&who.user) {
+                    conversations.push(c);
+                }
+            }
+        }
+        Ok(conversations)
     }
 
     /// Hands out prekey bundles of every current device of `users` (restricted to `devices`
@@ -566,8 +836,10 @@ impl Relay {
     }
 
     fn view(&self, conversation: &ConversationRecord) -> Result<ConversationView, WireError> {
-        let mut members = Vec::with_capacity(conversation.members.len());
-        for user_id in &conversation.members {
+        let now = self.clock.now_ms();
+        let member_ids = self.members_of(conversation, now)?;
+        let mut members = Vec::with_capacity(member_ids.len());
+        for user_id in &member_ids {
             let user = self
                 .store
                 .user(user_id)
@@ -585,6 +857,7 @@ impl Relay {
                 handle: user.handle,
                 role: user.role,
                 devices,
+                consent: user.consent.state,
             });
         }
         Ok(ConversationView {
@@ -600,42 +873,104 @@ impl Relay {
     ) -> Result<ConversationRecord, WireError> {
         // Not a member and does not exist look the same: existence is not leaked.
         match self.store.conversation(id).map_err(internal)? {
-            Some(c) if c.org == who.org && c.members.contains(&who.user) => Ok(c),
+            Some(c)
+                if c.org == who.org
+                    && self
+                        .members_of(&c, self.clock.now_ms())?
+                        .contains(&who.user) =>
+            {
+                Ok(c)
+            }
             _ => Err(not_found("conversation")),
         }
     }
 
-    /// Opens (creating on first use) the conversation of the caller and these handles.
-    /// A conversation never holds two patients, nor anyone of another org.
+    /// Opens the conversation of the caller and these handles. With a patient among them it
+    /// is that patient's care conversation, which everyone named must belong to (patients
+    /// reach their care team only; staff reach the patients they care for; admins none).
+    /// Without a patient, a staff conversation is created on first use.
     pub fn open_conversation(
         &self,
         who: &AuthedDevice,
         handles: &[Handle],
     ) -> Result<ConversationView, WireError> {
-        let mut members = BTreeSet::new();
-        members.insert(who.user);
-        let mut patients = usize::from(who.role == Role::Patient);
+        let caller = self.caller(who)?;
+        let mut others: Vec<UserRecord> = Vec::new();
         for handle in handles {
             let user = self
                 .store
                 .user_by_handle(&who.org, handle)
                 .map_err(internal)?
+                .filter(|u| u.active)
                 .ok_or_else(|| {
                     WireError::new(
                         ErrorCode::NotFound,
                         "no user with that handle in your organisation",
                     )
                 })?;
-            if members.insert(user.id) && user.role == Role::Patient {
-                patients += 1;
+            if user.id != who.user && !others.iter().any(|o| o.id == user.id) {
+                others.push(user);
             }
         }
-        if members.len() < 2 {
+        if others.is_empty() {
             return Err(WireError::new(
                 ErrorCode::Malformed,
                 "a conversation needs at least one other member",
             ));
         }
+        let mut patients: Vec<UserId> = others
+            .iter()
+            .filter(|u| u.role == Role::Patient)
+            .map(|u| u.id)
+            .collect();
+        if caller.role == Role::Patient {
+            patients.push(caller.id);
+        }
+        if patients.len() > 1 {
+            return Err(WireError::new(
+                ErrorCode::Forbidden,
+                "patients message their care team, not other patients",
+            ));
+        }
+        let now = self.clock.now_ms();
+        if let Some(patient) = patients.first() {
+            if caller.role == Role::Admin || others.iter().any(|u| u.role == Role::Admin) {
+                return Err(WireError::new(
+                    ErrorCode::Forbidden,
+                    "admins do not take part in patient conversations",
+                ));
+            }
+            let members = self.care_staff(&who.org, patient, now)?;
+            let see_all = self.see_all_staff(&who.org)?;
+            let belongs =
+                |id: &UserId| id == patient || members.contains(id) || see_all.contains(id);
+            if !belongs(&who.user) || !others.iter().all(|u| belongs(&u.id)) {
+                return Err(if caller.role == Role::Patient {
+                    WireError::new(
+                        ErrorCode::Forbidden,
+                        "you can message your care team only; the clinic assigns it",
+                    )
+                } else {
+                    WireError::new(
+                        ErrorCode::Forbidden,
+                        "this patient is not assigned to you or your team",
+                    )
+                });
+            }
+            let conversation = self
+                .store
+                .patient_conversation(
+                    &who.org,
+                    patient,
+                    ConversationId::random(&mut rand::rngs::OsRng),
+                    now,
+                )
+                .map_err(internal)?;
+            return self.view(&conversation);
+        }
+        let mut members = BTreeSet::new();
+        members.insert(who.user);
+        members.extend(others.iter().map(|u| u.id));
         if members.len() > medrelay_proto::limits::MAX_MEMBERS {
             return Err(WireError::new(
                 ErrorCode::LimitExceeded,
@@ -645,12 +980,6 @@ impl Relay {
                 ),
             ));
         }
-        if patients > 1 {
-            return Err(WireError::new(
-                ErrorCode::Forbidden,
-                "patients message their care team, not other patients",
-            ));
-        }
         let members: Vec<UserId> = members.into_iter().collect();
         let conversation = self
             .store
@@ -658,7 +987,7 @@ impl Relay {
                 &who.org,
                 &members,
                 ConversationId::random(&mut rand::rngs::OsRng),
-                self.clock.now_ms(),
+                now,
             )
             .map_err(internal)?;
         self.view(&conversation)
@@ -681,8 +1010,13 @@ impl Relay {
         who: &AuthedDevice,
         after: Option<ConversationId>,
     ) -> Result<(Vec<ConversationView>, bool), WireError> {
-        let mut ids = self.store.user_conversations(&who.user).map_err(internal)?;
+        let mut ids: Vec<ConversationId> = self
+            .conversations_of(who, self.clock.now_ms())?
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
         ids.sort();
+        ids.dedup();
         let page = medrelay_proto::limits::MAX_CONVERSATIONS_PER_PAGE;
         let mut rest = ids.into_iter().filter(|id| after.is_none_or(|a| *id > a));
         let mut views = Vec::new();
@@ -698,8 +1032,25 @@ impl Relay {
     /// device, no more and no less. Not yet durable: the caller syncs before acknowledging.
     pub fn send(&self, who: &AuthedDevice, input: &SendRequest) -> Result<SendOutcome, WireError> {
         let conversation = self.member_conversation(who, &input.conversation_id)?;
+        // A repeat of a send that was accepted is answered as such even if the recipients'
+        // devices changed since: it is the same message, already stored.
+        if let Some(record) = self
+            .store
+            .sent(&who.device, &input.client_message_id)
+            .map_err(internal)?
+        {
+            return Ok(SendOutcome {
+                record,
+                duplicate: true,
+                recipients: Vec::new(),
+            });
+        }
+        if let Some(patient) = conversation.patient {
+            self.check_consent(&patient, who)?;
+        }
+        let members = self.members_of(&conversation, self.clock.now_ms())?;
         let mut expected = BTreeSet::new();
-        for member in &conversation.members {
+        for member in &members {
             for device in self.store.active_devices(member).map_err(internal)? {
                 if device.id != who.device {
                     expected.insert(device.id);
@@ -769,6 +1120,31 @@ impl Relay {
                 recipients: Vec::new(),
             },
         })
+    }
+
+    /// Refuses messaging in a patient's conversation unless the patient consents.
+    fn check_consent(&self, patient: &UserId, who: &AuthedDevice) -> Result<(), WireError> {
+        let state = self
+            .store
+            .user(patient)
+            .map_err(internal)?
+            .map(|u| u.consent.state)
+            .unwrap_or(ConsentState::Pending);
+        match state {
+            ConsentState::Accepted | ConsentState::NotApplicable => Ok(()),
+            ConsentState::Withdrawn => Err(WireError::new(
+                ErrorCode::Forbidden,
+                "the patient has withdrawn consent to messaging",
+            )),
+            ConsentState::Pending if *patient == who.user => Err(WireError::new(
+                ErrorCode::Forbidden,
+                "accept the clinic's messaging consent first",
+            )),
+            ConsentState::Pending => Err(WireError::new(
+                ErrorCode::Forbidden,
+                "the patient has not yet accepted messaging consent",
+            )),
+        }
     }
 
     /// The next envelopes of the caller's mailbox after position `after`.

@@ -14,10 +14,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::audit::{AuditEvent, AuditSink};
 use crate::clock::Clock;
 use crate::http::{self, PeerInfo};
 use crate::hub::{CloseReason, Hub};
 use crate::limits;
+use crate::rate_limit::RateLimiter;
 use crate::relay::Relay;
 
 /// Everything a connection needs, shared.
@@ -35,6 +37,40 @@ pub struct Context {
     pub shutdown: watch::Receiver<bool>,
     /// Live WebSocket connections.
     pub live_connections: AtomicUsize,
+    /// Rate limits.
+    pub limits: Limiters,
+    /// Where every decision goes.
+    pub audit: Arc<dyn AuditSink>,
+}
+
+/// The server's rate limiters.
+#[derive(Debug)]
+pub struct Limiters {
+    /// Authentication and enrolment attempts per IP.
+    pub auth: RateLimiter<IpAddr>,
+    /// Sends per device.
+    pub sends: RateLimiter<medrelay_proto::DeviceId>,
+    /// Prekey fetches per device.
+    pub fetches: RateLimiter<medrelay_proto::DeviceId>,
+}
+
+impl Default for Limiters {
+    fn default() -> Self {
+        Limiters {
+            auth: RateLimiter::new(limits::AUTH_RATE),
+            sends: RateLimiter::new(limits::SEND_RATE),
+            fetches: RateLimiter::new(limits::FETCH_RATE),
+        }
+    }
+}
+
+impl Context {
+    /// Records one decision through the audit seam.
+    pub fn record(&self, event: AuditEvent) {
+        if let Err(error) = self.audit.record(&event) {
+            tracing::error!(%error, "audit event lost");
+        }
+    }
 }
 
 /// Counts connections per IP address.

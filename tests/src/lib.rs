@@ -67,6 +67,8 @@ pub struct Server {
     pub port: u16,
     /// The first admin's invite, printed on first start.
     pub admin_invite: Option<String>,
+    /// Whether it runs on the injected test clock.
+    test_clock: bool,
 }
 
 impl Server {
@@ -78,9 +80,38 @@ impl Server {
             child: None,
             port: 0,
             admin_invite: None,
+            test_clock: false,
         };
         server.spawn()?;
         Ok(server)
+    }
+
+    /// Starts a fresh server on the injected clock: its time moves only by
+    /// [`Server::advance_clock`].
+    pub fn start_with_test_clock() -> anyhow::Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let mut server = Server {
+            dir,
+            child: None,
+            port: 0,
+            admin_invite: None,
+            test_clock: true,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Moves the server's clock forward; returns its time now.
+    pub fn advance_clock(&self, ms: u64) -> anyhow::Result<u64> {
+        use std::io::Write;
+        let mut socket = std::os::unix::net::UnixStream::connect(self.data().join("admin.sock"))?;
+        writeln!(socket, "{{\"op\":\"advance_clock\",\"ms\":{ms}}}")?;
+        let mut line = String::new();
+        BufReader::new(socket).read_line(&mut line)?;
+        let answer: serde_json::Value = serde_json::from_str(&line)?;
+        answer["now_ms"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("the server refused to move its clock: {answer}"))
     }
 
     /// The data directory.
@@ -108,8 +139,13 @@ impl Server {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let mut child = Command::new(binary("medrelay"))
-            .arg("serve")
+        let mut command = Command::new(binary("medrelay"));
+        if self.test_clock {
+            command.arg("serve").arg("--test-clock");
+        } else {
+            command.arg("serve");
+        }
+        let mut child = command
             .arg("--data")
             .arg(self.data())
             .arg("--listen")
@@ -271,6 +307,8 @@ pub struct RawClient {
     next_request_id: u64,
     /// Frames pushed by the server while waiting for an answer.
     pub pushed: Vec<ServerFrame>,
+    /// What the server said when this connection authenticated.
+    pub auth_ok: Option<medrelay_proto::AuthOk>,
 }
 
 impl RawClient {
@@ -284,7 +322,21 @@ impl RawClient {
         server: &Server,
         config: WebSocketConfig,
     ) -> anyhow::Result<RawClient> {
-        let tcp = TcpStream::connect(("127.0.0.1", server.port)).await?;
+        Self::connect_from(server, config, std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Connects from a given loopback source address (127.0.0.2 and beyond are other hosts
+    /// as far as the server's allow-lists are concerned).
+    pub async fn connect_from(
+        server: &Server,
+        config: WebSocketConfig,
+        source: std::net::Ipv4Addr,
+    ) -> anyhow::Result<RawClient> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::from((source, 0)))?;
+        let tcp = socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], server.port)))
+            .await?;
         tcp.set_nodelay(true)?;
         let connector = tokio_rustls::TlsConnector::from(tls_config(&server.ca_path())?);
         let name = rustls_pki_types::ServerName::try_from("localhost")?;
@@ -304,6 +356,7 @@ impl RawClient {
             nonce: [0; 32],
             next_request_id: 1,
             pushed: Vec::new(),
+            auth_ok: None,
         };
         match client.next_frame().await?.message {
             ServerMessage::Challenge(challenge) => client.nonce = challenge.nonce,
@@ -482,6 +535,7 @@ impl RawDevice {
         match client.request(request).await? {
             ServerMessage::AuthOk(ok) => {
                 self.device_id = Some(ok.device_id);
+                client.auth_ok = Some(ok);
                 Ok(client)
             }
             ServerMessage::Error(error) => bail!("enrolment refused: {error:?}"),
@@ -503,10 +557,24 @@ impl RawDevice {
 
     /// Authenticates on a new connection.
     pub async fn connect(&self, server: &Server) -> anyhow::Result<RawClient> {
-        let mut client = RawClient::connect(server).await?;
+        self.connect_from(server, std::net::Ipv4Addr::LOCALHOST)
+            .await
+    }
+
+    /// Authenticates on a new connection from a given loopback address.
+    pub async fn connect_from(
+        &self,
+        server: &Server,
+        source: std::net::Ipv4Addr,
+    ) -> anyhow::Result<RawClient> {
+        let mut client =
+            RawClient::connect_from(server, WebSocketConfig::default(), source).await?;
         let request = self.auth_request(&client)?;
         match client.request(request).await? {
-            ServerMessage::AuthOk(_) => Ok(client),
+            ServerMessage::AuthOk(ok) => {
+                client.auth_ok = Some(ok);
+                Ok(client)
+            }
             ServerMessage::Error(error) => bail!("authentication refused: {error:?}"),
             other => bail!("unexpected answer to auth: {}", other.name()),
         }
@@ -609,5 +677,208 @@ impl Cli {
 impl Default for Cli {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The password every test staff member and admin uses.
+pub const TEST_PASSWORD: &str = "correct horse battery staple";
+
+/// The TOTP code for a base32 secret at a given time (ms since the epoch).
+pub fn totp_at(secret_base32: &str, now_ms: u64) -> String {
+    let secret = totp_rs::Secret::Encoded(secret_base32.to_owned())
+        .to_bytes()
+        .expect("a base32 TOTP secret");
+    totp_rs::TOTP::new_unchecked(
+        totp_rs::Algorithm::SHA1,
+        6,
+        0,
+        30,
+        secret,
+        None,
+        String::new(),
+    )
+    .generate(now_ms / 1000)
+}
+
+/// Milliseconds since the epoch by this machine's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A password for the protocol.
+pub fn password(text: &str) -> medrelay_proto::Password {
+    medrelay_proto::Password::new(text).expect("a valid password")
+}
+
+impl RawClient {
+    /// Staff and admins, right after enrolment: sets up credentials and logs in with a TOTP
+    /// code for `server_now_ms`. Returns the base32 TOTP secret.
+    pub async fn setup_and_login(&mut self, server_now_ms: u64) -> anyhow::Result<String> {
+        let setup = self
+            .request(ClientRequest::SetupCredentials {
+                password: password(TEST_PASSWORD),
+            })
+            .await?;
+        let ServerMessage::CredentialsSetup(setup) = setup else {
+            bail!("setup refused: {setup:?}");
+        };
+        let secret = setup.totp_secret.expose().to_owned();
+        self.login(&secret, server_now_ms).await?;
+        Ok(secret)
+    }
+
+    /// Logs in with the test password and the TOTP code of `server_now_ms`.
+    pub async fn login(&mut self, secret: &str, server_now_ms: u64) -> anyhow::Result<()> {
+        let code = medrelay_proto::TotpCode::new(totp_at(secret, server_now_ms))?;
+        match self
+            .request(ClientRequest::Login {
+                password: password(TEST_PASSWORD),
+                second_factor: medrelay_proto::SecondFactor::Totp(code),
+            })
+            .await?
+        {
+            ServerMessage::LoginOk { .. } => Ok(()),
+            other => bail!("login refused: {other:?}"),
+        }
+    }
+
+    /// A patient accepts the consent text the server showed at authentication.
+    pub async fn accept_consent(&mut self) -> anyhow::Result<()> {
+        let text = self
+            .auth_ok
+            .as_ref()
+            .and_then(|ok| ok.consent_text.clone())
+            .ok_or_else(|| anyhow!("no consent text was shown"))?;
+        match self
+            .request(ClientRequest::AcceptConsent {
+                text_sha256: text.sha256(),
+            })
+            .await?
+        {
+            ServerMessage::Done => Ok(()),
+            other => bail!("consent refused: {other:?}"),
+        }
+    }
+
+    /// Creates an invite for a new user and returns its code.
+    pub async fn invite(
+        &mut self,
+        role: medrelay_proto::Role,
+        handle: &str,
+    ) -> anyhow::Result<String> {
+        match self
+            .request(ClientRequest::CreateInvite(
+                medrelay_proto::InviteSpec::NewUser {
+                    role,
+                    handle: medrelay_proto::Handle::new(handle)?,
+                },
+            ))
+            .await?
+        {
+            ServerMessage::InviteCreated(created) => Ok(created.code.expose().to_owned()),
+            other => bail!("invite refused: {other:?}"),
+        }
+    }
+
+    /// The caller's user id.
+    pub async fn user_id(&mut self) -> anyhow::Result<medrelay_proto::UserId> {
+        match self.request(ClientRequest::WhoAmI).await? {
+            ServerMessage::Identity(identity) => Ok(identity.user_id),
+            other => bail!("whoami refused: {other:?}"),
+        }
+    }
+}
+
+/// One person in a [`RawClinic`]: their device, a live connection, and (staff, admins) the
+/// TOTP secret.
+#[derive(Debug)]
+pub struct Person {
+    /// The device.
+    pub device: RawDevice,
+    /// A live, authenticated (and logged-in or consenting) connection.
+    pub conn: RawClient,
+    /// The TOTP secret, for staff and admins.
+    pub totp_secret: Option<String>,
+    /// The user id.
+    pub user_id: medrelay_proto::UserId,
+}
+
+/// A clinic spoken to over raw frames: a logged-in admin, a logged-in staff member
+/// (`dr.lee`) and a consenting patient (`alice`) invited by (so in the care of) the staff
+/// member.
+#[derive(Debug)]
+pub struct RawClinic {
+    /// The admin.
+    pub admin: Person,
+    /// The staff member.
+    pub staff: Person,
+    /// The patient.
+    pub patient: Person,
+}
+
+impl RawClinic {
+    /// Sets it up on `server`, whose clock reads `server_now_ms` (use [`now_ms`] unless it
+    /// runs on the test clock).
+    pub async fn new(server: &Server, server_now_ms: u64) -> anyhow::Result<RawClinic> {
+        let admin = Self::staff_member(
+            server,
+            server
+                .admin_invite
+                .as_deref()
+                .ok_or_else(|| anyhow!("no invite"))?,
+            server_now_ms,
+        )
+        .await?;
+        let mut admin = admin;
+        let code = admin
+            .conn
+            .invite(medrelay_proto::Role::Staff, "dr.lee")
+            .await?;
+        let mut staff = Self::staff_member(server, &code, server_now_ms).await?;
+        let code = staff
+            .conn
+            .invite(medrelay_proto::Role::Patient, "alice")
+            .await?;
+        let patient = Self::patient(server, &code).await?;
+        Ok(RawClinic {
+            admin,
+            staff,
+            patient,
+        })
+    }
+
+    /// Enrols a staff member or admin with `code`, sets up credentials and logs in.
+    pub async fn staff_member(
+        server: &Server,
+        code: &str,
+        server_now_ms: u64,
+    ) -> anyhow::Result<Person> {
+        let mut device = RawDevice::new();
+        let mut conn = device.enroll(server, code).await?;
+        let secret = conn.setup_and_login(server_now_ms).await?;
+        let user_id = conn.user_id().await?;
+        Ok(Person {
+            device,
+            conn,
+            totp_secret: Some(secret),
+            user_id,
+        })
+    }
+
+    /// Enrols a patient with `code` and accepts the consent text.
+    pub async fn patient(server: &Server, code: &str) -> anyhow::Result<Person> {
+        let mut device = RawDevice::new();
+        let mut conn = device.enroll(server, code).await?;
+        conn.accept_consent().await?;
+        let user_id = conn.user_id().await?;
+        Ok(Person {
+            device,
+            conn,
+            totp_secret: None,
+            user_id,
+        })
     }
 }

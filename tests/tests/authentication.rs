@@ -12,7 +12,7 @@
 use medrelay_proto::{
     ClientRequest, ErrorCode, InviteSpec, OpenConversation, Role, ServerMessage, Signature,
 };
-use medrelay_tests::{RawClient, RawDevice, Server};
+use medrelay_tests::{now_ms, RawClient, RawDevice, Server};
 
 fn error_code(message: &ServerMessage) -> Option<ErrorCode> {
     match message {
@@ -152,6 +152,7 @@ async fn an_invite_works_once_and_its_handle_is_fixed_by_the_inviter() {
     let code = server.admin_invite.clone().unwrap();
     let mut admin = RawDevice::new();
     let mut admin_conn = admin.enroll(&server, &code).await.unwrap();
+    admin_conn.setup_and_login(now_ms()).await.unwrap();
 
     // The same code again: refused, on a fresh connection, and nothing is created.
     let mut other = RawDevice::new();
@@ -178,6 +179,7 @@ async fn an_invite_works_once_and_its_handle_is_fixed_by_the_inviter() {
         }
         other => panic!("{other:?}"),
     }
+    staff_conn.setup_and_login(now_ms()).await.unwrap();
     // A taken handle cannot be invited again.
     let again = admin_conn
         .request(ClientRequest::CreateInvite(InviteSpec::NewUser {
@@ -204,4 +206,50 @@ async fn an_invite_works_once_and_its_handle_is_fixed_by_the_inviter() {
         .await
         .unwrap();
     assert!(matches!(patient, ServerMessage::InviteCreated(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_proof_is_bound_to_the_servers_origin() {
+    use medrelay_proto::{auth_transcript, Binding, ChannelBinding, Origin};
+    let server = Server::start().unwrap();
+    let mut device = RawDevice::new();
+    drop(
+        device
+            .enroll(&server, server.admin_invite.as_deref().unwrap())
+            .await
+            .unwrap(),
+    );
+    let device_id = device.device_id.unwrap();
+    let proof = |client: &RawClient, origin: &str| {
+        let origin = Origin::new(origin).unwrap();
+        let transcript =
+            auth_transcript(&client.nonce, &Binding::Origin(origin.clone()), &device_id);
+        ClientRequest::Auth(medrelay_proto::AuthProof {
+            device_id,
+            binding: ChannelBinding::Origin(origin),
+            signature: Signature::from_array(
+                device.identity.sign_auth_transcript(&transcript).unwrap(),
+            ),
+        })
+    };
+    let ours = format!("https://localhost:{}", server.port);
+    // Bound to the server's own origin: accepted.
+    let mut client = RawClient::connect(&server).await.unwrap();
+    let answer = client.request(proof(&client, &ours)).await.unwrap();
+    assert!(matches!(answer, ServerMessage::AuthOk(_)), "{answer:?}");
+    // Bound to another origin (a phishing page relaying the challenge): refused.
+    let mut client = RawClient::connect(&server).await.unwrap();
+    let answer = client
+        .request(proof(&client, "https://clinic-login.example"))
+        .await
+        .unwrap();
+    assert_eq!(error_code(&answer), Some(ErrorCode::AuthFailed));
+    // An origin proof made for one connection, replayed on another: refused.
+    let first = RawClient::connect(&server).await.unwrap();
+    let replay = proof(&first, &ours);
+    let mut second = RawClient::connect(&server).await.unwrap();
+    assert_eq!(
+        error_code(&second.request(replay).await.unwrap()),
+        Some(ErrorCode::AuthFailed)
+    );
 }

@@ -10,7 +10,7 @@
 )]
 
 use medrelay_proto::{ClientRequest, ErrorCode, ServerMessage};
-use medrelay_tests::{RawClient, RawDevice, Server};
+use medrelay_tests::{now_ms, RawClient, RawDevice, Server};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -28,10 +28,12 @@ fn expect_error(message: &ServerMessage, code: ErrorCode) -> String {
 /// An authenticated bystander who must keep being served throughout.
 async fn bystander(server: &Server) -> RawClient {
     let mut admin = RawDevice::new();
-    admin
+    let mut conn = admin
         .enroll(server, server.admin_invite.as_deref().unwrap())
         .await
-        .unwrap()
+        .unwrap();
+    conn.setup_and_login(now_ms()).await.unwrap();
+    conn
 }
 
 async fn still_served(client: &mut RawClient) {

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use medrelay_proto::{
     AckRequest, ClientMessageId, ClientRequest, Conversation, DeviceId, Envelope, Handle,
-    InviteSpec, MessageId, OpenConversation, Role, SendRequest, ServerMessage,
+    MessageId, OpenConversation, SendRequest, ServerMessage,
 };
-use medrelay_tests::{RawClient, RawDevice, Server};
+use medrelay_tests::{now_ms, RawClient, RawClinic, RawDevice, Server};
 
 struct Pair {
     patient: RawDevice,
@@ -27,30 +27,10 @@ struct Pair {
 }
 
 async fn setup(server: &Server) -> Pair {
-    let mut admin = RawDevice::new();
-    let mut admin_conn = admin
-        .enroll(server, server.admin_invite.as_deref().unwrap())
-        .await
-        .unwrap();
-    let mut codes = Vec::new();
-    for (role, handle) in [(Role::Staff, "dr.lee"), (Role::Patient, "alice")] {
-        match admin_conn
-            .request(ClientRequest::CreateInvite(InviteSpec::NewUser {
-                role,
-                handle: Handle::new(handle).unwrap(),
-            }))
-            .await
-            .unwrap()
-        {
-            ServerMessage::InviteCreated(created) => codes.push(created.code.expose().to_owned()),
-            other => panic!("{other:?}"),
-        }
-    }
-    let mut staff = RawDevice::new();
-    drop(staff.enroll(server, &codes[0]).await.unwrap());
-    let mut patient = RawDevice::new();
-    let mut conn = patient.enroll(server, &codes[1]).await.unwrap();
-    let conversation = match conn
+    let mut clinic = RawClinic::new(server, now_ms()).await.unwrap();
+    let conversation = match clinic
+        .patient
+        .conn
         .request(ClientRequest::OpenConversation(OpenConversation {
             handles: vec![Handle::new("dr.lee").unwrap()],
         }))
@@ -60,10 +40,10 @@ async fn setup(server: &Server) -> Pair {
         ServerMessage::Conversation(c) => c,
         other => panic!("{other:?}"),
     };
-    let staff_device = staff.device_id.unwrap();
+    let staff_device = clinic.staff.device.device_id.unwrap();
     Pair {
-        patient,
-        staff,
+        patient: clinic.patient.device,
+        staff: clinic.staff.device,
         conversation,
         staff_device,
     }

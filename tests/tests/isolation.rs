@@ -1,6 +1,6 @@
-//! Proves: a patient can message staff but never another patient, and nobody reaches anyone or
-//! anything of another org; non-members cannot read or send into a conversation, nor learn
-//! that it exists.
+//! Proves: a patient can message their care team but never another patient, and nobody
+//! reaches anyone or anything of another org; non-members cannot read or send into a
+//! conversation, nor learn that it exists; a send must cover exactly the current devices.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,29 +10,10 @@
 )]
 
 use medrelay_proto::{
-    ClientMessageId, ClientRequest, ConversationId, ErrorCode, FetchPrekeys, Handle, InviteSpec,
-    OpenConversation, Role, SendRequest, ServerMessage, UserId,
+    ClientMessageId, ClientRequest, ConversationId, ErrorCode, FetchPrekeys, Handle,
+    OpenConversation, Role, SendRequest, ServerMessage,
 };
-use medrelay_tests::{RawClient, RawDevice, Server};
-
-async fn invite(admin: &mut RawClient, role: Role, handle: &str) -> String {
-    match admin
-        .request(ClientRequest::CreateInvite(InviteSpec::NewUser {
-            role,
-            handle: Handle::new(handle).unwrap(),
-        }))
-        .await
-        .unwrap()
-    {
-        ServerMessage::InviteCreated(created) => created.code.expose().to_owned(),
-        other => panic!("{other:?}"),
-    }
-}
-
-async fn member(server: &Server, admin: &mut RawClient, role: Role, handle: &str) -> RawClient {
-    let code = invite(admin, role, handle).await;
-    RawDevice::new().enroll(server, &code).await.unwrap()
-}
+use medrelay_tests::{now_ms, RawClient, RawClinic, Server};
 
 async fn open(client: &mut RawClient, handles: &[&str]) -> ServerMessage {
     client
@@ -59,58 +40,65 @@ fn send(conversation_id: ConversationId) -> ClientRequest {
     })
 }
 
-async fn user_id(client: &mut RawClient) -> UserId {
-    match client.request(ClientRequest::WhoAmI).await.unwrap() {
-        ServerMessage::Identity(identity) => identity.user_id,
-        other => panic!("{other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patients_reach_staff_only_and_orgs_are_isolated() {
+async fn patients_reach_their_care_team_only_and_orgs_are_isolated() {
     let server = Server::start().unwrap();
-    let mut admin_a = RawDevice::new()
-        .enroll(&server, server.admin_invite.as_deref().unwrap())
+    let mut clinic = RawClinic::new(&server, now_ms()).await.unwrap();
+    let code_bob = clinic
+        .admin
+        .conn
+        .invite(Role::Patient, "bob")
         .await
         .unwrap();
-    let mut staff = member(&server, &mut admin_a, Role::Staff, "dr.lee").await;
-    let mut alice = member(&server, &mut admin_a, Role::Patient, "alice").await;
-    let mut bob = member(&server, &mut admin_a, Role::Patient, "bob").await;
+    let mut bob = RawClinic::patient(&server, &code_bob).await.unwrap();
 
     // A second org on the same server, with a patient of its own.
     let code_b = server.add_org("Harbor Dermatology").unwrap();
-    let mut admin_b = RawDevice::new().enroll(&server, &code_b).await.unwrap();
-    let mut carol = member(&server, &mut admin_b, Role::Patient, "carol").await;
+    let mut admin_b = RawClinic::staff_member(&server, &code_b, now_ms())
+        .await
+        .unwrap();
+    let code_carol = admin_b.conn.invite(Role::Patient, "carol").await.unwrap();
+    let mut carol = RawClinic::patient(&server, &code_carol).await.unwrap();
 
-    // Patient to staff: allowed.
-    let conversation = match open(&mut alice, &["dr.lee"]).await {
+    // Patient to their care team: allowed.
+    let conversation = match open(&mut clinic.patient.conn, &["dr.lee"]).await {
         ServerMessage::Conversation(c) => c,
         other => panic!("{other:?}"),
     };
     assert_eq!(conversation.members.len(), 2);
     // Patient to patient: refused, also inside a group with staff.
     assert_eq!(
-        code(&open(&mut alice, &["bob"]).await),
+        code(&open(&mut clinic.patient.conn, &["bob"]).await),
         ErrorCode::Forbidden
     );
     assert_eq!(
-        code(&open(&mut staff, &["alice", "bob"]).await),
+        code(&open(&mut clinic.staff.conn, &["alice", "bob"]).await),
+        ErrorCode::Forbidden
+    );
+    // A patient without a care team reaches no staff member.
+    assert_eq!(
+        code(&open(&mut bob.conn, &["dr.lee"]).await),
         ErrorCode::Forbidden
     );
     // Another org's handle does not resolve, not even one that exists there.
     assert_eq!(
-        code(&open(&mut alice, &["carol"]).await),
+        code(&open(&mut clinic.patient.conn, &["carol"]).await),
         ErrorCode::NotFound
     );
     assert_eq!(
-        code(&open(&mut carol, &["dr.lee"]).await),
+        code(&open(&mut carol.conn, &["dr.lee"]).await),
         ErrorCode::NotFound
     );
 
     // Non-members, in the org or outside it, cannot see or send into the conversation, and
     // get the same answer as for a conversation that does not exist.
     let missing = ConversationId::from_array([0xab; 16]);
-    for outsider in [&mut bob, &mut carol, &mut admin_b] {
+    for outsider in [
+        &mut bob.conn,
+        &mut carol.conn,
+        &mut admin_b.conn,
+        &mut clinic.admin.conn,
+    ] {
         let get = outsider
             .request(ClientRequest::GetConversation {
                 conversation_id: conversation.id,
@@ -128,29 +116,30 @@ async fn patients_reach_staff_only_and_orgs_are_isolated() {
     }
 
     // Prekeys of a user in another org, or of a stranger in one's own org, are not handed out.
-    let alice_id = user_id(&mut alice).await;
     let fetch = |user| {
         ClientRequest::FetchPrekeys(FetchPrekeys {
             user_ids: vec![user],
             devices: Vec::new(),
         })
     };
+    let alice = clinic.patient.user_id;
     assert_eq!(
-        code(&carol.request(fetch(alice_id)).await.unwrap()),
+        code(&carol.conn.request(fetch(alice)).await.unwrap()),
         ErrorCode::NotFound
     );
     assert_eq!(
-        code(&bob.request(fetch(alice_id)).await.unwrap()),
+        code(&bob.conn.request(fetch(alice)).await.unwrap()),
         ErrorCode::NotFound
     );
-    // The member may fetch them.
+    // The care team may fetch them.
     assert!(matches!(
-        staff.request(fetch(alice_id)).await.unwrap(),
+        clinic.staff.conn.request(fetch(alice)).await.unwrap(),
         ServerMessage::PrekeyBundles(bundles) if bundles.len() == 1
     ));
 
     // Each org lists only its own conversations.
     match carol
+        .conn
         .request(ClientRequest::ListConversations(
             medrelay_proto::ListConversations { after: None },
         ))
@@ -165,13 +154,8 @@ async fn patients_reach_staff_only_and_orgs_are_isolated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_must_cover_exactly_the_current_devices() {
     let server = Server::start().unwrap();
-    let mut admin = RawDevice::new()
-        .enroll(&server, server.admin_invite.as_deref().unwrap())
-        .await
-        .unwrap();
-    let mut staff = member(&server, &mut admin, Role::Staff, "dr.lee").await;
-    let mut alice = member(&server, &mut admin, Role::Patient, "alice").await;
-    let conversation = match open(&mut alice, &["dr.lee"]).await {
+    let mut clinic = RawClinic::new(&server, now_ms()).await.unwrap();
+    let conversation = match open(&mut clinic.patient.conn, &["dr.lee"]).await {
         ServerMessage::Conversation(c) => c,
         other => panic!("{other:?}"),
     };
@@ -181,10 +165,10 @@ async fn a_send_must_cover_exactly_the_current_devices() {
         .find(|m| m.role == Role::Staff)
         .unwrap()
         .devices[0];
+    let alice = &mut clinic.patient.conn;
 
     // Leaving the staff member's device out: refused, naming it as missing.
-    let answer = alice.request(send(conversation.id)).await.unwrap();
-    match answer {
+    match alice.request(send(conversation.id)).await.unwrap() {
         ServerMessage::Error(e) => {
             assert_eq!(e.code, ErrorCode::DevicesMismatch);
             assert_eq!(e.missing_devices, vec![staff_device]);
@@ -231,18 +215,12 @@ async fn a_send_must_cover_exactly_the_current_devices() {
         ServerMessage::SendAccepted(accepted) => accepted,
         other => panic!("{other:?}"),
     };
-    let first = staff.next_frame().await.unwrap();
-    match first.message {
-        ServerMessage::Delivery(delivery) => {
-            assert_eq!(delivery.message_id, accepted.message_id);
-            assert_eq!(&delivery.ciphertext[..], b"the valid one");
-        }
-        other => panic!("{other:?}"),
-    }
-    // The next frame is the answer to a ping, not another delivery.
-    assert!(matches!(
-        staff.request(ClientRequest::Ping).await.unwrap(),
-        ServerMessage::Pong { .. }
-    ));
-    assert!(staff.pushed.is_empty(), "{:?}", staff.pushed);
+    let staff = &mut clinic.staff.conn;
+    let delivery = staff
+        .drain_deliveries(std::time::Duration::from_millis(800))
+        .await
+        .unwrap();
+    assert_eq!(delivery.len(), 1, "{delivery:?}");
+    assert_eq!(delivery[0].message_id, accepted.message_id);
+    assert_eq!(&delivery[0].ciphertext[..], b"the valid one");
 }

@@ -16,12 +16,13 @@ use std::future::Future;
 use std::pin::Pin;
 
 use medrelay_proto::ids::{ClientMessageId, ConversationId, DeviceId, MessageId, OrgId, UserId};
-use medrelay_proto::Handle;
+use medrelay_proto::{Handle, TeamId};
 
 pub use medrelay_proto::OneTimePrekey;
 pub use records::{
-    ConversationRecord, DeviceRecord, EnvelopeRecord, InviteKindRecord, InviteRecord, OrgRecord,
-    SendRecord, UserRecord,
+    BreakGlassRecord, CareRecord, ConsentRecord, ConversationRecord, CredentialsRecord,
+    DeviceRecord, EnvelopeRecord, InviteKindRecord, InviteRecord, LockoutRecord, LoginSession,
+    OrgPolicy, OrgRecord, SendRecord, TeamRecord, UserRecord,
 };
 
 /// Why a storage operation failed.
@@ -120,6 +121,48 @@ pub trait Store: Send + Sync + 'static {
     /// The user's devices that are not revoked, in a stable order.
     fn active_devices(&self, user: &UserId) -> Result<Vec<DeviceRecord>, StoreError>;
 
+    /// Replaces a user record (not its handle).
+    fn put_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+    /// Every user of an org.
+    fn org_users(&self, org: &OrgId) -> Result<Vec<UserRecord>, StoreError>;
+    /// Every device of a user, revoked ones included.
+    fn all_devices(&self, user: &UserId) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// Marks a device revoked and deletes its one-time prekeys and its mailbox, atomically.
+    fn revoke_device(&self, device: &DeviceId) -> Result<(), StoreError>;
+
+    // ---- care teams and assignment
+    /// Stores a team.
+    fn put_team(&self, team: &TeamRecord) -> Result<(), StoreError>;
+    /// Looks a team up.
+    fn team(&self, org: &OrgId, id: &TeamId) -> Result<Option<TeamRecord>, StoreError>;
+    /// Every team of an org.
+    fn org_teams(&self, org: &OrgId) -> Result<Vec<TeamRecord>, StoreError>;
+    /// Who is assigned to care for a patient.
+    fn care(&self, org: &OrgId, patient: &UserId) -> Result<CareRecord, StoreError>;
+    /// Replaces a patient's care assignment.
+    fn put_care(&self, org: &OrgId, patient: &UserId, care: &CareRecord) -> Result<(), StoreError>;
+    /// Records a break-glass grant (replacing an earlier one for the same pair).
+    fn put_break_glass(&self, org: &OrgId, grant: &BreakGlassRecord) -> Result<(), StoreError>;
+    /// Every break-glass grant for a patient, expired ones included.
+    fn break_glass_for(
+        &self,
+        org: &OrgId,
+        patient: &UserId,
+    ) -> Result<Vec<BreakGlassRecord>, StoreError>;
+    /// The care conversation of a patient, created if there is none.
+    fn patient_conversation(
+        &self,
+        org: &OrgId,
+        patient: &UserId,
+        new_id: ConversationId,
+        now_ms: u64,
+    ) -> Result<ConversationRecord, StoreError>;
+    /// Every patient of the org that has a care conversation, with its id.
+    fn org_patient_conversations(
+        &self,
+        org: &OrgId,
+    ) -> Result<Vec<(UserId, ConversationId)>, StoreError>;
+
     // ---- one-time prekeys
     /// Adds one-time prekeys; returns how many the device now has.
     fn add_one_time_prekeys(
@@ -156,6 +199,12 @@ pub trait Store: Send + Sync + 'static {
         send: &SendRecord,
         envelopes: Vec<(DeviceId, EnvelopeRecord)>,
     ) -> Result<StoreSendOutcome, StoreError>;
+    /// The earlier send of this (sender device, client message id), if there was one.
+    fn sent(
+        &self,
+        sender_device: &DeviceId,
+        client_message_id: &ClientMessageId,
+    ) -> Result<Option<SendRecord>, StoreError>;
     /// Up to `limit` envelopes of a device's mailbox after position `after` (all if `None`),
     /// oldest first.
     fn mailbox_after(

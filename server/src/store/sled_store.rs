@@ -14,15 +14,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use medrelay_proto::ids::{ClientMessageId, ConversationId, DeviceId, MessageId, OrgId, UserId};
-use medrelay_proto::Handle;
+use medrelay_proto::{Handle, TeamId};
 use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Db, Transactional, Tree};
 
 use super::codec::{decode, encode};
 use super::{
-    ConversationRecord, DeviceRecord, EnvelopeRecord, InviteRecord, MailboxItem, OneTimePrekey,
-    OrgRecord, SendRecord, Store, StoreError, StoreSendOutcome, SyncFuture, UserRecord,
+    BreakGlassRecord, CareRecord, ConversationRecord, DeviceRecord, EnvelopeRecord, InviteRecord,
+    MailboxItem, OneTimePrekey, OrgRecord, SendRecord, Store, StoreError, StoreSendOutcome,
+    SyncFuture, TeamRecord, UserRecord,
 };
 use crate::group_commit::{CommitStats, Flush, GroupCommit};
 
@@ -45,6 +46,10 @@ pub struct SledStore {
     mailbox_ids: Tree,
     sent: Tree,
     meta: Tree,
+    teams: Tree,
+    care: Tree,
+    break_glass: Tree,
+    patient_conversations: Tree,
 }
 
 struct DbFlush(Db);
@@ -141,6 +146,10 @@ impl SledStore {
             mailbox_ids: tree("mailbox_ids")?,
             sent: tree("sent")?,
             meta: tree("meta")?,
+            teams: tree("teams")?,
+            care: tree("care")?,
+            break_glass: tree("break_glass")?,
+            patient_conversations: tree("patient_conversations")?,
             db,
         })
     }
@@ -355,6 +364,203 @@ impl Store for SledStore {
         Ok(devices)
     }
 
+    fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        self.users
+            .insert(user.id.as_bytes(), encode("user", user)?)
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    fn org_users(&self, org: &OrgId) -> Result<Vec<UserRecord>, StoreError> {
+        let mut users = Vec::new();
+        for value in self.users.iter().values() {
+            let user: UserRecord = decode("user", &value.map_err(db_error)?)?;
+            if user.org == *org {
+                users.push(user);
+            }
+        }
+        Ok(users)
+    }
+
+    fn all_devices(&self, user: &UserId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let mut devices = Vec::new();
+        for key in self.user_devices.scan_prefix(user.as_bytes()).keys() {
+            let key = key.map_err(db_error)?;
+            let id = id_suffix::<16>(&key, 16).ok_or_else(|| StoreError::Corrupt {
+                kind: "user_devices",
+                reason: "short key".to_owned(),
+            })?;
+            if let Some(device) = self.device(&DeviceId::from(id))? {
+                devices.push(device);
+            }
+        }
+        Ok(devices)
+    }
+
+    fn revoke_device(&self, device: &DeviceId) -> Result<(), StoreError> {
+        let Some(mut record) = self.device(device)? else {
+            return Ok(());
+        };
+        record.revoked = true;
+        record.login = None;
+        let record_bytes = encode("device", &record)?;
+        let keys = |tree: &Tree| -> Result<Vec<sled::IVec>, StoreError> {
+            tree.scan_prefix(device.as_bytes())
+                .keys()
+                .map(|k| k.map_err(db_error))
+                .collect()
+        };
+        let prekeys = keys(&self.one_time_prekeys)?;
+        let mail = keys(&self.mailbox)?;
+        let mail_ids = keys(&self.mailbox_ids)?;
+        (
+            &self.devices,
+            &self.one_time_prekeys,
+            &self.mailbox,
+            &self.mailbox_ids,
+        )
+            .transaction(|(devices, otpks, mailbox, mailbox_ids)| {
+                devices.insert(device.as_bytes().as_slice(), record_bytes.as_slice())?;
+                for key in &prekeys {
+                    otpks.remove(key)?;
+                }
+                for key in &mail {
+                    mailbox.remove(key)?;
+                }
+                for key in &mail_ids {
+                    mailbox_ids.remove(key)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+
+    fn put_team(&self, team: &TeamRecord) -> Result<(), StoreError> {
+        self.teams
+            .insert(
+                key2(team.org.as_bytes(), team.id.as_bytes()),
+                encode("team", team)?,
+            )
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    fn team(&self, org: &OrgId, id: &TeamId) -> Result<Option<TeamRecord>, StoreError> {
+        Self::get(&self.teams, "team", &key2(org.as_bytes(), id.as_bytes()))
+    }
+
+    fn org_teams(&self, org: &OrgId) -> Result<Vec<TeamRecord>, StoreError> {
+        self.teams
+            .scan_prefix(org.as_bytes())
+            .values()
+            .map(|v| decode("team", &v.map_err(db_error)?))
+            .collect()
+    }
+
+    fn care(&self, org: &OrgId, patient: &UserId) -> Result<CareRecord, StoreError> {
+        Ok(Self::get(
+            &self.care,
+            "care",
+            &key2(org.as_bytes(), patient.as_bytes()),
+        )?
+        .unwrap_or_default())
+    }
+
+    fn put_care(&self, org: &OrgId, patient: &UserId, care: &CareRecord) -> Result<(), StoreError> {
+        self.care
+            .insert(
+                key2(org.as_bytes(), patient.as_bytes()),
+                encode("care", care)?,
+            )
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    fn put_break_glass(&self, org: &OrgId, grant: &BreakGlassRecord) -> Result<(), StoreError> {
+        let key = [
+            org.as_bytes().as_slice(),
+            grant.patient.as_bytes(),
+            grant.staff.as_bytes(),
+        ]
+        .concat();
+        self.break_glass
+            .insert(key, encode("break_glass", grant)?)
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    fn break_glass_for(
+        &self,
+        org: &OrgId,
+        patient: &UserId,
+    ) -> Result<Vec<BreakGlassRecord>, StoreError> {
+        self.break_glass
+            .scan_prefix(key2(org.as_bytes(), patient.as_bytes()))
+            .values()
+            .map(|v| decode("break_glass", &v.map_err(db_error)?))
+            .collect()
+    }
+
+    fn patient_conversation(
+        &self,
+        org: &OrgId,
+        patient: &UserId,
+        new_id: ConversationId,
+        now_ms: u64,
+    ) -> Result<ConversationRecord, StoreError> {
+        let index_key = key2(org.as_bytes(), patient.as_bytes());
+        let record = ConversationRecord {
+            id: new_id,
+            org: *org,
+            members: vec![*patient],
+            patient: Some(*patient),
+            created_ms: now_ms,
+        };
+        let record_bytes = encode("conversation", &record)?;
+        let existing = (&self.patient_conversations, &self.conversations)
+            .transaction(|(index, conversations)| {
+                if let Some(id) = index.get(&index_key)? {
+                    return Ok(Some(id));
+                }
+                index.insert(index_key.as_slice(), record.id.as_bytes().as_slice())?;
+                conversations.insert(record.id.as_bytes().as_slice(), record_bytes.as_slice())?;
+                Ok(None)
+            })
+            .map_err(tx_error)?;
+        match existing {
+            None => Ok(record),
+            Some(id) => {
+                let id = ConversationId::from_bytes(&id).map_err(|e| StoreError::Corrupt {
+                    kind: "patient_conversations",
+                    reason: e.to_string(),
+                })?;
+                self.conversation(&id)?.ok_or_else(|| StoreError::Corrupt {
+                    kind: "patient_conversations",
+                    reason: "index points at a missing conversation".to_owned(),
+                })
+            }
+        }
+    }
+
+    fn org_patient_conversations(
+        &self,
+        org: &OrgId,
+    ) -> Result<Vec<(UserId, ConversationId)>, StoreError> {
+        self.patient_conversations
+            .scan_prefix(org.as_bytes())
+            .map(|entry| {
+                let (key, value) = entry.map_err(db_error)?;
+                let corrupt = |reason: &str| StoreError::Corrupt {
+                    kind: "patient_conversations",
+                    reason: reason.to_owned(),
+                };
+                let patient = id_suffix::<16>(&key, 16).ok_or_else(|| corrupt("short key"))?;
+                let id = ConversationId::from_bytes(&value).map_err(|e| corrupt(&e.to_string()))?;
+                Ok((UserId::from(patient), id))
+            })
+            .collect()
+    }
+
     fn add_one_time_prekeys(
         &self,
         device: &DeviceId,
@@ -415,6 +621,7 @@ impl Store for SledStore {
             id: new_id,
             org: *org,
             members: sorted,
+            patient: None,
             created_ms: now_ms,
         };
         let record_bytes = encode("conversation", &record)?;
@@ -500,6 +707,18 @@ impl Store for SledStore {
                 Ok(StoreSendOutcome::Stored(*send))
             })
             .map_err(tx_error)
+    }
+
+    fn sent(
+        &self,
+        sender_device: &DeviceId,
+        client_message_id: &ClientMessageId,
+    ) -> Result<Option<SendRecord>, StoreError> {
+        Self::get(
+            &self.sent,
+            "send",
+            &key2(sender_device.as_bytes(), client_message_id.as_bytes()),
+        )
     }
 
     fn mailbox_after(
