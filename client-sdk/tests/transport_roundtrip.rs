@@ -11,7 +11,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    clippy::result_large_err
 )]
 
 use std::collections::{HashMap, HashSet};
@@ -22,12 +23,15 @@ use ed25519_dalek::{Signature as DalekSignature, VerifyingKey};
 use futures_util::{SinkExt, StreamExt};
 use medrelay_proto::{
     auth_transcript, decode_client_frame_bytes, encode_server_frame, enroll_transcript, AuthOk,
-    Binding, Challenge, ClientMessageId, ClientRequest, Conversation, ConversationId, Delivery,
-    DeviceId, DeviceKeys, ErrorCode, Handle, Identity, InviteCode, InviteCreated, InviteSpec,
-    Member, MessageId, OneTimePrekey, OrgId, PrekeyBundle, Role, SendAccepted, ServerFrame,
-    ServerMessage, UserId, WireError, TLS_EXPORTER_LABEL,
+    Binding, Challenge, ClientMessageId, ClientRequest, ConsentState, ConsentText, Conversation,
+    ConversationId, Delivery, DeviceId, DeviceKeys, ErrorCode, Handle, Identity, InviteCode,
+    InviteCreated, InviteSpec, Member, MessageId, OneTimePrekey, OrgId, Password, PrekeyBundle,
+    Role, SecondFactor, SendAccepted, ServerFrame, ServerMessage, TotpCode, UserId, WireError,
+    TLS_EXPORTER_LABEL,
 };
-use medrelay_sdk::transport::{Client, ClientOptions, Incoming, ServerConfig, ServerUrl};
+use medrelay_sdk::transport::{
+    Client, ClientOptions, Incoming, ServerConfig, ServerUrl, TransportError,
+};
 use medrelay_sdk::MemoryKeyStore;
 use rand_core::OsRng;
 use tokio::net::TcpListener;
@@ -58,6 +62,25 @@ struct State {
     hide_once: Option<DeviceId>,
     mismatches: u32,
     clock: u64,
+    /// Staff must log in (password and TOTP) before anything but whoami, login, logout.
+    staff_login: bool,
+    /// Staff devices with a live login session.
+    logged_in: HashSet<DeviceId>,
+    /// Requests refused as UNAUTHENTICATED (the client should not have sent them).
+    unauthenticated: u32,
+    /// Patients who accepted the consent text.
+    consented: HashSet<UserId>,
+}
+
+const CONSENT: &str = "Messages about your care.\nNot for emergencies.";
+const PASSWORD: &str = "correct horse battery staple";
+const TOTP: &str = "123456";
+
+impl State {
+    fn needs_login(&self, device: DeviceId) -> bool {
+        let role = self.users[&self.devices[&device].user].role;
+        self.staff_login && role != Role::Patient && !self.logged_in.contains(&device)
+    }
 }
 
 enum InviteSpecOrDevice {
@@ -84,6 +107,11 @@ impl State {
                     .filter(|(d, r)| r.user == *id && Some(**d) != hide)
                     .map(|(d, _)| *d)
                     .collect(),
+                consent: if u.role == Role::Patient {
+                    ConsentState::Accepted
+                } else {
+                    ConsentState::NotApplicable
+                },
             })
             .collect();
         members.sort_by_key(|m| m.user_id);
@@ -243,6 +271,36 @@ fn handle(state: &mut State, me: DeviceId, request: ClientRequest) -> ServerMess
         ClientRequest::Auth(_) | ClientRequest::Enroll(_) => {
             error(ErrorCode::UnexpectedFrame, "already authenticated")
         }
+        ClientRequest::Login {
+            password,
+            second_factor,
+        } => {
+            let right = password.expose() == PASSWORD
+                && matches!(&second_factor, SecondFactor::Totp(c) if c.expose() == TOTP);
+            if !right {
+                return error(ErrorCode::AuthFailed, "wrong password or code");
+            }
+            state.logged_in.insert(me);
+            ServerMessage::LoginOk {
+                idle_timeout_ms: 60_000,
+                session_expires_at_ms: 99,
+            }
+        }
+        ClientRequest::Logout => {
+            state.logged_in.remove(&me);
+            ServerMessage::Done
+        }
+        ClientRequest::AcceptConsent { text_sha256 } => {
+            if text_sha256 != ConsentText::new(CONSENT).unwrap().sha256() {
+                return error(ErrorCode::Forbidden, "the consent text has changed");
+            }
+            state.consented.insert(my_user);
+            ServerMessage::Done
+        }
+        other => error(
+            ErrorCode::Malformed,
+            &format!("{} is not part of this test relay", other.name()),
+        ),
     }
 }
 
@@ -361,6 +419,15 @@ async fn serve_connection(
             handle: u.handle.clone(),
             one_time_prekeys_remaining: s.devices[&me].one_time.len() as u32,
             archive_public_key: None,
+            credentials_required: false,
+            login_required: false,
+            consent_required: u.role == Role::Patient && !s.consented.contains(&user),
+            consent_text: (u.role == Role::Patient).then(|| ConsentText::new(CONSENT).unwrap()),
+        };
+        let needs_login = s.needs_login(me);
+        let ok = AuthOk {
+            login_required: needs_login,
+            ..ok
         };
         (ok, s.mailboxes.get(&me).cloned().unwrap_or_default())
     };
@@ -385,7 +452,23 @@ async fn serve_connection(
             incoming = ws.next() => {
                 let Some(Ok(Message::Binary(bytes))) = incoming else { return };
                 let frame = decode_client_frame_bytes(bytes).unwrap();
-                let answer = handle(&mut state.lock().unwrap(), me, frame.request);
+                let answer = {
+                    let mut s = state.lock().unwrap();
+                    let before_login = matches!(
+                        frame.request,
+                        ClientRequest::Ping
+                            | ClientRequest::WhoAmI
+                            | ClientRequest::Login { .. }
+                            | ClientRequest::Logout
+                            | ClientRequest::SetupCredentials { .. }
+                    );
+                    if s.needs_login(me) && !before_login {
+                        s.unauthenticated += 1;
+                        error(ErrorCode::Unauthenticated, "log in first")
+                    } else {
+                        handle(&mut s, me, frame.request)
+                    }
+                };
                 if ws.send(send(ServerFrame::reply(frame.request_id, answer))).await.is_err() {
                     return;
                 }
@@ -621,4 +704,125 @@ async fn a_wrong_ca_fails_the_tls_handshake() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("TLS handshake"), "{err}");
+}
+
+/// Pushes LOGGED_OFF to a device, then drops its connection, as the server does.
+fn log_off(state: &Mutex<State>, device: DeviceId, end_session: bool) {
+    let mut s = state.lock().unwrap();
+    if end_session {
+        s.logged_in.remove(&device);
+    }
+    let tx = s.online[&device].clone();
+    let notice = WireError::new(ErrorCode::LoggedOff, "you were logged off");
+    let _ = tx.send(Some(ServerFrame::push(ServerMessage::Error(notice))));
+    let _ = tx.send(None);
+}
+
+#[tokio::test]
+async fn staff_login_consent_and_logoff_end_without_looping() {
+    let state = Arc::new(Mutex::new(State {
+        staff_login: true,
+        ..State::default()
+    }));
+    state.lock().unwrap().invites.insert(
+        "first".into(),
+        InviteSpecOrDevice::User(Role::Staff, Handle::new("dr.jones").unwrap()),
+    );
+    let server = start_relay(state.clone()).await;
+    let mut staff = enroll(&server, "first").await;
+    assert!(staff.login_required());
+    assert!(!staff.credentials_required());
+
+    // Before the login: whoami goes through; anything else fails locally, unsent.
+    assert_eq!(staff.whoami().await.unwrap().handle.as_str(), "dr.jones");
+    let err = staff.list_conversations().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::LoginRequired {
+                credentials_required: false
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated));
+    assert_eq!(state.lock().unwrap().unauthenticated, 0);
+    assert!(staff.recv(Duration::from_secs(5)).await.is_err());
+
+    // A wrong password is the server's AUTH_FAILED, sent once.
+    let password = || Password::new(PASSWORD).unwrap();
+    let totp = || SecondFactor::Totp(TotpCode::new(TOTP).unwrap());
+    let err = staff
+        .login(Password::new("not the password").unwrap(), totp())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::AuthFailed), "{err}");
+    let session = staff.login(password(), totp()).await.unwrap();
+    assert_eq!(session.idle_timeout_ms, 60_000);
+    assert_eq!(session.session_expires_at_ms, 99);
+    assert!(!staff.login_required());
+
+    // A patient must accept the consent text the server showed.
+    let invite = staff
+        .create_invite(InviteSpec::NewUser {
+            role: Role::Patient,
+            handle: Handle::new("pat.smith").unwrap(),
+        })
+        .await
+        .unwrap();
+    let mut patient = enroll(&server, invite.code.expose()).await;
+    assert!(patient.consent_required());
+    assert_eq!(
+        patient.consent_text().map(ConsentText::as_str),
+        Some(CONSENT)
+    );
+    patient.accept_consent().await.unwrap();
+    assert!(!patient.consent_required());
+    let members = patient
+        .open_conversation(&[Handle::new("dr.jones").unwrap()])
+        .await
+        .unwrap()
+        .members;
+    assert!(members
+        .iter()
+        .any(|m| m.role == Role::Patient && m.consent == ConsentState::Accepted));
+    let conversation = members_conversation(&mut staff).await;
+
+    // A LOGGED_OFF that leaves no session to resume (a restart, a replaced connection): the
+    // client reconnects and goes on.
+    let patient_device = patient.profile().device_id;
+    log_off(&state, patient_device, false);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    staff
+        .send_text(conversation, "still there?", None)
+        .await
+        .unwrap();
+    let m = expect_message(&mut patient).await;
+    assert_eq!(m.text, "still there?");
+    patient.ack(&[m.message_id]).await.unwrap();
+
+    // A real logoff: recv surfaces it at once instead of reconnecting in a loop, and what
+    // needs a session then fails locally until the next login.
+    let staff_device = staff.profile().device_id;
+    log_off(&state, staff_device, true);
+    let started = std::time::Instant::now();
+    let err = staff.recv(Duration::from_secs(10)).await.unwrap_err();
+    assert!(matches!(err, TransportError::LoggedOff(_)), "{err}");
+    assert_eq!(err.code(), Some(ErrorCode::LoggedOff));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(staff.login_required());
+    let err = staff.list_conversations().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unauthenticated), "{err}");
+    assert_eq!(state.lock().unwrap().unauthenticated, 0);
+
+    // Logging in again resumes; logging out ends it.
+    staff.login(password(), totp()).await.unwrap();
+    assert_eq!(staff.list_conversations().await.unwrap().len(), 1);
+    staff.logout().await.unwrap();
+    assert!(staff.login_required());
+    assert!(staff.list_conversations().await.is_err());
+}
+
+async fn members_conversation(client: &mut Client<MemoryKeyStore>) -> ConversationId {
+    client.list_conversations().await.unwrap()[0].id
 }

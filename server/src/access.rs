@@ -121,6 +121,20 @@ impl Relay {
         }
     }
 
+    /// A patient's consent as it stands now: an acceptance counts only for the text it was
+    /// given to, so a changed consent text asks every patient again.
+    pub fn effective_consent(&self, user: &UserRecord) -> Result<ConsentState, WireError> {
+        if user.consent.state != ConsentState::Accepted {
+            return Ok(user.consent.state);
+        }
+        let current = self.consent_text(&user.org)?.sha256();
+        Ok(if user.consent.text_sha256 == Some(current) {
+            ConsentState::Accepted
+        } else {
+            ConsentState::Pending
+        })
+    }
+
     /// Where a freshly authenticated connection stands with its login.
     pub fn login_state(&self, who: &AuthedDevice) -> Result<LoginState, WireError> {
         if who.role == Role::Patient {
@@ -153,7 +167,7 @@ impl Relay {
         let mut user = self.caller(who)?;
         if user.credentials.as_ref().is_some_and(|c| c.confirmed) {
             return Err(forbidden(
-                "your password and authenticator are already set up; use change-password",
+                "your password and authenticator are already set up; change the password instead",
             ));
         }
         let account = user.handle.as_str().to_owned();
@@ -536,7 +550,11 @@ impl Relay {
             ));
         }
         self.update_policy(who, |policy| {
-            policy.allow_lists.insert(list.role, list.cidrs.clone());
+            if list.cidrs.is_empty() {
+                policy.allow_lists.remove(&list.role);
+            } else {
+                policy.allow_lists.insert(list.role, list.cidrs.clone());
+            }
         })
     }
 

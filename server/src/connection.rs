@@ -491,14 +491,21 @@ impl Unauthenticated {
                         }
                     };
                     let consent_state = if who.role == Role::Patient {
-                        self.context
+                        match self
+                            .context
                             .relay
-                            .store()
-                            .user(&who.user)
-                            .ok()
-                            .flatten()
-                            .map(|u| u.consent.state)
-                            .unwrap_or(ConsentState::Pending)
+                            .caller(&who)
+                            .and_then(|user| self.context.relay.effective_consent(&user))
+                        {
+                            Ok(state) => state,
+                            Err(error) => {
+                                writer.send(&error_frame(request_id, error)).await?;
+                                return Err(End::Close(
+                                    CloseCode::Error,
+                                    "could not read the account",
+                                ));
+                            }
+                        }
                     } else {
                         ConsentState::NotApplicable
                     };
@@ -641,29 +648,40 @@ impl Authenticated {
         logoff_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let can_read = self.pending.len() < limits::MAX_PENDING_ACKS_PER_CONNECTION;
-            let can_deliver = self.in_flight.len() < limits::MAX_UNACKED_DELIVERIES;
+            // Staff and admins receive nothing until they have logged in on this device.
+            let can_deliver = self.in_flight.len() < limits::MAX_UNACKED_DELIVERIES
+                && matches!(self.login, LoginState::NotNeeded | LoginState::LoggedIn(_));
             tokio::select! {
                 biased;
                 () = signals.close.notified() => {
-                    let (code, reason, message) = match signals.close_reason() {
+                    let (code, reason, error, message) = match signals.close_reason() {
                         Some(CloseReason::Revoked) => (
                             CloseCode::Policy,
                             "device revoked",
+                            ErrorCode::LoggedOff,
                             "this device was revoked; enrol again with a new invite",
+                        ),
+                        Some(CloseReason::Deactivated) => (
+                            CloseCode::Policy,
+                            "account deactivated",
+                            ErrorCode::LoggedOff,
+                            "this account was deactivated; ask your clinic's admin",
                         ),
                         Some(CloseReason::Replaced) => (
                             CloseCode::Policy,
                             "replaced by a newer connection",
+                            ErrorCode::Unavailable,
                             "this device connected again elsewhere; this connection is closed",
                         ),
                         _ => (
                             CloseCode::Away,
                             "server shutting down",
+                            ErrorCode::Unavailable,
                             "the server is shutting down; reconnect shortly",
                         ),
                     };
                     let _ = writer
-                        .feed(&error_frame(0, WireError::new(ErrorCode::LoggedOff, message)))
+                        .feed(&error_frame(0, WireError::new(error, message)))
                         .await;
                     return End::Close(code, reason);
                 }
@@ -721,7 +739,7 @@ impl Authenticated {
                         .feed(&error_frame(
                             0,
                             WireError::new(
-                                ErrorCode::LoggedOff,
+                                ErrorCode::Unavailable,
                                 "the connection was idle too long; reconnect",
                             ),
                         ))
@@ -1047,6 +1065,8 @@ impl Authenticated {
             } => match relay.login(&who, &password, &second_factor) {
                 Ok(session) => {
                     self.login = LoginState::LoggedIn(session);
+                    // Whatever waited in the mailbox can go out now.
+                    self.registration.signals.wake.notify_one();
                     let policy = relay.policy(&who.org);
                     durable(policy.map(|policy| {
                         ServerMessage::LoginOk {
@@ -1111,7 +1131,7 @@ impl Authenticated {
                 let result = relay.deactivate_user(&who, &user_id);
                 if let Ok(devices) = &result {
                     for device in devices {
-                        context.hub.close(device, CloseReason::Revoked);
+                        context.hub.close(device, CloseReason::Deactivated);
                     }
                 }
                 done(result.map(|_| ()))
@@ -1144,8 +1164,8 @@ impl Authenticated {
                     .assign_care(&who, &patient_user_id, &staff_user_ids, &team_ids)
                     .map(|_| ()),
             ),
-            ClientRequest::GetPolicy => Reply::Now(relay.get_policy(&who).and_then(|policy| {
-                Ok(ServerMessage::Policy(Policy {
+            ClientRequest::GetPolicy => Reply::Now(relay.get_policy(&who).map(|policy| {
+                ServerMessage::Policy(Policy {
                     idle_timeout_ms: policy.idle_timeout_ms,
                     session_lifetime_ms: policy.session_lifetime_ms,
                     allow_lists: policy
@@ -1153,8 +1173,8 @@ impl Authenticated {
                         .into_iter()
                         .map(|(role, cidrs)| RoleAllowList { role, cidrs })
                         .collect(),
-                    consent_text: Some(relay.consent_text(&who.org)?),
-                }))
+                    consent_text: policy.consent_text,
+                })
             })),
             ClientRequest::SetSessionPolicy {
                 idle_timeout_ms,

@@ -19,6 +19,8 @@ pub enum CloseReason {
     Replaced,
     /// The device was revoked.
     Revoked,
+    /// The device's user was deactivated.
+    Deactivated,
     /// The server is shutting down.
     Shutdown,
 }

@@ -852,12 +852,13 @@ impl Relay {
                 .into_iter()
                 .map(|d| d.id)
                 .collect();
+            let consent = self.effective_consent(&user)?;
             members.push(MemberView {
                 user: user.id,
                 handle: user.handle,
                 role: user.role,
                 devices,
-                consent: user.consent.state,
+                consent,
             });
         }
         Ok(ConversationView {
@@ -1124,12 +1125,10 @@ impl Relay {
 
     /// Refuses messaging in a patient's conversation unless the patient consents.
     fn check_consent(&self, patient: &UserId, who: &AuthedDevice) -> Result<(), WireError> {
-        let state = self
-            .store
-            .user(patient)
-            .map_err(internal)?
-            .map(|u| u.consent.state)
-            .unwrap_or(ConsentState::Pending);
+        let state = match self.store.user(patient).map_err(internal)? {
+            Some(user) => self.effective_consent(&user)?,
+            None => ConsentState::Pending,
+        };
         match state {
             ConsentState::Accepted | ConsentState::NotApplicable => Ok(()),
             ConsentState::Withdrawn => Err(WireError::new(

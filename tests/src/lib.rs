@@ -614,6 +614,7 @@ impl Cli {
             .arg(self.home.path())
             .args(args)
             .env("MEDRELAY_PASSPHRASE", "correct horse battery staple")
+            .env("MEDRELAY_PASSWORD", TEST_PASSWORD)
             .env("MEDRELAY_TEST_WEAK_KDF", "1")
             .stdin(Stdio::null());
         command
@@ -661,6 +662,33 @@ impl Cli {
             .run(&["invite", "--role", role, "--handle", handle])?
             .trim()
             .to_owned())
+    }
+
+    /// Staff and admins: sets up password and TOTP, then logs in; returns the TOTP secret.
+    pub fn setup_and_login(&self) -> anyhow::Result<String> {
+        let setup = self.json(&["setup-credentials"])?;
+        let secret = setup["totp_secret"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no totp_secret in {setup}"))?
+            .to_owned();
+        self.login(&secret, now_ms())?;
+        Ok(secret)
+    }
+
+    /// Logs in with the TOTP code of `at_ms` (each code works once per account: a second
+    /// device of the same account logging in within 30 s uses the next step's code).
+    pub fn login(&self, secret: &str, at_ms: u64) -> anyhow::Result<()> {
+        self.json(&["login", "--totp", &totp_at(secret, at_ms)])
+            .map(|_| ())
+    }
+
+    /// Patients: accepts the clinic's consent text.
+    pub fn accept_consent(&self) -> anyhow::Result<()> {
+        let answer = self.json(&["consent", "accept"])?;
+        if answer["state"] != "accepted" {
+            bail!("consent not accepted: {answer}");
+        }
+        Ok(())
     }
 
     /// Sends `text` to `handle`.

@@ -138,6 +138,32 @@ async fn consent_comes_before_messaging_and_withdrawal_stops_it() {
         .unwrap();
     assert_eq!(bob_member.consent, ConsentState::Withdrawn);
     // A reconnect says consent is required again.
-    let again = bob.connect(&server).await.unwrap();
-    assert!(again.auth_ok.unwrap().consent_required);
+    let mut again = bob.connect(&server).await.unwrap();
+    assert!(again.auth_ok.clone().unwrap().consent_required);
+    again.accept_consent().await.unwrap();
+    assert!(matches!(
+        try_send(&mut again, "bob", "dr.lee", 6).await,
+        ServerMessage::SendAccepted(_)
+    ));
+
+    // When the clinic changes its consent text, patients are asked again.
+    let revised = ConsentText::new("Revised terms: messages are kept for six years.").unwrap();
+    clinic
+        .admin
+        .conn
+        .request(ClientRequest::SetConsentText {
+            text: revised.clone(),
+        })
+        .await
+        .unwrap();
+    forbidden_saying(&try_send(&mut again, "bob", "dr.lee", 7).await, "consent");
+    let mut fresh = bob.connect(&server).await.unwrap();
+    let ok = fresh.auth_ok.clone().unwrap();
+    assert!(ok.consent_required);
+    assert_eq!(ok.consent_text, Some(revised));
+    fresh.accept_consent().await.unwrap();
+    assert!(matches!(
+        try_send(&mut fresh, "bob", "dr.lee", 8).await,
+        ServerMessage::SendAccepted(_)
+    ));
 }

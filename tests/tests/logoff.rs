@@ -85,9 +85,51 @@ async fn an_idle_session_is_logged_off_and_needs_the_second_factor_again() {
         matches!(&answer, ServerMessage::Error(e) if e.code == ErrorCode::Unauthenticated),
         "{answer:?}"
     );
+    // A message for the staff member waits, undelivered, until they log in again.
+    let conversation = match clinic
+        .patient
+        .conn
+        .request(ClientRequest::OpenConversation(
+            medrelay_proto::OpenConversation {
+                handles: vec![medrelay_proto::Handle::new("dr.lee").unwrap()],
+            },
+        ))
+        .await
+        .unwrap()
+    {
+        ServerMessage::Conversation(c) => c,
+        other => panic!("{other:?}"),
+    };
+    let sent = clinic
+        .patient
+        .conn
+        .request(ClientRequest::Send(medrelay_proto::SendRequest {
+            conversation_id: conversation.id,
+            client_message_id: medrelay_proto::ClientMessageId::from_array([6; 16]),
+            envelopes: vec![medrelay_proto::Envelope {
+                recipient_device: clinic.staff.device.device_id.unwrap(),
+                ciphertext: medrelay_proto::Bytes::from_static(b"opaque"),
+            }],
+            archive_item: None,
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(sent, ServerMessage::SendAccepted(_)), "{sent:?}");
+    assert!(conn
+        .drain_deliveries(Duration::from_millis(700))
+        .await
+        .unwrap()
+        .is_empty());
     conn.login(clinic.staff.totp_secret.as_deref().unwrap(), clock)
         .await
         .unwrap();
+    assert_eq!(
+        conn.drain_deliveries(Duration::from_millis(700))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(matches!(
         conn.request(ClientRequest::ListTeams).await.unwrap(),
         ServerMessage::TeamList(_)

@@ -17,23 +17,28 @@ use medrelay_tests::{Cli, Server};
 struct Clinic {
     server: Server,
     staff: Cli,
+    staff_totp: String,
     patient: Cli,
 }
 
-/// An admin, a staff member invited by the admin, and a patient invited by the staff member.
+/// An admin, a staff member invited by the admin, and a patient invited by (so in the care
+/// of) the staff member; staff logged in with password and TOTP, the patient consenting.
 fn clinic() -> Clinic {
     let server = Server::start().unwrap();
     let admin = Cli::new();
     admin
         .enroll(&server, server.admin_invite.as_deref().unwrap())
         .unwrap();
+    admin.setup_and_login().unwrap();
     let staff = Cli::new();
     let code = admin.invite("staff", "dr.lee").unwrap();
     let me = staff.enroll(&server, &code).unwrap();
     assert_eq!(me["role"], "staff");
+    let staff_totp = staff.setup_and_login().unwrap();
     let patient = Cli::new();
     let code = staff.invite("patient", "alice").unwrap();
     patient.enroll(&server, &code).unwrap();
+    patient.accept_consent().unwrap();
     let whoami = patient.json(&["whoami"]).unwrap();
     assert_eq!(whoami["handle"], "alice");
     assert_eq!(whoami["role"], "patient");
@@ -46,6 +51,7 @@ fn clinic() -> Clinic {
     Clinic {
         server,
         staff,
+        staff_totp,
         patient,
     }
 }
@@ -135,6 +141,10 @@ fn every_device_of_the_recipient_and_the_senders_other_devices_receive() {
     let staff_tablet = Cli::new();
     let code = c.staff.run(&["invite", "--device"]).unwrap();
     let tablet = staff_tablet.enroll(&c.server, code.trim()).unwrap();
+    // The same account's second device logs in too (with the next time step's code).
+    staff_tablet
+        .login(&c.staff_totp, medrelay_tests::now_ms() + 30_000)
+        .unwrap();
     let patient_laptop = Cli::new();
     let code = c.patient.run(&["invite", "--device"]).unwrap();
     patient_laptop.enroll(&c.server, code.trim()).unwrap();

@@ -19,15 +19,18 @@ fn a_marker_sent_through_the_server_is_nowhere_on_its_disk_or_in_its_log() {
     admin
         .enroll(&server, server.admin_invite.as_deref().unwrap())
         .unwrap();
+    admin.setup_and_login().unwrap();
     let staff = Cli::new();
     staff
         .enroll(&server, &admin.invite("staff", "dr.lee").unwrap())
         .unwrap();
+    staff.setup_and_login().unwrap();
     let patient = Cli::new();
     let patient_handle = "zebulon.quixote";
     patient
         .enroll(&server, &staff.invite("patient", patient_handle).unwrap())
         .unwrap();
+    patient.accept_consent().unwrap();
 
     let marker = format!("MARKER-{}-rash-on-left-forearm", std::process::id());
     let reply_marker = format!("REPLY-{}-apply-hydrocortisone", std::process::id());

@@ -10,10 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use medrelay_proto::limits::MAX_ACK_IDS;
 use medrelay_proto::{
     auth_transcript, enroll_transcript, AckRequest, AuthOk, AuthProof, Binding, Bytes,
-    ChannelBinding, ClientMessageId, ClientRequest, Conversation, ConversationId, DeviceId,
-    DeviceLabel, EnrollRequest, Envelope, ErrorCode, Handle, Identity, InviteCode, InviteCreated,
-    InviteSpec, ListConversations, MessageId, OpenConversation, SendRequest, ServerMessage,
-    Signature, UploadPrekeys, UserId,
+    ChannelBinding, ClientMessageId, ClientRequest, ConsentText, Conversation, ConversationId,
+    CredentialsSetup, DeviceId, DeviceInfo, DeviceLabel, EnrollRequest, Envelope, ErrorCode,
+    Handle, Identity, InviteCode, InviteCreated, InviteSpec, ListConversations, MessageId,
+    OpenConversation, Password, Permission, Policy, Reason, Role, RoleAllowList, SecondFactor,
+    SendRequest, ServerMessage, Signature, Team, TeamId, TeamName, UploadPrekeys, UserId, UserInfo,
+    WireError,
 };
 use rand_core::{OsRng, RngCore};
 
@@ -113,6 +115,28 @@ pub struct DeviceSafetyNumber {
     pub number: SafetyNumber,
 }
 
+/// What a successful [`Client::login`] says about the session it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginSession {
+    /// The session ends after this long without a request.
+    pub idle_timeout_ms: u64,
+    /// The session ends at this time whatever the activity, ms since the Unix epoch.
+    pub session_expires_at_ms: u64,
+}
+
+/// Whether the server answers `request` on a staff or admin connection without a login
+/// session (its `decide()`): everything else is `UNAUTHENTICATED` until [`Client::login`].
+fn allowed_before_login(request: &ClientRequest) -> bool {
+    matches!(
+        request,
+        ClientRequest::Ping
+            | ClientRequest::WhoAmI
+            | ClientRequest::Logout
+            | ClientRequest::SetupCredentials { .. }
+            | ClientRequest::Login { .. }
+    )
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -128,6 +152,9 @@ pub struct Client<K: KeyStore> {
     identity: DeviceIdentity,
     profile: Profile,
     connection: Option<Connection>,
+    /// What the server said when this device last authenticated, kept current by login,
+    /// logout and consent changes.
+    auth: Option<AuthOk>,
 }
 
 impl<K: KeyStore> std::fmt::Debug for Client<K> {
@@ -201,6 +228,7 @@ impl<K: KeyStore> Client<K> {
             ..StoreUpdate::default()
         })?;
         tracing::info!(device = %auth_ok.device_id, "device enrolled");
+        let remaining = auth_ok.one_time_prekeys_remaining;
         let mut client = Self {
             connection: Some(Connection::spawn(ws, options.request_timeout)),
             options,
@@ -208,10 +236,13 @@ impl<K: KeyStore> Client<K> {
             store,
             identity,
             profile,
+            auth: Some(auth_ok),
         };
-        client
-            .maintain_prekeys(auth_ok.one_time_prekeys_remaining)
-            .await?;
+        // Staff and admins upload nothing before they log in (the server would refuse it);
+        // the enrolment carried a full batch of one-time prekeys anyway.
+        if client.login_blocker().is_none() {
+            client.maintain_prekeys(remaining).await?;
+        }
         Ok(client)
     }
 
@@ -239,6 +270,7 @@ impl<K: KeyStore> Client<K> {
             identity,
             profile,
             connection: None,
+            auth: None,
         })
     }
 
@@ -260,6 +292,48 @@ impl<K: KeyStore> Client<K> {
     /// Closes the connection (the next request reconnects).
     pub fn disconnect(&mut self) {
         self.connection = None;
+    }
+
+    /// What the server said when this device last authenticated (`auth_ok`), kept current
+    /// by [`Client::login`], [`Client::logout`] and the consent calls. `None` before the first
+    /// connection ([`Client::open`] does not connect; [`Client::connect`] does).
+    pub fn auth_ok(&self) -> Option<&AuthOk> {
+        self.auth.as_ref()
+    }
+
+    /// Staff and admins: no login session on this device; [`Client::login`] first. Until
+    /// then every request but `whoami`, `ping`, `logout`, `setup_credentials` and `login`
+    /// fails with [`TransportError::LoginRequired`] without being sent.
+    pub fn login_required(&self) -> bool {
+        self.auth.as_ref().is_some_and(|a| a.login_required)
+    }
+
+    /// Staff and admins: no password and TOTP yet; [`Client::setup_credentials`], then
+    /// [`Client::login`].
+    pub fn credentials_required(&self) -> bool {
+        self.auth.as_ref().is_some_and(|a| a.credentials_required)
+    }
+
+    /// Patients: the clinic's consent text must be accepted ([`Client::accept_consent`])
+    /// before messaging.
+    pub fn consent_required(&self) -> bool {
+        self.auth.as_ref().is_some_and(|a| a.consent_required)
+    }
+
+    /// Patients: the consent text the server showed at authentication (present whenever
+    /// consent is required; the server also sends it once accepted).
+    pub fn consent_text(&self) -> Option<&ConsentText> {
+        self.auth.as_ref().and_then(|a| a.consent_text.as_ref())
+    }
+
+    /// Why requests that need a login session cannot be sent now, if they cannot.
+    fn login_blocker(&self) -> Option<TransportError> {
+        let auth = self.auth.as_ref()?;
+        (auth.credentials_required || auth.login_required).then_some(
+            TransportError::LoginRequired {
+                credentials_required: auth.credentials_required,
+            },
+        )
     }
 
     fn save_profile(&mut self) -> Result<(), TransportError> {
@@ -308,6 +382,7 @@ impl<K: KeyStore> Client<K> {
             return Ok(());
         }
         self.connection = None;
+        self.auth = None;
         let mut attempt = 0u32;
         loop {
             match self.connect_once().await {
@@ -317,11 +392,11 @@ impl<K: KeyStore> Client<K> {
                         self.profile.role = auth_ok.role;
                         self.save_profile()?;
                     }
-                    if let Err(error) = self
-                        .maintain_prekeys(auth_ok.one_time_prekeys_remaining)
-                        .await
-                    {
-                        tracing::warn!(%error, "prekey upkeep failed; will retry on the next connection");
+                    let remaining = auth_ok.one_time_prekeys_remaining;
+                    self.auth = Some(auth_ok);
+                    // Before a staff login the server refuses uploads: upkeep runs after it.
+                    if self.login_blocker().is_none() {
+                        self.upkeep(remaining).await;
                     }
                     return Ok(());
                 }
@@ -338,12 +413,25 @@ impl<K: KeyStore> Client<K> {
         }
     }
 
-    /// One request on the current connection (connecting first if needed).
+    /// Prekey upkeep that only logs a failure (it is retried on the next connection).
+    async fn upkeep(&mut self, server_remaining: u32) {
+        if let Err(error) = self.maintain_prekeys(server_remaining).await {
+            tracing::warn!(%error, "prekey upkeep failed; will retry on the next connection");
+        }
+    }
+
+    /// One request on the current connection (connecting first if needed). A request that
+    /// needs a login session is not sent while there is none.
     async fn request_once(
         &mut self,
         request: ClientRequest,
     ) -> Result<ServerMessage, TransportError> {
         self.ensure_connected().await?;
+        if !allowed_before_login(&request) {
+            if let Some(blocked) = self.login_blocker() {
+                return Err(blocked);
+            }
+        }
         let connection = self
             .connection
             .as_ref()
@@ -351,11 +439,32 @@ impl<K: KeyStore> Client<K> {
         let result = connection.request(request).await;
         if matches!(
             result,
-            Err(TransportError::Disconnected(_) | TransportError::Timeout(_))
+            Err(TransportError::Disconnected(_)
+                | TransportError::Timeout(_)
+                | TransportError::LoggedOff(_))
         ) {
             self.connection = None;
         }
         result
+    }
+
+    /// After the server pushed `LOGGED_OFF` (and closed): reconnects once. The notice
+    /// stands, as [`TransportError::LoggedOff`], when the new connection needs a login
+    /// session that `request` needs (or when the device can no longer authenticate: a
+    /// revoked device gets `AUTH_FAILED`); otherwise the connection merely ended (a restart,
+    /// an idle connection) and the caller may go on.
+    async fn after_logoff(
+        &mut self,
+        notice: WireError,
+        request: Option<&ClientRequest>,
+    ) -> Result<(), TransportError> {
+        self.connection = None;
+        self.ensure_connected().await?;
+        let needs_login = request.is_none_or(|r| !allowed_before_login(r));
+        if needs_login && self.login_blocker().is_some() {
+            return Err(TransportError::LoggedOff(notice));
+        }
+        Ok(())
     }
 
     /// A request that is safe to repeat (idempotent on the server), repeated across
@@ -370,6 +479,13 @@ impl<K: KeyStore> Client<K> {
                     let delay = self.options.backoff.delay(attempt, OsRng.next_u32());
                     tracing::info!(%error, ?delay, request = request.name(), "request failed; reconnecting");
                     tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                // A logoff is final unless the reconnection shows the session survived.
+                Err(TransportError::LoggedOff(notice))
+                    if attempt + 1 < self.options.max_connect_attempts =>
+                {
+                    self.after_logoff(notice, Some(&request)).await?;
                     attempt += 1;
                 }
                 other => return other,
@@ -448,6 +564,284 @@ impl<K: KeyStore> Client<K> {
         match self.request_once(ClientRequest::CreateInvite(spec)).await? {
             ServerMessage::InviteCreated(invite) => Ok(invite),
             other => Err(unexpected("invite_created", &other)),
+        }
+    }
+
+    // ---- access control
+
+    /// Staff and admins, once after enrolment: sets the password and returns the TOTP secret,
+    /// its `otpauth://` URI and the recovery codes, shown this once. They take effect at the
+    /// first successful [`Client::login`]; until then setting up again replaces them. Sent
+    /// once (a lost answer means running it again).
+    pub async fn setup_credentials(
+        &mut self,
+        password: Password,
+    ) -> Result<CredentialsSetup, TransportError> {
+        match self
+            .request_once(ClientRequest::SetupCredentials { password })
+            .await?
+        {
+            ServerMessage::CredentialsSetup(setup) => Ok(setup),
+            other => Err(unexpected("credentials_setup", &other)),
+        }
+    }
+
+    /// Staff and admins: starts a login session on this device with the password and a TOTP
+    /// or recovery code. It survives reconnections until the idle timeout or the session
+    /// lifetime. Sent once, never repeated: each code works once, and a repeat would count
+    /// as a failed attempt towards the lockout (`LOCKED_OUT`, with `retry_after_ms`).
+    pub async fn login(
+        &mut self,
+        password: Password,
+        second_factor: SecondFactor,
+    ) -> Result<LoginSession, TransportError> {
+        let request = ClientRequest::Login {
+            password,
+            second_factor,
+        };
+        match self.request_once(request).await? {
+            ServerMessage::LoginOk {
+                idle_timeout_ms,
+                session_expires_at_ms,
+            } => {
+                let mut remaining = None;
+                if let Some(auth) = self.auth.as_mut() {
+                    auth.login_required = false;
+                    auth.credentials_required = false;
+                    remaining = Some(auth.one_time_prekeys_remaining);
+                }
+                // The upkeep skipped while logged off.
+                if let Some(remaining) = remaining {
+                    self.upkeep(remaining).await;
+                }
+                Ok(LoginSession {
+                    idle_timeout_ms,
+                    session_expires_at_ms,
+                })
+            }
+            other => Err(unexpected("login_ok", &other)),
+        }
+    }
+
+    /// Ends this device's login session (staff and admins); the next request that needs one
+    /// fails with [`TransportError::LoginRequired`] until [`Client::login`].
+    pub async fn logout(&mut self) -> Result<(), TransportError> {
+        self.done(ClientRequest::Logout, false).await?;
+        if let Some(auth) = self.auth.as_mut() {
+            if auth.role != Role::Patient {
+                auth.login_required = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes the caller's password. Sent once (a wrong current password counts towards
+    /// the lockout).
+    pub async fn change_password(
+        &mut self,
+        current: Password,
+        new: Password,
+    ) -> Result<(), TransportError> {
+        self.done(ClientRequest::ChangePassword { current, new }, false)
+            .await
+    }
+
+    /// The org's users, with effective permissions and consent (needs `manage_staff` or
+    /// `manage_care_teams`).
+    pub async fn list_users(&mut self) -> Result<Vec<UserInfo>, TransportError> {
+        match self.request(ClientRequest::ListUsers).await? {
+            // Not remembered in the profile: the directory is not this device's to keep.
+            ServerMessage::UserList(users) => Ok(users),
+            other => Err(unexpected("user_list", &other)),
+        }
+    }
+
+    /// A user's devices, revoked ones included; `None` for the caller's own.
+    pub async fn list_devices(
+        &mut self,
+        user_id: Option<UserId>,
+    ) -> Result<Vec<DeviceInfo>, TransportError> {
+        match self.request(ClientRequest::ListDevices { user_id }).await? {
+            ServerMessage::DeviceList(devices) => Ok(devices),
+            other => Err(unexpected("device_list", &other)),
+        }
+    }
+
+    /// Revokes a device at once (one's own, or anyone's with `manage_staff`).
+    pub async fn revoke_device(&mut self, device_id: DeviceId) -> Result<(), TransportError> {
+        self.done(ClientRequest::RevokeDevice { device_id }, true)
+            .await
+    }
+
+    /// Deactivates a user: every device revoked, no further enrolment.
+    pub async fn deactivate_user(&mut self, user_id: UserId) -> Result<(), TransportError> {
+        self.done(ClientRequest::DeactivateUser { user_id }, true)
+            .await
+    }
+
+    /// Replaces the permissions granted to a user beyond their role's; empty clears them.
+    pub async fn set_permissions(
+        &mut self,
+        user_id: UserId,
+        grants: Vec<Permission>,
+    ) -> Result<(), TransportError> {
+        self.done(ClientRequest::SetPermissions { user_id, grants }, true)
+            .await
+    }
+
+    /// Creates a care team with no members. Sent once (a repeat would create another).
+    pub async fn create_team(&mut self, name: TeamName) -> Result<Team, TransportError> {
+        match self
+            .request_once(ClientRequest::CreateTeam { name })
+            .await?
+        {
+            ServerMessage::Team(team) => Ok(team),
+            other => Err(unexpected("team", &other)),
+        }
+    }
+
+    /// Replaces a team's staff.
+    pub async fn set_team_members(
+        &mut self,
+        team_id: TeamId,
+        staff_user_ids: Vec<UserId>,
+    ) -> Result<Team, TransportError> {
+        let request = ClientRequest::SetTeamMembers {
+            team_id,
+            staff_user_ids,
+        };
+        match self.request(request).await? {
+            ServerMessage::Team(team) => Ok(team),
+            other => Err(unexpected("team", &other)),
+        }
+    }
+
+    /// The org's care teams.
+    pub async fn list_teams(&mut self) -> Result<Vec<Team>, TransportError> {
+        match self.request(ClientRequest::ListTeams).await? {
+            ServerMessage::TeamList(teams) => Ok(teams),
+            other => Err(unexpected("team_list", &other)),
+        }
+    }
+
+    /// Replaces who cares for a patient: staff directly and teams. The patient's
+    /// conversation then has exactly them (and the patient).
+    pub async fn assign_care(
+        &mut self,
+        patient_user_id: UserId,
+        staff_user_ids: Vec<UserId>,
+        team_ids: Vec<TeamId>,
+    ) -> Result<(), TransportError> {
+        let request = ClientRequest::AssignCare {
+            patient_user_id,
+            staff_user_ids,
+            team_ids,
+        };
+        self.done(request, true).await
+    }
+
+    /// The org's policy: session timeouts, allow-lists, consent text.
+    pub async fn get_policy(&mut self) -> Result<Policy, TransportError> {
+        match self.request(ClientRequest::GetPolicy).await? {
+            ServerMessage::Policy(policy) => Ok(policy),
+            other => Err(unexpected("policy", &other)),
+        }
+    }
+
+    /// Sets the staff and admin session timeouts (idle 1 s to 24 h; lifetime from the idle
+    /// timeout to 7 days).
+    pub async fn set_session_policy(
+        &mut self,
+        idle_timeout_ms: u64,
+        session_lifetime_ms: u64,
+    ) -> Result<(), TransportError> {
+        let request = ClientRequest::SetSessionPolicy {
+            idle_timeout_ms,
+            session_lifetime_ms,
+        };
+        self.done(request, true).await
+    }
+
+    /// Replaces one role's IP allow-list; an empty list allows every address.
+    pub async fn set_allow_list(&mut self, list: RoleAllowList) -> Result<(), TransportError> {
+        self.done(ClientRequest::SetAllowList(list), true).await
+    }
+
+    /// Sets the consent text patients must accept.
+    pub async fn set_consent_text(&mut self, text: ConsentText) -> Result<(), TransportError> {
+        self.done(ClientRequest::SetConsentText { text }, true)
+            .await
+    }
+
+    /// Patients: accepts the consent text the server showed when this connection
+    /// authenticated ([`Client::consent_text`]), by its SHA-256, so a text changed since is
+    /// refused rather than accepted unseen. Connects first if needed.
+    pub async fn accept_consent(&mut self) -> Result<(), TransportError> {
+        self.ensure_connected().await?;
+        let text_sha256 = self
+            .consent_text()
+            .map(ConsentText::sha256)
+            .ok_or_else(|| {
+                TransportError::InvalidArgument(
+                    "the server showed no consent text to accept (consent is for patients)".into(),
+                )
+            })?;
+        self.done(ClientRequest::AcceptConsent { text_sha256 }, true)
+            .await?;
+        if let Some(auth) = self.auth.as_mut() {
+            auth.consent_required = false;
+        }
+        Ok(())
+    }
+
+    /// Patients: withdraws consent; staff may no longer message this patient.
+    pub async fn withdraw_consent(&mut self) -> Result<(), TransportError> {
+        self.done(ClientRequest::WithdrawConsent, true).await?;
+        if let Some(auth) = self.auth.as_mut() {
+            auth.consent_required = true;
+        }
+        Ok(())
+    }
+
+    /// Grants a staff member access to a patient's conversation for `duration_ms` (1 ms to
+    /// 24 h); returns when it ends. Sent once (each grant is its own access-log entry).
+    pub async fn grant_break_glass(
+        &mut self,
+        staff_user_id: UserId,
+        patient_user_id: UserId,
+        reason: Reason,
+        duration_ms: u64,
+    ) -> Result<u64, TransportError> {
+        let request = ClientRequest::GrantBreakGlass {
+            staff_user_id,
+            patient_user_id,
+            reason,
+            duration_ms,
+        };
+        match self.request_once(request).await? {
+            ServerMessage::BreakGlassGranted { expires_at_ms } => Ok(expires_at_ms),
+            other => Err(unexpected("break_glass_granted", &other)),
+        }
+    }
+
+    /// A request answered `done`: repeated across reconnections when `idempotent`.
+    async fn done(
+        &mut self,
+        request: ClientRequest,
+        idempotent: bool,
+    ) -> Result<(), TransportError> {
+        let name = request.name();
+        let answer = if idempotent {
+            self.request(request).await?
+        } else {
+            self.request_once(request).await?
+        };
+        match answer {
+            ServerMessage::Done => Ok(()),
+            other => Err(TransportError::Protocol(format!(
+                "expected done to {name}, got {}",
+                other.name()
+            ))),
         }
     }
 
@@ -659,8 +1053,13 @@ impl<K: KeyStore> Client<K> {
     /// [`Incoming::Undecryptable`], with no content.
     pub async fn recv(&mut self, timeout: Duration) -> Result<Option<Incoming>, TransportError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut logoffs = 0u32;
         loop {
             self.ensure_connected().await?;
+            // The server would refuse the acks (and should not deliver) before a login.
+            if let Some(blocked) = self.login_blocker() {
+                return Err(blocked);
+            }
             let Some(connection) = self.connection.as_mut() else {
                 continue;
             };
@@ -683,7 +1082,14 @@ impl<K: KeyStore> Client<K> {
                 Push::Error(error) => {
                     tracing::info!(code = error.code.as_str(), message = %error.message, "server notice");
                     if error.code == ErrorCode::LoggedOff {
-                        self.connection = None;
+                        // Reconnect once; a second logoff in one call is final (two
+                        // processes of one device would otherwise replace each other forever).
+                        logoffs += 1;
+                        if logoffs > 1 {
+                            self.connection = None;
+                            return Err(TransportError::LoggedOff(error));
+                        }
+                        self.after_logoff(error, None).await?;
                     }
                 }
                 Push::Closed(reason) => {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use medrelay_proto::{
     decode_server_frame_bytes, encode_client_frame, AuthOk, ClientFrame, ClientRequest, Delivery,
-    ServerFrame, ServerMessage, WireError, TLS_EXPORTER_LEN,
+    ErrorCode, ServerFrame, ServerMessage, WireError, TLS_EXPORTER_LEN,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -220,6 +220,9 @@ async fn run(ws: WsStream, mut commands: mpsc::Receiver<Command>, pushes: mpsc::
     // `None`: an answer nobody waits for (our keepalive pings).
     let mut pending: HashMap<u64, Option<oneshot::Sender<Reply>>> = HashMap::new();
     let mut next_id: u64 = 2;
+    // A pushed LOGGED_OFF: the server closes next, and requests it leaves unanswered fail
+    // with it rather than as a dropped connection (which the client would retry).
+    let mut logged_off: Option<WireError> = None;
     let mut keepalive = tokio::time::interval_at(
         tokio::time::Instant::now() + KEEPALIVE_INTERVAL,
         KEEPALIVE_INTERVAL,
@@ -292,7 +295,12 @@ async fn run(ws: WsStream, mut commands: mpsc::Receiver<Command>, pushes: mpsc::
                 let push = match frame.message {
                     ServerMessage::Delivery(d) => Push::Delivery(d),
                     ServerMessage::PrekeysLow { one_time_prekeys_remaining } => Push::PrekeysLow(one_time_prekeys_remaining),
-                    ServerMessage::Error(e) => Push::Error(e),
+                    ServerMessage::Error(e) => {
+                        if e.code == ErrorCode::LoggedOff {
+                            logged_off = Some(e.clone());
+                        }
+                        Push::Error(e)
+                    }
                     other => {
                         tracing::debug!(body = other.name(), "unexpected push ignored");
                         continue;
@@ -317,7 +325,10 @@ async fn run(ws: WsStream, mut commands: mpsc::Receiver<Command>, pushes: mpsc::
     tracing::debug!(%reason, "connection ended");
     for (_, reply) in pending.drain() {
         if let Some(reply) = reply {
-            let _ = reply.send(Err(TransportError::Disconnected(reason.clone())));
+            let _ = reply.send(Err(match &logged_off {
+                Some(error) => TransportError::LoggedOff(error.clone()),
+                None => TransportError::Disconnected(reason.clone()),
+            }));
         }
     }
     commands.close();

@@ -26,6 +26,24 @@ pub enum TransportError {
     /// The server refused a request: its stable code and plain-English message.
     #[error("the server refused the request: {} ({})", .0.code, .0.message)]
     Server(WireError),
+    /// The server ended this device's session or connection (`LOGGED_OFF`, pushed): idle
+    /// timeout, session lifetime, revocation, deactivation. The reconnection logic does not
+    /// retry past it when the new connection needs a login: log in again (a revoked device
+    /// must enrol again).
+    #[error("logged off by the server: {}", .0.message)]
+    LoggedOff(WireError),
+    /// This staff or admin device has no live login session (as `auth_ok` said, or after
+    /// [`Client::logout`](super::Client::logout)): the request was not sent. The server would
+    /// have answered `UNAUTHENTICATED`, which [`TransportError::code`] reports.
+    #[error("{}", if *.credentials_required {
+        "set up your password and authenticator first (setup_credentials), then log in"
+    } else {
+        "log in with your password and a second factor first"
+    })]
+    LoginRequired {
+        /// No password and TOTP are set up yet: `setup_credentials` comes first.
+        credentials_required: bool,
+    },
     /// The server did not answer in time.
     #[error("the server did not answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -50,10 +68,20 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    /// The server's error code, when the server refused.
+    /// The server's error code, when the server refused or logged off (or, for
+    /// [`TransportError::LoginRequired`], would have: `UNAUTHENTICATED`).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            Self::Server(e) => Some(e.code),
+            Self::Server(e) | Self::LoggedOff(e) => Some(e.code),
+            Self::LoginRequired { .. } => Some(ErrorCode::Unauthenticated),
+            _ => None,
+        }
+    }
+
+    /// The server's error, when it refused a request or logged this device off.
+    pub fn wire_error(&self) -> Option<&WireError> {
+        match self {
+            Self::Server(e) | Self::LoggedOff(e) => Some(e),
             _ => None,
         }
     }

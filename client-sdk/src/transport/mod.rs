@@ -9,7 +9,7 @@
 //! | [`plan`] | the decisions as pure functions: fan-out, fetches, mismatch retries, backoff |
 //! | [`profile`] | what the client remembers (in the key store's profile blob) |
 //! | [`convert`] | crypto-core key types to wire types and back |
-//! | [`client`] | [`Client`]: enrol, connect, send, receive, ack, invites, safety numbers |
+//! | [`client`] | [`Client`]: enrol, connect, send, receive, ack, invites, safety numbers; staff login, consent, users, devices, teams, care, policy, break-glass |
 //!
 //! Authentication binds the device's signature to this TLS session: both ends derive 32 bytes
 //! of exporter keying material (label `EXPORTER-medrelay-auth-v1`), and the client signs
@@ -33,7 +33,7 @@ pub mod tls;
 pub mod url;
 
 pub use client::{
-    Client, ClientOptions, DeviceSafetyNumber, Incoming, SendReceipt, ServerConfig,
+    Client, ClientOptions, DeviceSafetyNumber, Incoming, LoginSession, SendReceipt, ServerConfig,
     UndecryptableMessage,
 };
 pub use error::TransportError;

@@ -143,7 +143,7 @@ mod tests {
         clippy::indexing_slicing
     )]
     use super::*;
-    use medrelay_proto::{ConversationId, Handle, Member, Role};
+    use medrelay_proto::{ConsentState, ConversationId, Handle, Member, Role};
 
     fn dev(b: u8) -> DeviceId {
         DeviceId::from_array([b; 16])
@@ -160,12 +160,14 @@ mod tests {
                     handle: Handle::new("staff1").unwrap(),
                     role: Role::Staff,
                     devices: vec![dev(10), dev(11)],
+                    consent: ConsentState::NotApplicable,
                 },
                 Member {
                     user_id: user(2),
                     handle: Handle::new("pat").unwrap(),
                     role: Role::Patient,
                     devices: vec![dev(20)],
+                    consent: ConsentState::Accepted,
                 },
             ],
         }
