@@ -253,3 +253,15 @@ async fn a_browser_proof_is_bound_to_the_servers_origin() {
         Some(ErrorCode::AuthFailed)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_expires_after_seven_days() {
+    let server = Server::start_with_test_clock().unwrap();
+    server.advance_clock(7 * 24 * 60 * 60 * 1000).unwrap();
+    let mut device = RawDevice::new();
+    let error = device
+        .enroll(&server, server.admin_invite.as_deref().unwrap())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("InviteInvalid"), "{error}");
+}
