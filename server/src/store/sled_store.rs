@@ -89,6 +89,22 @@ fn key2(a: &[u8], b: &[u8]) -> Vec<u8> {
     key
 }
 
+/// Key-value rows ready for a batch or transaction.
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One-time prekeys as `(device || id, record)` rows.
+fn encode_prekeys(device: &DeviceId, prekeys: &[OneTimePrekey]) -> Result<Rows, StoreError> {
+    prekeys
+        .iter()
+        .map(|p| {
+            Ok((
+                key2(device.as_bytes(), &p.id.to_be_bytes()),
+                encode("prekey", p)?,
+            ))
+        })
+        .collect()
+}
+
 fn handle_key(org: &OrgId, handle: &Handle) -> Vec<u8> {
     key2(org.as_bytes(), handle.as_str().as_bytes())
 }
@@ -185,6 +201,21 @@ impl SledStore {
         }
     }
 
+    /// The conversation an index entry points at.
+    fn indexed_conversation(
+        &self,
+        index: &'static str,
+        id: &[u8],
+    ) -> Result<ConversationRecord, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            kind: index,
+            reason,
+        };
+        let id = ConversationId::from_bytes(id).map_err(|e| corrupt(e.to_string()))?;
+        self.conversation(&id)?
+            .ok_or_else(|| corrupt("index points at a missing conversation".to_owned()))
+    }
+
     fn get<T: serde::de::DeserializeOwned>(
         tree: &Tree,
         kind: &'static str,
@@ -251,15 +282,7 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         let user_bytes = encode("user", user)?;
         let device_bytes = encode("device", device)?;
-        let prekeys = one_time_prekeys
-            .iter()
-            .map(|p| {
-                Ok((
-                    key2(device.id.as_bytes(), &p.id.to_be_bytes()),
-                    encode("prekey", p)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let prekeys = encode_prekeys(&device.id, one_time_prekeys)?;
         let handle = handle_key(&user.org, &user.handle);
         (
             &self.handles,
@@ -290,15 +313,7 @@ impl Store for SledStore {
         one_time_prekeys: &[OneTimePrekey],
     ) -> Result<(), StoreError> {
         let device_bytes = encode("device", device)?;
-        let prekeys = one_time_prekeys
-            .iter()
-            .map(|p| {
-                Ok((
-                    key2(device.id.as_bytes(), &p.id.to_be_bytes()),
-                    encode("prekey", p)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let prekeys = encode_prekeys(&device.id, one_time_prekeys)?;
         (&self.devices, &self.user_devices, &self.one_time_prekeys)
             .transaction(|(devices, user_devices, otpks)| {
                 devices.insert(device.id.as_bytes().as_slice(), device_bytes.as_slice())?;
@@ -529,16 +544,7 @@ impl Store for SledStore {
             .map_err(tx_error)?;
         match existing {
             None => Ok(record),
-            Some(id) => {
-                let id = ConversationId::from_bytes(&id).map_err(|e| StoreError::Corrupt {
-                    kind: "patient_conversations",
-                    reason: e.to_string(),
-                })?;
-                self.conversation(&id)?.ok_or_else(|| StoreError::Corrupt {
-                    kind: "patient_conversations",
-                    reason: "index points at a missing conversation".to_owned(),
-                })
-            }
+            Some(id) => self.indexed_conversation("patient_conversations", &id),
         }
     }
 
@@ -567,11 +573,8 @@ impl Store for SledStore {
         prekeys: &[OneTimePrekey],
     ) -> Result<u32, StoreError> {
         let mut batch = sled::Batch::default();
-        for prekey in prekeys {
-            batch.insert(
-                key2(device.as_bytes(), &prekey.id.to_be_bytes()),
-                encode("prekey", prekey)?,
-            );
+        for (key, value) in encode_prekeys(device, prekeys)? {
+            batch.insert(key, value);
         }
         self.one_time_prekeys.apply_batch(batch).map_err(db_error)?;
         self.count_one_time_prekeys(device)
@@ -645,16 +648,7 @@ impl Store for SledStore {
             .map_err(tx_error)?;
         match existing {
             None => Ok(record),
-            Some(id) => {
-                let id = ConversationId::from_bytes(&id).map_err(|e| StoreError::Corrupt {
-                    kind: "conversation_index",
-                    reason: e.to_string(),
-                })?;
-                self.conversation(&id)?.ok_or_else(|| StoreError::Corrupt {
-                    kind: "conversation_index",
-                    reason: "index points at a missing conversation".to_owned(),
-                })
-            }
+            Some(id) => self.indexed_conversation("conversation_index", &id),
         }
     }
 
