@@ -6,6 +6,7 @@
 //! thin tokio/rustls/hyper/tungstenite adapters; [`group_commit`] shares storage flushes.
 
 pub mod access;
+pub mod access_log;
 pub mod admin_socket;
 pub mod audit;
 pub mod clock;

@@ -1,5 +1,6 @@
 //! The `medrelay` command: serve, initialise a data directory, add an org.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,14 +9,15 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Parser, Subcommand};
+use medrelay_server::access_log::{self, AccessLog};
 use medrelay_server::admin_socket::{self, AdminRequest, AdminResponse};
-use medrelay_server::audit::LogAuditSink;
 use medrelay_server::clock::{Clock, ManualClock, SystemClock};
 use medrelay_server::datadir::{DataDir, DEFAULT_ORG_NAME};
 use medrelay_server::hub::Hub;
 use medrelay_server::relay::Relay;
 use medrelay_server::server::{self, Context};
 use medrelay_server::store::sled_store::SledStore;
+use medrelay_server::store::Store;
 use medrelay_server::tls;
 use tokio::sync::watch;
 
@@ -82,6 +84,50 @@ enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
+    /// The access log: verify its chain and checkpoints, export it (server stopped).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and the signed checkpoints; names the first broken entry.
+    Verify {
+        /// Data directory.
+        #[arg(long, default_value = "./medrelay-data")]
+        data: PathBuf,
+    },
+    /// Print entries as JSON lines or CSV, optionally filtered.
+    Export {
+        /// Data directory.
+        #[arg(long, default_value = "./medrelay-data")]
+        data: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Only entries at or after this time (ms since the Unix epoch).
+        #[arg(long)]
+        since_ms: Option<u64>,
+        /// Only entries before this time (ms since the Unix epoch).
+        #[arg(long)]
+        until_ms: Option<u64>,
+        /// Only this action (request kind, e.g. `send`, `login`).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only this actor (user id, hex).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values with a header row.
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
+        Command::Audit { command } => audit(command).await,
         Command::Org {
             command: OrgCommand::Add { data, name },
         } => {
@@ -204,6 +251,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Arc::new(SystemClock),
             };
             let (store, relay) = open(&data, clock.clone()).await?;
+            let access_log = Arc::new(AccessLog::open(
+                store.database(),
+                access_log::load_or_create_key(data.root())?,
+            )?);
             if !store.is_initialised()? {
                 let report = data.initialise(&store, &relay, &org, &hostnames).await?;
                 println!(
@@ -246,12 +297,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let context = Arc::new(Context {
                 relay: (*relay).clone(),
                 hub: Arc::new(Hub::default()),
-                clock,
+                clock: clock.clone(),
                 origins,
                 shutdown: shutdown_rx,
                 live_connections: AtomicUsize::new(0),
                 limits: Default::default(),
-                audit: Arc::new(LogAuditSink),
+                audit: access_log.clone(),
             });
             let admin = admin_socket::bind(&data.admin_socket())
                 .with_context(|| format!("could not bind {}", data.admin_socket().display()))?;
@@ -260,8 +311,101 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(%local, "listening");
             server::serve(listener, tls, context, shutdown_tx, shutdown_signal()).await;
             admin_task.abort();
+            if let Err(error) = access_log.seal(clock.now_ms()) {
+                tracing::error!(%error, "could not seal the access log");
+            }
+            store.sync().await?;
             let _ = std::fs::remove_file(data.admin_socket());
             drop(store);
+            Ok(())
+        }
+    }
+}
+
+/// `medrelay audit ...`: offline, on a stopped server's data directory.
+async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    let data_dir = match &command {
+        AuditCommand::Verify { data } | AuditCommand::Export { data, .. } => DataDir::new(data),
+    };
+    if !data_dir.db().exists() {
+        bail!(
+            "{} is not a medrelay data directory",
+            data_dir.root().display()
+        );
+    }
+    let store = SledStore::open(&data_dir.db())?;
+    match command {
+        AuditCommand::Verify { .. } => {
+            let public_key = access_log::load_public_key(data_dir.root())?;
+            match access_log::verify(store.database(), &public_key) {
+                Ok(verified) => {
+                    println!("{}", serde_json::to_string(&verified)?);
+                    Ok(())
+                }
+                Err(broken) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"ok": false, "entry": broken.seq, "reason": broken.reason})
+                    );
+                    bail!("{broken}")
+                }
+            }
+        }
+        AuditCommand::Export {
+            format,
+            since_ms,
+            until_ms,
+            action,
+            actor,
+            ..
+        } => {
+            let mut out = std::io::stdout().lock();
+            if matches!(format, ExportFormat::Csv) {
+                writeln!(
+                    out,
+                    "seq,at_ms,org,user,device,role,action,objects,outcome,source,hash"
+                )?;
+            }
+            for entry in access_log::entries(store.database())? {
+                let body = &entry.body;
+                let keep = since_ms.is_none_or(|s| body.at_ms >= s)
+                    && until_ms.is_none_or(|u| body.at_ms < u)
+                    && action.as_deref().is_none_or(|a| body.action == a)
+                    && actor
+                        .as_deref()
+                        .is_none_or(|a| body.actor.as_ref().is_some_and(|x| x.1 == a));
+                if !keep {
+                    continue;
+                }
+                let (org, user, device, role) = body.actor.clone().unwrap_or_default();
+                match format {
+                    ExportFormat::Jsonl => writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({
+                            "seq": body.seq, "at_ms": body.at_ms, "org": org, "user": user,
+                            "device": device, "role": role, "action": body.action,
+                            "objects": body.objects, "outcome": body.outcome,
+                            "source": body.source, "hash": hex::encode(entry.hash),
+                        })
+                    )?,
+                    ExportFormat::Csv => writeln!(
+                        out,
+                        "{},{},{},{},{},{},{},{},{},{},{}",
+                        body.seq,
+                        body.at_ms,
+                        org,
+                        user,
+                        device,
+                        role,
+                        body.action,
+                        body.objects.join(" "),
+                        body.outcome,
+                        body.source,
+                        hex::encode(entry.hash)
+                    )?,
+                }
+            }
             Ok(())
         }
     }

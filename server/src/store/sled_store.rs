@@ -170,6 +170,11 @@ impl SledStore {
         })
     }
 
+    /// The underlying database (for the access log, which keeps its own trees).
+    pub fn database(&self) -> &Db {
+        &self.db
+    }
+
     /// How well flushes were shared so far.
     pub fn commit_stats(&self) -> CommitStats {
         self.commit.stats()
