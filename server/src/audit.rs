@@ -1,6 +1,6 @@
 //! The audit seam: every decision, allowed or denied, becomes one [`AuditEvent`] through one
 //! [`AuditSink`]. Events hold pseudonymous ids only: never message content, keys or handles.
-//! The tamper-evident access log (hash chain, signed checkpoints) implements this trait.
+//! The tamper-evident access log ([`crate::access_log::AccessLog`]) implements this trait.
 
 use std::net::IpAddr;
 
@@ -54,33 +54,4 @@ pub struct AuditError(pub String);
 pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
     /// Records one event.
     fn record(&self, event: &AuditEvent) -> Result<(), AuditError>;
-}
-
-/// Writes events to the structured log (target `audit`).
-#[derive(Debug, Default)]
-pub struct LogAuditSink;
-
-impl AuditSink for LogAuditSink {
-    fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
-        let outcome = match event.outcome {
-            Outcome::Allowed => "allowed",
-            Outcome::Denied(code) => code.as_str(),
-        };
-        let (org, user, device, role) = match &event.actor {
-            Some(a) => (
-                a.org.to_string(),
-                a.user.to_string(),
-                a.device.to_string(),
-                a.role.as_str(),
-            ),
-            None => (String::new(), String::new(), String::new(), ""),
-        };
-        tracing::info!(
-            target: "audit",
-            at_ms = event.at_ms, org, user, device, role,
-            action = event.action, objects = ?event.objects, outcome,
-            source = %event.source,
-        );
-        Ok(())
-    }
 }
