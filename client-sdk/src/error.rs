@@ -44,8 +44,9 @@ pub enum IdentityError {
     /// The ML-KEM-768 prekey does not decode as an encapsulation key.
     #[error("invalid post-quantum prekey")]
     InvalidPqPrekey,
-    /// A transcript to sign starts with one of the SDK's own domain labels.
-    #[error("refusing to sign a message in a reserved signature domain")]
+    /// A transcript to sign is not an authentication or enrolment transcript (it must start
+    /// with `medrelay_proto::AUTH_TRANSCRIPT_LABEL` or `ENROLL_TRANSCRIPT_LABEL`).
+    #[error("refusing to sign a message outside the authentication signature domains")]
     ReservedDomain,
     /// The 32-bit prekey id space is used up (never expected in practice).
     #[error("prekey ids exhausted")]
@@ -126,6 +127,14 @@ pub enum SessionError {
     /// [`crate::Session::accept`] was given a message that is not a `PrekeyMessage`.
     #[error("not a prekey message")]
     NotAPrekeyMessage,
+    /// [`crate::Session::accept`] was given a `PrekeyMessage` this device already accepted
+    /// (a replay: its digest is in the identity's replay cache). Treat it as undecryptable.
+    #[error("prekey message was already accepted (replay)")]
+    Replayed,
+    /// The session is bound to another peer (user, device) than the one a message or send
+    /// names ([`crate::Session::bind_peer`]).
+    #[error("the session belongs to another peer")]
+    PeerMismatch,
     /// The peer's ratchet key has small order.
     #[error("peer sent a low-order ratchet key")]
     InvalidRatchetKey,
@@ -201,6 +210,18 @@ pub enum KeyStoreError {
     /// The state could not be serialised (a bug).
     #[error("key store state does not encode")]
     StateEncode,
+    /// Another process (or another `FileKeyStore` in this one) holds the key store's lock.
+    #[error("another medrelay-client is using this profile; wait for it to finish")]
+    InUse,
+    /// The file on disk is not the one this store last read or wrote (another writer, or a
+    /// restored copy): nothing was written. Reopen the store.
+    #[error("the key store file was changed by someone else since it was loaded (generation {on_disk} on disk, {loaded} loaded); nothing was written: reopen it")]
+    ChangedOnDisk {
+        /// The generation in the file's header now.
+        on_disk: u64,
+        /// The generation this store last read or wrote.
+        loaded: u64,
+    },
     /// A filesystem operation failed.
     #[error("key store I/O error: {0}")]
     Io(#[from] std::io::Error),

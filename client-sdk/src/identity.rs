@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::IdentityError;
 use crate::limits::{
-    MAX_ONE_TIME_PREKEYS, ONE_TIME_PREKEY_BATCH_SIZE, ONE_TIME_PREKEY_REPLENISH_THRESHOLD,
-    RETIRED_PREKEY_GRACE_MS, SIGNED_PREKEY_ROTATION_INTERVAL_MS,
+    MAX_ACCEPTED_PREKEY_MESSAGES, MAX_ONE_TIME_PREKEYS, ONE_TIME_PREKEY_BATCH_SIZE,
+    ONE_TIME_PREKEY_REPLENISH_THRESHOLD, RETIRED_PREKEY_GRACE_MS,
+    SIGNED_PREKEY_ROTATION_INTERVAL_MS,
 };
 use crate::primitives::{self, MlKemSeed, X25519KeyPair};
 use crate::secret::{byte_array, secret_array};
@@ -86,7 +87,11 @@ fn verify(
 }
 
 /// The public half of a device identity: what peers pin and compare as safety numbers.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Equality compares the two keys only, never the binding signature: a second valid signature
+/// over the same DH key is the same identity, and identity pinning must not depend on which
+/// signature bytes a copy carries.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct PublicIdentity {
     /// Ed25519 identity signing key.
     pub signing_key: [u8; 32],
@@ -96,6 +101,14 @@ pub struct PublicIdentity {
     #[serde(with = "byte_array")]
     pub dh_signature: [u8; 64],
 }
+
+impl PartialEq for PublicIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.signing_key == other.signing_key && self.dh_key == other.dh_key
+    }
+}
+
+impl Eq for PublicIdentity {}
 
 impl PublicIdentity {
     /// Checks that the signing key is valid and signs the DH key.
@@ -244,6 +257,14 @@ struct PqPrekeyPair {
     created_at_ms: u64,
 }
 
+/// A prekey message this device accepted: the replay-cache entry (see
+/// [`DeviceIdentity::remember_prekey_message`]).
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct AcceptedPrekeyMessage {
+    digest: [u8; 32],
+    signed_prekey_id: u32,
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 struct Retired<T> {
     prekey: T,
@@ -266,6 +287,10 @@ pub struct DeviceIdentity {
     next_signed_prekey_id: u32,
     next_pq_prekey_id: u32,
     next_one_time_prekey_id: u32,
+    /// Digests of accepted prekey messages, oldest first, while the signed prekey each names
+    /// is held: a replayed `PrekeyMessage` (above all one without a one-time prekey, which
+    /// nothing else would stop) is refused.
+    accepted_prekey_messages: Vec<AcceptedPrekeyMessage>,
 }
 
 impl core::fmt::Debug for DeviceIdentity {
@@ -276,6 +301,10 @@ impl core::fmt::Debug for DeviceIdentity {
             .field("signed_prekey_id", &self.signed_prekey.id)
             .field("pq_prekey_id", &self.pq_prekey.id)
             .field("one_time_prekeys", &self.one_time_prekeys.len())
+            .field(
+                "accepted_prekey_messages",
+                &self.accepted_prekey_messages.len(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -319,6 +348,7 @@ impl DeviceIdentity {
             next_signed_prekey_id: 2,
             next_pq_prekey_id: 2,
             next_one_time_prekey_id: 1,
+            accepted_prekey_messages: Vec::new(),
         };
         device.generate_one_time_prekeys(ONE_TIME_PREKEY_BATCH_SIZE, rng);
         device
@@ -338,13 +368,16 @@ impl DeviceIdentity {
     }
 
     /// Signs an authentication transcript (the server's proof of possession) with the identity
-    /// signing key. Refuses transcripts that begin with the SDK's own domain labels, so the
-    /// signature can never be replayed as a prekey or identity binding signature.
+    /// signing key. An allow-list: only transcripts starting with
+    /// `medrelay_proto::AUTH_TRANSCRIPT_LABEL` or `ENROLL_TRANSCRIPT_LABEL` are signed
+    /// (anything else is [`IdentityError::ReservedDomain`]), so the identity key can never be
+    /// made to sign a prekey, an identity binding or any future signed structure.
     pub fn sign_auth_transcript(&self, transcript: &[u8]) -> Result<[u8; 64], IdentityError> {
-        if [IDENTITY_DH_LABEL, SIGNED_PREKEY_LABEL, PQ_PREKEY_LABEL]
-            .iter()
-            .any(|label| transcript.starts_with(label))
-        {
+        let allowed = [
+            medrelay_proto::AUTH_TRANSCRIPT_LABEL,
+            medrelay_proto::ENROLL_TRANSCRIPT_LABEL,
+        ];
+        if !allowed.iter().any(|label| transcript.starts_with(label)) {
             return Err(IdentityError::ReservedDomain);
         }
         Ok(self.signing_key().sign(transcript).to_bytes())
@@ -403,16 +436,25 @@ impl DeviceIdentity {
         }
     }
 
-    /// Generates up to `count` one-time prekeys (never beyond [`MAX_ONE_TIME_PREKEYS`] held)
-    /// and returns their public parts for upload.
+    /// Generates `count` one-time prekeys (at most [`MAX_ONE_TIME_PREKEYS`]) and returns their
+    /// public parts for upload. Never more than [`MAX_ONE_TIME_PREKEYS`] are held: to make
+    /// room, the oldest unused ones (lowest ids) are deleted first. Those were uploaded
+    /// earliest, and the server hands prekeys out in upload order, so they are the ones it
+    /// gave to initiators who never used them; without this, such leftovers would fill the
+    /// bound and stop replenishment for good.
     pub fn generate_one_time_prekeys(
         &mut self,
         count: usize,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Vec<OneTimePrekeyPublic> {
-        let room = MAX_ONE_TIME_PREKEYS.saturating_sub(self.one_time_prekeys.len());
-        let mut out = Vec::with_capacity(count.min(room));
-        for _ in 0..count.min(room) {
+        let count = count.min(MAX_ONE_TIME_PREKEYS);
+        while self.one_time_prekeys.len() + count > MAX_ONE_TIME_PREKEYS {
+            if self.one_time_prekeys.pop_first().is_none() {
+                break;
+            }
+        }
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
             let Ok(id) = next_id(&mut self.next_one_time_prekey_id) else {
                 break;
             };
@@ -472,6 +514,7 @@ impl DeviceIdentity {
             prekey: old,
             retired_at_ms: now_ms,
         });
+        self.forget_prekey_messages_of_pruned_prekeys();
         Ok(self.signed_prekey_public())
     }
 
@@ -508,6 +551,45 @@ impl DeviceIdentity {
         {
             self.retired_pq_prekey = None;
         }
+        self.forget_prekey_messages_of_pruned_prekeys();
+    }
+
+    /// Whether a prekey message with this replay digest was already accepted (see
+    /// [`crate::Session::accept`]).
+    pub(crate) fn prekey_message_seen(&self, digest: &[u8; 32]) -> bool {
+        self.accepted_prekey_messages
+            .iter()
+            .any(|e| e.digest == *digest)
+    }
+
+    /// Records an accepted prekey message's replay digest. It is kept while the signed prekey
+    /// it names is held (a replay needs that prekey to succeed); beyond
+    /// [`MAX_ACCEPTED_PREKEY_MESSAGES`] the oldest entry goes.
+    pub(crate) fn remember_prekey_message(&mut self, digest: [u8; 32], signed_prekey_id: u32) {
+        if self.prekey_message_seen(&digest) {
+            return;
+        }
+        self.accepted_prekey_messages.push(AcceptedPrekeyMessage {
+            digest,
+            signed_prekey_id,
+        });
+        let excess = self
+            .accepted_prekey_messages
+            .len()
+            .saturating_sub(MAX_ACCEPTED_PREKEY_MESSAGES);
+        self.accepted_prekey_messages.drain(..excess);
+    }
+
+    /// How many accepted prekey messages the replay cache holds.
+    pub fn accepted_prekey_message_count(&self) -> usize {
+        self.accepted_prekey_messages.len()
+    }
+
+    fn forget_prekey_messages_of_pruned_prekeys(&mut self) {
+        let current = self.signed_prekey.id;
+        let retired = self.retired_signed_prekey.as_ref().map(|r| r.prekey.id);
+        self.accepted_prekey_messages
+            .retain(|e| e.signed_prekey_id == current || Some(e.signed_prekey_id) == retired);
     }
 
     /// The signed prekey with this id: the current one or the retired one in its grace period.
@@ -646,6 +728,53 @@ mod tests {
     }
 
     #[test]
+    fn replenishment_keeps_working_after_many_unused_batches() {
+        // The server hands out one-time prekeys that initiators never use: their secrets stay
+        // here. Replenishment must go on uploading full batches regardless.
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut d = DeviceIdentity::generate(&mut rng, 0);
+        let mut last_max = 0;
+        for _cycle in 0..(3 * MAX_ONE_TIME_PREKEYS / ONE_TIME_PREKEY_BATCH_SIZE) {
+            let fresh = d.generate_one_time_prekeys(ONE_TIME_PREKEY_BATCH_SIZE, &mut rng);
+            assert_eq!(fresh.len(), ONE_TIME_PREKEY_BATCH_SIZE);
+            assert!(d.one_time_prekey_count() <= MAX_ONE_TIME_PREKEYS);
+            // Every new key is held; the ones dropped were the oldest.
+            assert!(fresh.iter().all(|p| d.one_time_prekey(p.id).is_some()));
+            assert!(fresh.iter().all(|p| p.id > last_max));
+            last_max = fresh.iter().map(|p| p.id).max().unwrap();
+            let oldest = *d.one_time_prekeys.keys().next().unwrap();
+            assert_eq!(
+                oldest as usize,
+                last_max as usize + 1 - d.one_time_prekey_count()
+            );
+        }
+        assert_eq!(d.one_time_prekey_count(), MAX_ONE_TIME_PREKEYS);
+        // An absurd request is capped, still never above the bound.
+        let all = d.generate_one_time_prekeys(usize::MAX, &mut rng);
+        assert_eq!(all.len(), MAX_ONE_TIME_PREKEYS);
+        assert_eq!(d.one_time_prekey_count(), MAX_ONE_TIME_PREKEYS);
+    }
+
+    #[test]
+    fn public_identity_equality_ignores_the_signature() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let d = DeviceIdentity::generate(&mut rng, 0);
+        let a = d.public_identity().clone();
+        let mut b = a.clone();
+        b.dh_signature[63] ^= 0x01;
+        assert_eq!(
+            a, b,
+            "same keys: same identity, whatever the signature bytes"
+        );
+        let mut c = a.clone();
+        c.dh_key[0] ^= 0x01;
+        assert_ne!(a, c);
+        let mut e = a.clone();
+        e.signing_key[0] ^= 0x01;
+        assert_ne!(a, e);
+    }
+
+    #[test]
     fn rotation_keeps_previous_for_grace_period() {
         let mut rng = StdRng::seed_from_u64(3);
         let mut d = DeviceIdentity::generate(&mut rng, 0);
@@ -667,7 +796,22 @@ mod tests {
     fn auth_transcript_cannot_enter_reserved_domains() {
         let mut rng = StdRng::seed_from_u64(4);
         let d = DeviceIdentity::generate(&mut rng, 0);
-        assert!(d.sign_auth_transcript(b"medrelay-auth-v1 ...").is_ok());
+        let auth = [medrelay_proto::AUTH_TRANSCRIPT_LABEL, b"..."].concat();
+        let enroll = [medrelay_proto::ENROLL_TRANSCRIPT_LABEL, b"..."].concat();
+        assert!(d.sign_auth_transcript(&auth).is_ok());
+        assert!(d.sign_auth_transcript(&enroll).is_ok());
+        // An allow-list: anything else is refused, not just the known prekey labels.
+        for other in [
+            &b""[..],
+            b"medrelay-auth-v1 ...",
+            b"medrelay-future-signed-structure-v1\0...",
+            &identity_dh_signed_message(&[7; 32]),
+        ] {
+            assert_eq!(
+                d.sign_auth_transcript(other),
+                Err(IdentityError::ReservedDomain)
+            );
+        }
         assert_eq!(
             d.sign_auth_transcript(&prekey_signed_message(
                 PrekeyKind::SignedX25519,

@@ -52,4 +52,4 @@ pub use identity::{
 pub use keystore::{DeviceId, FileKeyStore, KdfParams, KeyStore, MemoryKeyStore, StoreUpdate};
 pub use sealed_box::ArchiveKeyPair;
 pub use secret::SecretBytes;
-pub use session::{IncomingKind, Role, Session};
+pub use session::{IncomingKind, PeerAddress, Role, Session};

@@ -18,8 +18,16 @@ pub const ONE_TIME_PREKEY_BATCH_SIZE: usize = 100;
 /// Below this many unused one-time prekeys a device should upload a new batch.
 pub const ONE_TIME_PREKEY_REPLENISH_THRESHOLD: usize = 20;
 
-/// The most one-time prekey secrets a device keeps; generation stops at this bound.
+/// The most one-time prekey secrets a device keeps. Generating a batch that would exceed it
+/// first deletes the oldest unused ones (lowest ids: handed out by the server long ago and never
+/// used), so replenishment never stops.
 pub const MAX_ONE_TIME_PREKEYS: usize = 1000;
+
+/// The most accepted prekey messages a device remembers (SHA-256 digests, 36 bytes each) to
+/// refuse replays of a `PrekeyMessage`. Entries are dropped when the signed prekey they name is
+/// pruned; beyond this bound the oldest go first (only a flood of fresh sessions within one
+/// signed-prekey lifetime reaches it).
+pub const MAX_ACCEPTED_PREKEY_MESSAGES: usize = 10_000;
 
 /// How often the signed X25519 prekey and the ML-KEM-768 last-resort prekey should be rotated.
 pub const SIGNED_PREKEY_ROTATION_INTERVAL_MS: u64 = 7 * 24 * 60 * 60 * 1000;

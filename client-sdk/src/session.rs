@@ -6,6 +6,16 @@
 //! remembers a digest of the prekey message that created the session, so a re-delivered copy of
 //! an early `PrekeyMessage` is routed to the existing session (where its message key is already
 //! used, so it is rejected as a replay) instead of building a second session.
+//!
+//! Every accepted prekey message also goes into the device's replay cache
+//! ([`DeviceIdentity`], persisted with it): [`Session::accept`] refuses a `PrekeyMessage` it
+//! already accepted with [`SessionError::Replayed`], before decrypting, so an old message
+//! without a one-time prekey cannot be shown again or replace a live session while the signed
+//! prekey it names is kept.
+//!
+//! A session is bound to one peer address (user id, device id) with [`Session::bind_peer`]:
+//! the initiator binds the recipient it planned, the responder the sender of the first
+//! delivery (trust on first use); the transport refuses deliveries that name another user.
 
 use medrelay_proto::e2e::{self, e2e_message::Body};
 use prost::bytes::Bytes;
@@ -29,6 +39,15 @@ pub enum Role {
     Responder,
 }
 
+/// Who a session is with, as the server names them: 16-byte user and device ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddress {
+    /// The peer's user id.
+    pub user_id: [u8; 16],
+    /// The peer's device id.
+    pub device_id: [u8; 16],
+}
+
 /// A Double Ratchet session with one peer device.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Session {
@@ -42,6 +61,8 @@ pub struct Session {
     prekey_digest: [u8; 32],
     /// The initiator's PQXDH ephemeral key, which names this session.
     base_key: [u8; 32],
+    /// The peer's (user, device), once bound ([`Session::bind_peer`]).
+    peer: Option<PeerAddress>,
 }
 
 impl core::fmt::Debug for Session {
@@ -49,6 +70,7 @@ impl core::fmt::Debug for Session {
         f.debug_struct("Session")
             .field("role", &self.role)
             .field("peer_identity", &self.peer_identity)
+            .field("peer", &self.peer)
             .field("acknowledged", &self.is_acknowledged())
             .field("ratchet", &self.ratchet)
             .finish_non_exhaustive()
@@ -67,6 +89,30 @@ pub enum IncomingKind {
     },
     /// A `RatchetMessage` for an existing session.
     Ratchet,
+}
+
+/// Domain label of the replay-cache digest.
+const REPLAY_DIGEST_LABEL: &[u8] = b"medrelay-prekey-replay-v1\0";
+
+/// The replay-cache digest of a prekey message: SHA-256 over a label and the key-agreement
+/// fields that make it unique (ephemeral key, signed prekey id, PQ prekey id, PQ ciphertext,
+/// one-time prekey id), each fixed-length or length-prefixed.
+fn replay_digest(header: &PrekeyHeader) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(REPLAY_DIGEST_LABEL);
+    h.update(header.ephemeral_key);
+    h.update(header.signed_prekey_id.to_be_bytes());
+    h.update(header.pq_prekey_id.to_be_bytes());
+    h.update((header.pq_ciphertext.len() as u64).to_be_bytes());
+    h.update(&header.pq_ciphertext);
+    match header.one_time_prekey_id {
+        None => h.update([0u8]),
+        Some(id) => {
+            h.update([1u8]);
+            h.update(id.to_be_bytes());
+        }
+    }
+    h.finalize().into()
 }
 
 fn header_digest(header: &PrekeyHeader) -> Result<[u8; 32], SessionError> {
@@ -155,15 +201,19 @@ impl Session {
             prekey_digest: header_digest(&agreement.header)?,
             base_key: agreement.header.ephemeral_key,
             pending_prekey: Some(agreement.header),
+            peer: None,
         })
     }
 
     /// Accepts the first message of a new session (PQXDH responder) and decrypts it.
     ///
     /// `device` is changed only on success: the one-time prekey the message used is deleted
-    /// then, so persist `device` together with the new session. A message naming an unknown or
-    /// already used one-time prekey fails with
-    /// [`PqxdhError::UnknownOneTimePrekey`] inside [`SessionError::Setup`].
+    /// and the message's digest enters the replay cache, so persist `device` together with the
+    /// new session. A message naming an unknown or already used one-time prekey fails with
+    /// [`PqxdhError::UnknownOneTimePrekey`] inside [`SessionError::Setup`]; a prekey message
+    /// this device already accepted fails with [`SessionError::Replayed`] before any
+    /// decryption (later messages of a live session carrying the same prekey fields go to
+    /// [`Session::decrypt`] instead, which routes them by digest).
     pub fn accept(
         device: &mut DeviceIdentity,
         bytes: &[u8],
@@ -173,6 +223,10 @@ impl Session {
             return Err(SessionError::NotAPrekeyMessage);
         };
         let (header, inner) = parse_prekey(&message)?;
+        let replay = replay_digest(&header);
+        if device.prekey_message_seen(&replay) {
+            return Err(SessionError::Replayed);
+        }
         let agreement = pqxdh::respond(device, &header)?;
         let mut session = Session {
             ratchet: Ratchet::new_responder(&agreement.shared_key, agreement.ratchet_key_pair),
@@ -182,6 +236,7 @@ impl Session {
             pending_prekey: None,
             prekey_digest: header_digest(&header)?,
             base_key: header.ephemeral_key,
+            peer: None,
         };
         let plaintext = session.decrypt_ratchet(inner, rng)?;
         if let Some(id) = header.one_time_prekey_id {
@@ -189,6 +244,7 @@ impl Session {
                 return Err(SessionError::Setup(PqxdhError::UnknownOneTimePrekey(id)));
             }
         }
+        device.remember_prekey_message(replay, header.signed_prekey_id);
         Ok((session, plaintext))
     }
 
@@ -267,6 +323,26 @@ impl Session {
     /// The peer device's identity (compare it with [`crate::fingerprint`] safety numbers).
     pub fn peer_identity(&self) -> &PublicIdentity {
         &self.peer_identity
+    }
+
+    /// The peer (user, device) this session is bound to, if bound.
+    pub fn peer(&self) -> Option<&PeerAddress> {
+        self.peer.as_ref()
+    }
+
+    /// Binds the session to its peer's (user, device): the first call sets it (the initiator
+    /// passes the recipient it planned, the responder the sender of the first delivery: trust
+    /// on first use); later calls check it, failing with [`SessionError::PeerMismatch`] (the
+    /// session unchanged) for any other address.
+    pub fn bind_peer(&mut self, peer: PeerAddress) -> Result<(), SessionError> {
+        match &self.peer {
+            None => {
+                self.peer = Some(peer);
+                Ok(())
+            }
+            Some(bound) if *bound == peer => Ok(()),
+            Some(_) => Err(SessionError::PeerMismatch),
+        }
     }
 
     /// Which side of the handshake this session was.

@@ -26,7 +26,7 @@ const ALICE_DEV: DeviceId = DeviceId([0xa1; 16]);
 const BOB_DEV: DeviceId = DeviceId([0xb0; 16]);
 
 fn conversation_survives(
-    store_a: &mut dyn KeyStore,
+    mut store_a: Box<dyn KeyStore>,
     reopen: &mut dyn FnMut() -> Box<dyn KeyStore>,
     rng: &mut StdRng,
 ) {
@@ -42,6 +42,8 @@ fn conversation_survives(
     let (mut bob, _) = Session::accept(&mut bob_id, &first, rng).unwrap();
     let reply = bob.encrypt(b"reply").unwrap();
     drop(alice);
+    // Closed before reopening: a file store is one process's at a time.
+    drop(store_a);
 
     let mut store_b = reopen();
     let alice_id2 = store_b.load_identity().unwrap().unwrap();
@@ -69,30 +71,36 @@ fn file_store_survives_save_drop_reopen_and_the_conversation_continues() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("device.mrks");
     let mut rng = common::rng(1);
-    let mut store =
-        FileKeyStore::create_with_params(&path, b"correct horse", TEST_KDF, OsRng).unwrap();
+    let store = FileKeyStore::create_with_params(&path, b"correct horse", TEST_KDF, OsRng).unwrap();
     let p = path.clone();
     conversation_survives(
-        &mut store,
+        Box::new(store),
         &mut || Box::new(FileKeyStore::open(&p, b"correct horse", OsRng).unwrap()),
         &mut rng,
     );
-    drop(store);
-    // Nothing but the store is left in the directory (temp files renamed away).
-    let names: Vec<_> = std::fs::read_dir(dir.path())
+    // Nothing but the store and its lock file is left in the directory (temp files renamed
+    // away).
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("device.mrks")]);
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            std::ffi::OsString::from("device.mrks"),
+            std::ffi::OsString::from("device.mrks.lock")
+        ]
+    );
 }
 
 #[test]
 fn memory_store_behaves_the_same() {
     let mut rng = common::rng(2);
     let shared = std::rc::Rc::new(std::cell::RefCell::new(MemoryKeyStore::new()));
-    let mut writer = MemoryStoreHandle(shared.clone());
+    let writer = MemoryStoreHandle(shared.clone());
     conversation_survives(
-        &mut writer,
+        Box::new(writer),
         &mut || Box::new(shared.borrow().clone()),
         &mut rng,
     );
@@ -143,8 +151,9 @@ fn wrong_passphrase_tampering_and_missing_file_give_clear_errors() {
         KeyStoreError::WrongPassphraseOrCorrupt
     ));
     let good = std::fs::read(&path).unwrap();
-    // Flip one bit in the ciphertext, in the salt, and in the KDF parameters.
-    for offset in [good.len() - 1, good.len() / 2, 20, 9] {
+    // Flip one bit in the ciphertext, in the salt, in the KDF parameters, in the generation
+    // and in the nonce.
+    for offset in [good.len() - 1, good.len() / 2, 20, 9, 41, 45] {
         let mut bad = good.clone();
         bad[offset] ^= 0x01;
         std::fs::write(&path, &bad).unwrap();
@@ -205,7 +214,7 @@ fn owasp_params_by_default_in_the_header_and_changeable() {
     let mut store = FileKeyStore::create(&path, b"pw", OsRng).unwrap();
     assert_eq!(store.kdf_params(), KdfParams::OWASP);
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(&bytes[..6], b"MRKS\x01\x01");
+    assert_eq!(&bytes[..6], b"MRKS\x02\x01");
     assert_eq!(&bytes[6..10], &19_456u32.to_be_bytes());
     assert_eq!(&bytes[10..14], &2u32.to_be_bytes());
     assert_eq!(&bytes[14..18], &1u32.to_be_bytes());
@@ -230,6 +239,9 @@ fn file_mode_is_0600() {
     let mut store = FileKeyStore::create_with_params(&path, b"pw", TEST_KDF, OsRng).unwrap();
     store.save_profile(b"x").unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let lock = dir.path().join("device.mrks.lock");
+    let mode = std::fs::metadata(&lock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
 
@@ -282,4 +294,115 @@ fn apply_saves_identity_sessions_and_profile_in_one_write() {
         })
         .unwrap();
     assert_eq!(memory.session_peers().unwrap(), vec![BOB_DEV]);
+}
+
+#[test]
+fn a_second_open_fails_fast_with_in_use_until_the_first_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.mrks");
+    let mut first = FileKeyStore::create_with_params(&path, b"pw", TEST_KDF, OsRng).unwrap();
+    first.save_profile(b"one").unwrap();
+    // While the first is open, neither another open nor a create gets in (both before the
+    // passphrase is even tried).
+    for passphrase in [&b"pw"[..], b"wrong"] {
+        assert!(matches!(
+            FileKeyStore::open(&path, passphrase, OsRng).unwrap_err(),
+            KeyStoreError::InUse
+        ));
+    }
+    assert!(matches!(
+        FileKeyStore::create_with_params(&path, b"pw", TEST_KDF, OsRng).unwrap_err(),
+        KeyStoreError::InUse
+    ));
+    assert_eq!(
+        KeyStoreError::InUse.to_string(),
+        "another medrelay-client is using this profile; wait for it to finish"
+    );
+    first.save_profile(b"two").unwrap();
+    drop(first);
+    let second = FileKeyStore::open(&path, b"pw", OsRng).unwrap();
+    assert_eq!(
+        second.load_profile().unwrap().unwrap().expose_secret(),
+        b"two"
+    );
+}
+
+#[test]
+fn a_write_is_refused_when_the_file_on_disk_is_not_the_one_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.mrks");
+    let mut store = FileKeyStore::create_with_params(&path, b"pw", TEST_KDF, OsRng).unwrap();
+    assert_eq!(store.generation(), 1);
+    store.save_profile(b"v2").unwrap();
+    assert_eq!(store.generation(), 2);
+    let older = std::fs::read(&path).unwrap();
+    assert_eq!(&older[34..42], &2u64.to_be_bytes());
+    store.save_profile(b"v3").unwrap();
+
+    // Another writer without the lock (a lock-less filesystem): a copy opened elsewhere,
+    // advanced, and put back in place.
+    let other_path = dir.path().join("copy.mrks");
+    std::fs::copy(&path, &other_path).unwrap();
+    let mut other = FileKeyStore::open(&other_path, b"pw", OsRng).unwrap();
+    other.save_profile(b"other").unwrap();
+    assert_eq!(other.generation(), 4);
+    drop(other);
+    let newer = std::fs::read(&other_path).unwrap();
+    std::fs::write(&path, &newer).unwrap();
+    let err = store.save_profile(b"v4").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KeyStoreError::ChangedOnDisk {
+                on_disk: 4,
+                loaded: 3
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), newer, "nothing was written");
+    // The in-memory state did not take the refused change either.
+    assert_eq!(
+        store.load_profile().unwrap().unwrap().expose_secret(),
+        b"v3"
+    );
+
+    // An older file restored underneath is refused too.
+    std::fs::write(&path, &older).unwrap();
+    assert!(matches!(
+        store.save_profile(b"v4").unwrap_err(),
+        KeyStoreError::ChangedOnDisk {
+            on_disk: 2,
+            loaded: 3
+        }
+    ));
+    // A deleted one as well.
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(
+        store.save_profile(b"v4").unwrap_err(),
+        KeyStoreError::ChangedOnDisk { on_disk: 0, .. }
+    ));
+    drop(store);
+
+    // Reopening takes whatever is there now and goes on from its generation.
+    std::fs::write(&path, &newer).unwrap();
+    let mut reopened = FileKeyStore::open(&path, b"pw", OsRng).unwrap();
+    assert_eq!(reopened.generation(), 4);
+    reopened.save_profile(b"v5").unwrap();
+    assert_eq!(reopened.generation(), 5);
+}
+
+#[test]
+fn format_1_files_are_refused_with_their_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.mrks");
+    let store = FileKeyStore::create_with_params(&path, b"pw", TEST_KDF, OsRng).unwrap();
+    drop(store);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4] = 1;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        FileKeyStore::open(&path, b"pw", OsRng).unwrap_err(),
+        KeyStoreError::UnsupportedVersion(1)
+    ));
 }

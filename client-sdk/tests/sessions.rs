@@ -13,7 +13,7 @@ use medrelay_proto::e2e::{e2e_message::Body, E2eMessage};
 use medrelay_sdk::content;
 use medrelay_sdk::session::inspect;
 use medrelay_sdk::{
-    DeviceIdentity, IdentityError, IncomingKind, PqxdhError, Session, SessionError,
+    DeviceIdentity, IdentityError, IncomingKind, PeerAddress, PqxdhError, Session, SessionError,
 };
 use prost::Message;
 
@@ -98,10 +98,11 @@ fn used_one_time_prekey_cannot_be_reused() {
     Session::accept(&mut bob_id, &m, &mut rng).unwrap();
     assert!(bob_id.prekey_bundle(Some(9)).one_time_prekey.is_none());
 
-    // Replaying the prekey message to start a second session fails cleanly.
+    // Replaying the prekey message to start a second session fails cleanly (the replay
+    // cache answers before the one-time prekey is even looked up).
     assert_eq!(
         Session::accept(&mut bob_id, &m, &mut rng).unwrap_err(),
-        SessionError::Setup(PqxdhError::UnknownOneTimePrekey(9))
+        SessionError::Replayed
     );
     // Someone else handed the same (stale) bundle also fails cleanly.
     let mut carol = Session::initiate(&carol_id, &bundle, &mut rng).unwrap();
@@ -320,4 +321,117 @@ fn session_debug_shows_no_secret() {
             "unexpected hex in Debug: {token}"
         );
     }
+}
+
+#[test]
+fn a_replayed_prekey_message_without_one_time_prekey_is_refused() {
+    let mut rng = common::rng(21);
+    let alice_id = DeviceIdentity::generate(&mut rng, 0);
+    let mut bob_id = DeviceIdentity::generate(&mut rng, 0);
+    let mut alice = Session::initiate(&alice_id, &bob_id.prekey_bundle(None), &mut rng).unwrap();
+    let first = alice.encrypt(b"an old message").unwrap();
+    let second = alice.encrypt(b"the next one").unwrap();
+    let (mut bob, _) = Session::accept(&mut bob_id, &first, &mut rng).unwrap();
+    assert_eq!(bob_id.accepted_prekey_message_count(), 1);
+
+    // The same bytes again, or a later message carrying the same prekey fields, cannot start
+    // a second session: nothing about the signed or PQ prekey has changed, only the cache
+    // stops it. The identity is unchanged by the refusal.
+    for replay in [&first, &second] {
+        let before = bob_id.accepted_prekey_message_count();
+        assert_eq!(
+            Session::accept(&mut bob_id, replay, &mut rng).unwrap_err(),
+            SessionError::Replayed
+        );
+        assert_eq!(bob_id.accepted_prekey_message_count(), before);
+    }
+    // The live session still takes the later message (routed by digest, not by accept).
+    assert_eq!(
+        bob.decrypt(&second, &mut rng).unwrap().expose_secret(),
+        b"the next one"
+    );
+
+    // A fresh session from the same peer to the same bundle is genuinely new: accepted.
+    let mut again = Session::initiate(&alice_id, &bob_id.prekey_bundle(None), &mut rng).unwrap();
+    Session::accept(&mut bob_id, &again.encrypt(b"new").unwrap(), &mut rng).unwrap();
+    assert_eq!(bob_id.accepted_prekey_message_count(), 2);
+}
+
+#[test]
+fn the_replay_cache_survives_persistence_and_ends_with_its_signed_prekey() {
+    let mut rng = common::rng(22);
+    let alice_id = DeviceIdentity::generate(&mut rng, 0);
+    let mut bob_id = DeviceIdentity::generate(&mut rng, 0);
+    let old_bundle = bob_id.prekey_bundle(None);
+    let mut alice = Session::initiate(&alice_id, &old_bundle, &mut rng).unwrap();
+    let first = alice.encrypt(b"hi").unwrap();
+    Session::accept(&mut bob_id, &first, &mut rng).unwrap();
+
+    // Through a key store (what the client restarts from).
+    let mut store = medrelay_sdk::MemoryKeyStore::new();
+    medrelay_sdk::KeyStore::save_identity(&mut store, &bob_id).unwrap();
+    let mut bob_id = medrelay_sdk::KeyStore::load_identity(&store)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        Session::accept(&mut bob_id, &first, &mut rng).unwrap_err(),
+        SessionError::Replayed
+    );
+
+    // Rotation keeps the entry (the old prekey is still held in its grace period) ...
+    bob_id.rotate_signed_prekey(&mut rng, 1_000).unwrap();
+    bob_id.rotate_pq_prekey(&mut rng, 1_000).unwrap();
+    assert_eq!(bob_id.accepted_prekey_message_count(), 1);
+    assert_eq!(
+        Session::accept(&mut bob_id, &first, &mut rng).unwrap_err(),
+        SessionError::Replayed
+    );
+    // ... pruning the prekey drops it, and the old message then fails on the prekey.
+    bob_id.prune_retired_prekeys(1_000 + medrelay_sdk::limits::RETIRED_PREKEY_GRACE_MS);
+    assert_eq!(bob_id.accepted_prekey_message_count(), 0);
+    assert_eq!(
+        Session::accept(&mut bob_id, &first, &mut rng).unwrap_err(),
+        SessionError::Setup(PqxdhError::UnknownSignedPrekey(old_bundle.signed_prekey.id))
+    );
+}
+
+#[test]
+fn a_session_binds_its_peer_once_and_then_refuses_another() {
+    let mut rng = common::rng(23);
+    let (_, mut alice, _, mut bob) = common::established(&mut rng);
+    let bob_addr = PeerAddress {
+        user_id: [1; 16],
+        device_id: [2; 16],
+    };
+    assert_eq!(alice.peer(), None);
+    alice.bind_peer(bob_addr).unwrap();
+    assert_eq!(alice.peer(), Some(&bob_addr));
+    alice.bind_peer(bob_addr).unwrap();
+    let relabelled = PeerAddress {
+        user_id: [9; 16],
+        ..bob_addr
+    };
+    assert_eq!(
+        alice.bind_peer(relabelled).unwrap_err(),
+        SessionError::PeerMismatch
+    );
+    assert_eq!(alice.peer(), Some(&bob_addr));
+
+    // The binding is part of the persisted session.
+    let mut store = medrelay_sdk::MemoryKeyStore::new();
+    let dev = medrelay_sdk::DeviceId([2; 16]);
+    medrelay_sdk::KeyStore::save_session(&mut store, &dev, &alice).unwrap();
+    let mut alice = medrelay_sdk::KeyStore::load_session(&store, &dev)
+        .unwrap()
+        .unwrap();
+    assert_eq!(alice.peer(), Some(&bob_addr));
+    assert_eq!(
+        alice.bind_peer(relabelled).unwrap_err(),
+        SessionError::PeerMismatch
+    );
+    let m = alice.encrypt(b"still works").unwrap();
+    assert_eq!(
+        bob.decrypt(&m, &mut rng).unwrap().expose_secret(),
+        b"still works"
+    );
 }

@@ -70,6 +70,13 @@ struct State {
     unauthenticated: u32,
     /// Patients who accepted the consent text.
     consented: HashSet<UserId>,
+    /// Every delivery made, with its recipient device (for replaying them).
+    log: Vec<(DeviceId, Delivery)>,
+    /// When set, the next send is refused with `DEVICES_MISMATCH` naming this device stale
+    /// (the sender deletes its session with it and starts a new one).
+    stale_once: Option<DeviceId>,
+    /// When set, the next send's deliveries name this user as the sender (a lying server).
+    relabel_once: Option<UserId>,
 }
 
 const CONSENT: &str = "Messages about your care.\nNot for emergencies.";
@@ -152,6 +159,18 @@ fn error(code: ErrorCode, message: &str) -> ServerMessage {
 }
 
 /// Handles one authenticated request; may queue deliveries for other devices.
+/// Queues a delivery for a device and pushes it if the device is online.
+fn deliver(state: &mut State, recipient: DeviceId, delivery: Delivery) {
+    state
+        .mailboxes
+        .entry(recipient)
+        .or_default()
+        .push(delivery.clone());
+    if let Some(tx) = state.online.get(&recipient) {
+        let _ = tx.send(Some(ServerFrame::push(ServerMessage::Delivery(delivery))));
+    }
+}
+
 fn handle(state: &mut State, me: DeviceId, request: ClientRequest) -> ServerMessage {
     let my_user = state.devices[&me].user;
     match request {
@@ -223,6 +242,10 @@ fn handle(state: &mut State, me: DeviceId, request: ClientRequest) -> ServerMess
                 .collect();
             let given: HashSet<DeviceId> =
                 send.envelopes.iter().map(|e| e.recipient_device).collect();
+            if let Some(stale) = state.stale_once.take() {
+                state.mismatches += 1;
+                return ServerMessage::Error(WireError::devices_mismatch(vec![], vec![stale]));
+            }
             if expected != given {
                 state.mismatches += 1;
                 return ServerMessage::Error(WireError::devices_mismatch(
@@ -235,23 +258,20 @@ fn handle(state: &mut State, me: DeviceId, request: ClientRequest) -> ServerMess
             state
                 .sends
                 .insert((me, send.client_message_id), (message_id, state.clock));
+            let sender_user_id = state.relabel_once.take().unwrap_or(my_user);
             for envelope in send.envelopes {
                 let delivery = Delivery {
                     message_id,
                     conversation_id: send.conversation_id,
-                    sender_user_id: my_user,
+                    sender_user_id,
                     sender_device_id: me,
                     server_time_ms: state.clock,
                     ciphertext: envelope.ciphertext,
                 };
                 state
-                    .mailboxes
-                    .entry(envelope.recipient_device)
-                    .or_default()
-                    .push(delivery.clone());
-                if let Some(tx) = state.online.get(&envelope.recipient_device) {
-                    let _ = tx.send(Some(ServerFrame::push(ServerMessage::Delivery(delivery))));
-                }
+                    .log
+                    .push((envelope.recipient_device, delivery.clone()));
+                deliver(state, envelope.recipient_device, delivery);
             }
             ServerMessage::SendAccepted(SendAccepted {
                 message_id,
@@ -825,4 +845,200 @@ async fn staff_login_consent_and_logoff_end_without_looping() {
 
 async fn members_conversation(client: &mut Client<MemoryKeyStore>) -> ConversationId {
     client.list_conversations().await.unwrap()[0].id
+}
+
+/// A staff member and a patient, enrolled, and their conversation.
+async fn staff_and_patient(
+    state: &Arc<Mutex<State>>,
+) -> (
+    Client<MemoryKeyStore>,
+    Client<MemoryKeyStore>,
+    ConversationId,
+) {
+    state.lock().unwrap().invites.insert(
+        "first".into(),
+        InviteSpecOrDevice::User(Role::Staff, Handle::new("dr.jones").unwrap()),
+    );
+    let server = start_relay(state.clone()).await;
+    let mut staff = enroll(&server, "first").await;
+    let invite = staff
+        .create_invite(InviteSpec::NewUser {
+            role: Role::Patient,
+            handle: Handle::new("pat.smith").unwrap(),
+        })
+        .await
+        .unwrap();
+    let mut patient = enroll(&server, invite.code.expose()).await;
+    let conversation = patient
+        .open_conversation(&[Handle::new("dr.jones").unwrap()])
+        .await
+        .unwrap()
+        .id;
+    (staff, patient, conversation)
+}
+
+async fn expect_undecryptable(
+    client: &mut Client<MemoryKeyStore>,
+) -> medrelay_sdk::transport::UndecryptableMessage {
+    match client.recv(Duration::from_secs(5)).await.unwrap() {
+        Some(Incoming::Undecryptable(u)) => u,
+        other => panic!("expected an undecryptable delivery, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_old_prekey_message_is_refused_and_the_live_session_kept() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let (mut staff, mut patient, conversation) = staff_and_patient(&state).await;
+    let staff_device = staff.profile().device_id;
+    // The staff device's one-time prekeys are gone: the patient's session uses none, so only
+    // the signed and PQ prekeys (still held) protect its first message.
+    state
+        .lock()
+        .unwrap()
+        .devices
+        .get_mut(&staff_device)
+        .unwrap()
+        .one_time
+        .clear();
+    patient
+        .send_text(conversation, "an old message", None)
+        .await
+        .unwrap();
+    let m = expect_message(&mut staff).await;
+    assert_eq!(m.text, "an old message");
+    staff.ack(&[m.message_id]).await.unwrap();
+    let recorded = state.lock().unwrap().log.last().unwrap().1.clone();
+    assert!(matches!(
+        medrelay_sdk::session::inspect(&recorded.ciphertext).unwrap(),
+        medrelay_sdk::IncomingKind::Prekey { .. }
+    ));
+    staff.send_text(conversation, "reply", None).await.unwrap();
+    let r = expect_message(&mut patient).await;
+    patient.ack(&[r.message_id]).await.unwrap();
+
+    // The patient's device starts a new session (its old one deleted after a refusal): the
+    // staff device replaces its session with the genuinely new one.
+    state.lock().unwrap().stale_once = Some(staff_device);
+    patient
+        .send_text(conversation, "a new session", None)
+        .await
+        .unwrap();
+    let m = expect_message(&mut staff).await;
+    assert_eq!(m.text, "a new session");
+    staff.ack(&[m.message_id]).await.unwrap();
+
+    // The server re-delivers the very first prekey message under a new id: refused, acked,
+    // never shown again, and the live session is untouched.
+    let replay = Delivery {
+        message_id: MessageId::random(&mut OsRng),
+        ..recorded
+    };
+    let replay_id = replay.message_id;
+    deliver(&mut state.lock().unwrap(), staff_device, replay);
+    let u = expect_undecryptable(&mut staff).await;
+    assert_eq!(u.message_id, replay_id);
+    assert!(state.lock().unwrap().mailboxes[&staff_device].is_empty());
+    patient
+        .send_text(conversation, "on the live session", None)
+        .await
+        .unwrap();
+    let m = expect_message(&mut staff).await;
+    assert_eq!(m.text, "on the live session");
+    staff.ack(&[m.message_id]).await.unwrap();
+    // And the live session works the other way too.
+    staff.send_text(conversation, "got it", None).await.unwrap();
+    assert_eq!(expect_message(&mut patient).await.text, "got it");
+}
+
+#[tokio::test]
+async fn a_message_resent_under_its_client_message_id_is_shown_once() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let (mut staff, mut patient, conversation) = staff_and_patient(&state).await;
+    let staff_device = staff.profile().device_id;
+    let receipt = patient
+        .send_text(conversation, "take 2 tablets", None)
+        .await
+        .unwrap();
+    let m = expect_message(&mut staff).await;
+    staff.ack(&[m.message_id]).await.unwrap();
+
+    // A server that forgets it already accepted this client message id delivers the re-sent
+    // (freshly encrypted, so decryptable) copy under a new message id.
+    state.lock().unwrap().sends.clear();
+    let again = patient
+        .send_text(
+            conversation,
+            "take 2 tablets",
+            Some(receipt.client_message_id),
+        )
+        .await
+        .unwrap();
+    assert!(!again.duplicate);
+    assert_ne!(again.message_id, receipt.message_id);
+    assert!(staff
+        .recv(Duration::from_millis(500))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        state.lock().unwrap().mailboxes[&staff_device].is_empty(),
+        "acked"
+    );
+    // Later messages still arrive.
+    patient
+        .send_text(conversation, "with water", None)
+        .await
+        .unwrap();
+    assert_eq!(expect_message(&mut staff).await.text, "with water");
+}
+
+#[tokio::test]
+async fn a_delivery_naming_another_sender_user_than_its_session_is_refused() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let (mut staff, mut patient, conversation) = staff_and_patient(&state).await;
+    let staff_device = staff.profile().device_id;
+    let patient_user = patient.profile().user_id;
+    let staff_user = staff.profile().user_id;
+    patient
+        .send_text(conversation, "hello", None)
+        .await
+        .unwrap();
+    let m = expect_message(&mut staff).await;
+    assert_eq!(m.sender_user_id, patient_user);
+    staff.ack(&[m.message_id]).await.unwrap();
+    let patient_device = convert_device(&patient.profile().device_id);
+    let session = medrelay_sdk::KeyStore::load_session(staff.store(), &patient_device)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        session.peer().map(|p| p.user_id),
+        Some(*patient_user.as_bytes())
+    );
+
+    // The server labels the patient's device's next message as another user's (here the
+    // staff member's own): the session says whose device that is.
+    state.lock().unwrap().relabel_once = Some(staff_user);
+    patient
+        .send_text(conversation, "I am your colleague", None)
+        .await
+        .unwrap();
+    let u = expect_undecryptable(&mut staff).await;
+    assert_eq!(u.sender_user_id, staff_user);
+    assert!(state.lock().unwrap().mailboxes[&staff_device].is_empty());
+
+    // Correctly labelled messages go on decrypting.
+    patient
+        .send_text(conversation, "still me", None)
+        .await
+        .unwrap();
+    let m = expect_message(&mut staff).await;
+    assert_eq!(
+        (m.text.as_str(), m.sender_user_id),
+        ("still me", patient_user)
+    );
+}
+
+fn convert_device(id: &DeviceId) -> medrelay_sdk::DeviceId {
+    medrelay_sdk::DeviceId(*id.as_bytes())
 }

@@ -33,7 +33,8 @@ use serde_json::{json, Value};
 
 /// The key store's file name inside the home directory.
 const KEYSTORE_FILE: &str = "keystore.mrks";
-/// Test-only: cheap Argon2 parameters when creating a key store (never for real use).
+/// Test-only: cheap Argon2 parameters when creating a key store (never for real use). Honoured
+/// by debug builds only: a release binary always uses [`KdfParams::OWASP`].
 const WEAK_KDF_ENV: &str = "MEDRELAY_TEST_WEAK_KDF";
 const PASSPHRASE_ENV: &str = "MEDRELAY_PASSPHRASE";
 /// The account password of a staff member or admin (`setup-credentials`, `login`, and the
@@ -590,7 +591,16 @@ fn create_home(home: &Path) -> Result<()> {
 fn open_store(home: &Path) -> Result<Store> {
     let path = keystore_path(home);
     let pass = passphrase(false)?;
-    FileKeyStore::open(&path, pass.as_bytes(), OsRng).map_err(|e| match e {
+    FileKeyStore::open(&path, pass.as_bytes(), OsRng).map_err(|e| store_error(&path, e))
+}
+
+/// One clear line for a key store that could not be opened or created.
+fn store_error(path: &Path, error: KeyStoreError) -> anyhow::Error {
+    match error {
+        KeyStoreError::InUse => anyhow!(
+            "another medrelay-client is using this profile ({}); wait for it to finish",
+            path.parent().unwrap_or(path).display()
+        ),
         KeyStoreError::NotFound => anyhow!(
             "no key store at {}: enrol this device first (medrelay-client enroll ...) or pass the right --home",
             path.display()
@@ -599,8 +609,27 @@ fn open_store(home: &Path) -> Result<Store> {
             "cannot open {}: wrong passphrase ({PASSPHRASE_ENV}), or the file is corrupt",
             path.display()
         ),
+        KeyStoreError::UnsupportedVersion(v) => anyhow!(
+            "cannot open {}: it was written by an incompatible medrelay-client (key store format {v}); \
+             move it aside and enrol this device again",
+            path.display()
+        ),
         other => anyhow!("cannot open {}: {other}", path.display()),
-    })
+    }
+}
+
+/// The Argon2 parameters for a new key store: the cheap test ones only when asked for and
+/// in a debug build.
+fn enroll_kdf_params(weak_requested: bool, debug_build: bool) -> KdfParams {
+    if weak_requested && debug_build {
+        KdfParams {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+        }
+    } else {
+        KdfParams::OWASP
+    }
 }
 
 async fn connect(home: &Path) -> Result<Client<Store>> {
@@ -672,17 +701,16 @@ async fn enroll(home: &Path, args: EnrollArgs) -> Result<()> {
     medrelay_sdk::transport::tls::client_config(ca_pem.as_bytes())?;
     create_home(home)?;
     let pass = passphrase(true)?;
-    let params = if std::env::var(WEAK_KDF_ENV).is_ok_and(|v| v == "1") {
-        KdfParams {
-            memory_kib: 256,
-            iterations: 1,
-            parallelism: 1,
-        }
-    } else {
-        KdfParams::OWASP
-    };
-    let store = FileKeyStore::create_with_params(&path, pass.as_bytes(), params, OsRng)
-        .with_context(|| format!("creating the key store {}", path.display()))?;
+    let params = enroll_kdf_params(
+        std::env::var(WEAK_KDF_ENV).is_ok_and(|v| v == "1"),
+        cfg!(debug_assertions),
+    );
+    let store = FileKeyStore::create_with_params(&path, pass.as_bytes(), params, OsRng).map_err(
+        |e| match e {
+            KeyStoreError::InUse => store_error(&path, e),
+            other => anyhow!("creating the key store {}: {other}", path.display()),
+        },
+    )?;
     let server = ServerConfig { url, ca_pem };
     let result = Client::enroll(server, ClientOptions::default(), store, code, label).await;
     let mut client = match result {
@@ -1310,4 +1338,30 @@ async fn break_glass(home: &Path, args: BreakGlassArgs) -> Result<()> {
         .grant_break_glass(staff_id, patient_id, reason, duration_ms)
         .await?;
     print_line(&json!({ "expires_at_ms": expires_at_ms }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn a_store_in_use_is_one_clear_line() {
+        let path = Path::new("/home/someone/.medrelay").join(KEYSTORE_FILE);
+        let line = describe(&store_error(&path, KeyStoreError::InUse));
+        assert_eq!(
+            line,
+            "another medrelay-client is using this profile (/home/someone/.medrelay); wait for it to finish"
+        );
+        let line = describe(&store_error(&path, KeyStoreError::UnsupportedVersion(1)));
+        assert!(line.contains("enrol this device again"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn weak_kdf_only_in_debug_builds() {
+        assert_eq!(enroll_kdf_params(true, false), KdfParams::OWASP);
+        assert_eq!(enroll_kdf_params(false, true), KdfParams::OWASP);
+        assert_eq!(enroll_kdf_params(true, true).memory_kib, 256);
+    }
 }

@@ -3,14 +3,15 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic "MRKS"
-//!      4     1  format version (1)
+//!      4     1  format version (2)
 //!      5     1  KDF id (1 = Argon2id, version 0x13)
 //!      6     4  Argon2 memory cost, KiB (u32 BE)
 //!     10     4  Argon2 time cost (u32 BE)
 //!     14     4  Argon2 parallelism (u32 BE)
 //!     18    16  salt (random, fixed for the file's passphrase)
-//!     34    12  nonce (random, fresh for every write)
-//!     46     …  ChaCha20-Poly1305(key, nonce, postcard(state), aad = bytes 0..46)
+//!     34     8  generation (u64 BE): 1 for a new file, +1 on every write
+//!     42    12  nonce (random, fresh for every write)
+//!     54     …  ChaCha20-Poly1305(key, nonce, postcard(state), aad = bytes 0..54)
 //! key = Argon2id(passphrase, salt, params) (32 bytes)
 //! ```
 //!
@@ -19,9 +20,22 @@
 //! file in the same directory (mode 0600 on unix), `fsync`, `rename`, `fsync` of the directory.
 //! Nonces are random 96-bit values; a store is rewritten far fewer than the 2^32 times at which
 //! a collision would start to matter.
+//!
+//! **One writer.** Two processes each holding the state in memory would overwrite each other's
+//! advanced sessions, and the loser's next send would reuse a message key. So a `FileKeyStore`
+//! holds an exclusive OS lock (`flock` / `LockFileEx`, through `File::try_lock`) on a lock file
+//! beside the store (`<name>.lock`, mode 0600, never deleted) from open to drop; a second open
+//! fails at once with [`KeyStoreError::InUse`]. (The store file itself cannot carry the lock:
+//! every write replaces it by a rename.) As defence in depth (a filesystem without locks, a
+//! file restored underneath a running process), every write first reads the header on disk and
+//! refuses with [`KeyStoreError::ChangedOnDisk`] unless its generation and nonce are exactly
+//! those this store last read or wrote.
+//!
+//! Format version 1 files (no generation; older session and identity layouts) are refused with
+//! [`KeyStoreError::UnsupportedVersion`]`(1)`: enrol the device again.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -40,11 +54,14 @@ use crate::session::Session;
 
 /// The first four bytes of a key-store file.
 pub const KEYSTORE_MAGIC: &[u8; 4] = b"MRKS";
-/// The file format version this build writes and reads.
-pub const KEYSTORE_FORMAT_VERSION: u8 = 1;
+/// The file format version this build writes and reads (2: the header carries a generation).
+pub const KEYSTORE_FORMAT_VERSION: u8 = 2;
 const KDF_ARGON2ID_13: u8 = 1;
 const SALT_LEN: usize = 16;
-const HEADER_LEN: usize = 4 + 1 + 1 + 12 + SALT_LEN + 12;
+const NONCE_LEN: usize = 12;
+const HEADER_LEN: usize = 4 + 1 + 1 + 12 + SALT_LEN + 8 + NONCE_LEN;
+/// Appended to the store's file name to name its lock file.
+const LOCK_SUFFIX: &str = ".lock";
 
 /// Argon2id cost parameters, stored in the file header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,14 +104,19 @@ impl KdfParams {
 }
 
 /// A [`KeyStore`] in one encrypted file. Holds the decrypted state and the derived key in memory
-/// (both zeroized on drop) and rewrites the file on every save. One process at a time.
+/// (both zeroized on drop) and rewrites the file on every save. One process at a time: it holds
+/// an exclusive lock on `<path>.lock` until dropped (see the module docs).
 pub struct FileKeyStore<R: RngCore + CryptoRng> {
     path: PathBuf,
     params: KdfParams,
     salt: [u8; SALT_LEN],
     key: AeadKey,
     state: StoreState,
+    /// The generation and nonce of the file as this store last read or wrote it.
+    on_disk: Option<(u64, [u8; NONCE_LEN])>,
     rng: R,
+    /// Held for the store's lifetime; closing it releases the lock.
+    _lock: Option<File>,
 }
 
 impl<R: RngCore + CryptoRng> core::fmt::Debug for FileKeyStore<R> {
@@ -104,6 +126,7 @@ impl<R: RngCore + CryptoRng> core::fmt::Debug for FileKeyStore<R> {
             .field("params", &self.params)
             .field("key", &self.key)
             .field("state", &self.state)
+            .field("generation", &self.on_disk.map(|(g, _)| g))
             .finish_non_exhaustive()
     }
 }
@@ -127,6 +150,8 @@ impl<R: RngCore + CryptoRng> FileKeyStore<R> {
         mut rng: R,
     ) -> Result<Self, KeyStoreError> {
         let path = path.as_ref().to_path_buf();
+        // Lock first, so two creators cannot both find no file.
+        let lock = acquire_lock(&path)?;
         if path.try_exists()? {
             return Err(KeyStoreError::AlreadyExists);
         }
@@ -139,7 +164,9 @@ impl<R: RngCore + CryptoRng> FileKeyStore<R> {
             salt,
             key,
             state: StoreState::default(),
+            on_disk: None,
             rng,
+            _lock: lock,
         };
         let state = store.state.clone();
         store.write(&state)?;
@@ -147,23 +174,23 @@ impl<R: RngCore + CryptoRng> FileKeyStore<R> {
     }
 
     /// Opens an existing store. A wrong passphrase (or a modified file) gives
-    /// [`KeyStoreError::WrongPassphraseOrCorrupt`]; a missing file [`KeyStoreError::NotFound`].
+    /// [`KeyStoreError::WrongPassphraseOrCorrupt`]; a missing file [`KeyStoreError::NotFound`];
+    /// a store another `FileKeyStore` (in any process) has open [`KeyStoreError::InUse`], at
+    /// once, before the passphrase is tried.
     pub fn open(path: impl AsRef<Path>, passphrase: &[u8], rng: R) -> Result<Self, KeyStoreError> {
         let path = path.as_ref().to_path_buf();
-        let len = match fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(KeyStoreError::NotFound)
-            }
-            Err(e) => return Err(e.into()),
+        let not_found = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => KeyStoreError::NotFound,
+            _ => KeyStoreError::Io(e),
         };
+        // Checked before locking, so a wrong path leaves no lock file behind.
+        fs::metadata(&path).map_err(not_found)?;
+        let lock = acquire_lock(&path)?;
+        let len = fs::metadata(&path).map_err(not_found)?.len();
         if len > MAX_KEYSTORE_FILE_BYTES {
             return Err(KeyStoreError::NotAKeyStore);
         }
-        let bytes = fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => KeyStoreError::NotFound,
-            _ => KeyStoreError::Io(e),
-        })?;
+        let bytes = fs::read(&path).map_err(not_found)?;
         let (header, ciphertext) = parse_header(&bytes)?;
         let key = header.params.derive(passphrase, &header.salt)?;
         let aad = bytes.get(..HEADER_LEN).ok_or(KeyStoreError::NotAKeyStore)?;
@@ -177,8 +204,16 @@ impl<R: RngCore + CryptoRng> FileKeyStore<R> {
             salt: header.salt,
             key,
             state,
+            on_disk: Some((header.generation, header.nonce)),
             rng,
+            _lock: lock,
         })
+    }
+
+    /// The file's generation as this store last read or wrote it (1 for a new file, one more
+    /// per write).
+    pub fn generation(&self) -> u64 {
+        self.on_disk.map_or(0, |(g, _)| g)
     }
 
     /// The file's path.
@@ -220,10 +255,28 @@ impl<R: RngCore + CryptoRng> FileKeyStore<R> {
         Ok(())
     }
 
+    /// Refuses unless the file on disk is the one this store last read or wrote (none, for a
+    /// store being created).
+    fn check_on_disk(&self) -> Result<(), KeyStoreError> {
+        let found = read_disk_header(&self.path)?;
+        if found == self.on_disk {
+            return Ok(());
+        }
+        Err(KeyStoreError::ChangedOnDisk {
+            on_disk: found.map_or(0, |(g, _)| g),
+            loaded: self.generation(),
+        })
+    }
+
     fn write(&mut self, state: &StoreState) -> Result<(), KeyStoreError> {
+        self.check_on_disk()?;
+        let generation = self
+            .generation()
+            .checked_add(1)
+            .ok_or(KeyStoreError::Internal)?;
         let plaintext =
             Zeroizing::new(postcard::to_allocvec(state).map_err(|_| KeyStoreError::StateEncode)?);
-        let mut nonce = [0u8; 12];
+        let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill_bytes(&mut nonce);
         let mut file = Vec::with_capacity(HEADER_LEN + plaintext.len() + 16);
         file.extend_from_slice(KEYSTORE_MAGIC);
@@ -233,20 +286,69 @@ impl<R: RngCore + CryptoRng> FileKeyStore<R> {
         file.extend_from_slice(&self.params.iterations.to_be_bytes());
         file.extend_from_slice(&self.params.parallelism.to_be_bytes());
         file.extend_from_slice(&self.salt);
+        file.extend_from_slice(&generation.to_be_bytes());
         file.extend_from_slice(&nonce);
         let ciphertext = primitives::aead_seal(&self.key, &nonce, &file, &plaintext)
             .map_err(|_| KeyStoreError::Internal)?;
         file.extend_from_slice(&ciphertext);
         let mut suffix = [0u8; 8];
         self.rng.fill_bytes(&mut suffix);
-        atomic_write(&self.path, &file, &hex::encode(suffix))
+        atomic_write(&self.path, &file, &hex::encode(suffix))?;
+        self.on_disk = Some((generation, nonce));
+        Ok(())
+    }
+}
+
+/// Opens (creating, mode 0600) `<path>.lock` and takes an exclusive lock on it without
+/// waiting. `None` when the filesystem does not support locks at all (the generation check
+/// still guards every write).
+fn acquire_lock(path: &Path) -> Result<Option<File>, KeyStoreError> {
+    let mut name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?
+        .to_os_string();
+    name.push(LOCK_SUFFIX);
+    let lock_path = path.with_file_name(name);
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(&lock_path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(KeyStoreError::InUse),
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            Ok(None)
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(KeyStoreError::Io(e)),
+    }
+}
+
+/// The generation and nonce in the header of the file at `path` now; `None` if there is no
+/// file. Anything that is not a current-format header counts as a change.
+fn read_disk_header(path: &Path) -> Result<Option<(u64, [u8; NONCE_LEN])>, KeyStoreError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut bytes = Vec::with_capacity(HEADER_LEN + 16);
+    file.take((HEADER_LEN + 16) as u64)
+        .read_to_end(&mut bytes)?;
+    match parse_header(&bytes) {
+        Ok((h, _)) => Ok(Some((h.generation, h.nonce))),
+        Err(_) => Ok(Some((0, [0; NONCE_LEN]))),
     }
 }
 
 struct FileHeader {
     params: KdfParams,
     salt: [u8; SALT_LEN],
-    nonce: [u8; 12],
+    generation: u64,
+    nonce: [u8; NONCE_LEN],
 }
 
 fn parse_header(bytes: &[u8]) -> Result<(FileHeader, &[u8]), KeyStoreError> {
@@ -270,7 +372,8 @@ fn parse_header(bytes: &[u8]) -> Result<(FileHeader, &[u8]), KeyStoreError> {
     let (m, rest) = rest.split_at(4);
     let (t, rest) = rest.split_at(4);
     let (p, rest) = rest.split_at(4);
-    let (salt, nonce) = rest.split_at(SALT_LEN);
+    let (salt, rest) = rest.split_at(SALT_LEN);
+    let (generation, nonce) = rest.split_at(8);
     let u32_be = |b: &[u8]| -> Result<u32, KeyStoreError> {
         <[u8; 4]>::try_from(b)
             .map(u32::from_be_bytes)
@@ -284,6 +387,9 @@ fn parse_header(bytes: &[u8]) -> Result<(FileHeader, &[u8]), KeyStoreError> {
                 parallelism: u32_be(p)?,
             },
             salt: salt.try_into().map_err(|_| KeyStoreError::NotAKeyStore)?,
+            generation: <[u8; 8]>::try_from(generation)
+                .map(u64::from_be_bytes)
+                .map_err(|_| KeyStoreError::NotAKeyStore)?,
             nonce: nonce.try_into().map_err(|_| KeyStoreError::NotAKeyStore)?,
         },
         ciphertext,

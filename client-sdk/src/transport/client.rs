@@ -30,7 +30,7 @@ use crate::fingerprint::{safety_number, SafetyNumber};
 use crate::identity::DeviceIdentity;
 use crate::keystore::{KeyStore, StoreUpdate};
 use crate::limits::{ONE_TIME_PREKEY_BATCH_SIZE, ONE_TIME_PREKEY_REPLENISH_THRESHOLD};
-use crate::session::{self, IncomingKind, Session};
+use crate::session::{self, IncomingKind, PeerAddress, Session};
 
 /// Where the server is and which CA its certificate chains to.
 #[derive(Debug, Clone)]
@@ -137,6 +137,14 @@ fn allowed_before_login(request: &ClientRequest) -> bool {
     )
 }
 
+/// The session-binding address of a device of a user.
+fn peer_address(user: &UserId, device: &DeviceId) -> PeerAddress {
+    PeerAddress {
+        user_id: *user.as_bytes(),
+        device_id: *device.as_bytes(),
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -219,6 +227,7 @@ impl<K: KeyStore> Client<K> {
             role: auth_ok.role,
             handles: BTreeMap::from([(auth_ok.user_id, auth_ok.handle.clone())]),
             processed: Default::default(),
+            seen_client_messages: Default::default(),
             pending: Vec::new(),
         };
         let blob = profile.to_bytes()?;
@@ -995,10 +1004,19 @@ impl<K: KeyStore> Client<K> {
         let recipients = plan::recipients(conversation, &self.profile.device_id);
         let mut sessions: BTreeMap<DeviceId, Session> = BTreeMap::new();
         for r in &recipients {
-            if let Some(s) = self
+            if let Some(mut s) = self
                 .store
                 .load_session(&convert::store_device_id(&r.device))?
             {
+                // A device never changes user: a conversation listing a device under another
+                // user than its session's is refused, not silently re-labelled.
+                s.bind_peer(peer_address(&r.user, &r.device)).map_err(|_| {
+                    TransportError::Crypto(format!(
+                        "device {} is listed under another user than the one its session was \
+                         set up with; not sending",
+                        r.device
+                    ))
+                })?;
                 sessions.insert(r.device, s);
             }
         }
@@ -1010,16 +1028,21 @@ impl<K: KeyStore> Client<K> {
                 other => return Err(unexpected("prekey_bundles", &other)),
             };
             for wire in &bundles {
-                if !needed.iter().any(|r| r.device == wire.device_id) {
+                // Bound to the recipient planned from the conversation, not to the bundle's
+                // own labels.
+                let Some(r) = needed.iter().find(|r| r.device == wire.device_id) else {
                     continue;
-                }
-                let session = Session::initiate(&self.identity, &convert::bundle(wire), &mut OsRng)
-                    .map_err(|e| {
-                        TransportError::Crypto(format!(
-                            "device {} published an unusable prekey bundle: {e}",
-                            wire.device_id
-                        ))
-                    })?;
+                };
+                let mut session =
+                    Session::initiate(&self.identity, &convert::bundle(wire), &mut OsRng).map_err(
+                        |e| {
+                            TransportError::Crypto(format!(
+                                "device {} published an unusable prekey bundle: {e}",
+                                wire.device_id
+                            ))
+                        },
+                    )?;
+                session.bind_peer(peer_address(&r.user, &r.device))?;
                 sessions.insert(wire.device_id, session);
             }
         }
@@ -1165,6 +1188,33 @@ impl<K: KeyStore> Client<K> {
                 return self.undecryptable(&delivery).await.map(Some);
             }
         };
+        if self
+            .profile
+            .seen_client_messages
+            .contains(&delivery.sender_device_id, &content.client_message_id)
+        {
+            // The same message again under a new server id (re-encrypted, so the ratchet
+            // accepted it): keep the session step, show nothing, ack it.
+            tracing::info!(message = %id, "a delivery repeats a message already shown; acking it");
+            let mut profile = self.profile.clone();
+            profile.processed.insert(id);
+            let blob = profile.to_bytes()?;
+            self.store.apply(&StoreUpdate {
+                identity: identity.as_ref(),
+                sessions: session
+                    .as_ref()
+                    .map(|s| vec![(peer, s)])
+                    .unwrap_or_default(),
+                profile: Some(&blob),
+                ..StoreUpdate::default()
+            })?;
+            self.profile = profile;
+            if let Some(identity) = identity {
+                self.identity = identity;
+            }
+            self.ack_quietly(id).await?;
+            return Ok(None);
+        }
         let from_handle = self
             .handle_of(delivery.sender_user_id, delivery.conversation_id)
             .await;
@@ -1180,6 +1230,9 @@ impl<K: KeyStore> Client<K> {
         };
         let mut profile = self.profile.clone();
         profile.record_received(&message);
+        profile
+            .seen_client_messages
+            .insert(&delivery.sender_device_id, &content.client_message_id);
         let blob = profile.to_bytes()?;
         self.store.apply(&StoreUpdate {
             identity: identity.as_ref(),
@@ -1198,7 +1251,14 @@ impl<K: KeyStore> Client<K> {
     }
 
     /// Decrypts a delivery's ciphertext. Returns the plaintext, the session to save (if it
-    /// changed) and the identity to save (if a one-time prekey was consumed). Changes nothing.
+    /// changed) and the identity to save (if a one-time prekey was consumed or a prekey
+    /// message entered the replay cache). Changes nothing.
+    ///
+    /// The session is found by the sending device, and must be bound to the delivery's
+    /// sender user too: a delivery naming another user than the session's is refused (the
+    /// server's label is what the message is shown under). A new session is bound to the
+    /// delivery's sender (trust on first use). A replayed prekey message is refused by
+    /// [`Session::accept`], so it can neither be shown again nor replace a session.
     #[allow(clippy::type_complexity)]
     fn open_envelope(
         &self,
@@ -1206,7 +1266,11 @@ impl<K: KeyStore> Client<K> {
         peer: &crate::DeviceId,
     ) -> Result<(crate::SecretBytes, Option<Session>, Option<DeviceIdentity>), TransportError> {
         let bytes = delivery.ciphertext.as_ref();
-        let existing = self.store.load_session(peer)?;
+        let address = peer_address(&delivery.sender_user_id, &delivery.sender_device_id);
+        let mut existing = self.store.load_session(peer)?;
+        if let Some(session) = existing.as_mut() {
+            session.bind_peer(address)?;
+        }
         match session::inspect(bytes)? {
             IncomingKind::Ratchet => {
                 let mut session = existing.ok_or(crate::SessionError::DecryptionFailed)?;
@@ -1227,7 +1291,8 @@ impl<K: KeyStore> Client<K> {
                     }
                 }
                 let mut identity = self.identity.clone();
-                let (session, plaintext) = Session::accept(&mut identity, bytes, &mut OsRng)?;
+                let (mut session, plaintext) = Session::accept(&mut identity, bytes, &mut OsRng)?;
+                session.bind_peer(address)?;
                 let keep = plan::keep_existing_session(
                     existing.as_ref(),
                     &self.profile.device_id,
@@ -1293,7 +1358,10 @@ impl<K: KeyStore> Client<K> {
                 .store
                 .load_session(&convert::store_device_id(&r.device))?
             {
-                Some(s) => out.push((r.device, s.peer_identity().clone())),
+                Some(mut s) => {
+                    s.bind_peer(peer_address(&r.user, &r.device))?;
+                    out.push((r.device, s.peer_identity().clone()));
+                }
                 None => missing.push(*r),
             }
         }
@@ -1306,8 +1374,12 @@ impl<K: KeyStore> Client<K> {
                 other => return Err(unexpected("prekey_bundles", &other)),
             };
             for wire in &bundles {
-                let session =
+                let Some(r) = missing.iter().find(|r| r.device == wire.device_id) else {
+                    continue;
+                };
+                let mut session =
                     Session::initiate(&self.identity, &convert::bundle(wire), &mut OsRng)?;
+                session.bind_peer(peer_address(&r.user, &r.device))?;
                 self.store
                     .save_session(&convert::store_device_id(&wire.device_id), &session)?;
                 out.push((wire.device_id, session.peer_identity().clone()));

@@ -38,5 +38,5 @@ pub use client::{
 };
 pub use error::TransportError;
 pub use plan::Backoff;
-pub use profile::{Profile, ReceivedMessage};
+pub use profile::{Profile, ReceivedMessage, SeenClientMessages};
 pub use url::ServerUrl;

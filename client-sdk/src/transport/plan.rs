@@ -90,6 +90,10 @@ pub fn plan_mismatch(error: &WireError, retries_so_far: u32) -> MismatchPlan {
 /// whether to keep ours. Both sides may initiate at once (each sent before hearing from the
 /// other): then both must settle on the same session, so the one initiated by the device with
 /// the lower id wins. Any other new session from the peer replaces ours (the peer re-initiated).
+///
+/// Only a genuinely new prekey message gets this far: [`Session::accept`] refuses one already
+/// accepted (the identity's replay cache) with [`crate::SessionError::Replayed`], so a
+/// re-delivered old `PrekeyMessage` can never replace a session, acknowledged or not.
 pub fn keep_existing_session(
     existing: Option<&Session>,
     own_device: &DeviceId,

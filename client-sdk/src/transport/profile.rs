@@ -17,6 +17,9 @@ pub const MAX_CACHED_HANDLES: usize = 4096;
 /// Messages returned by `recv` and not yet acked, kept so a crash between returning a message
 /// and acking it shows the message again instead of losing it. Beyond this the oldest go.
 pub const MAX_PENDING_MESSAGES: usize = 1024;
+/// `(sender device, client message id)` pairs remembered, so a message re-sent under the same
+/// client message id (re-encrypted, so the ratchet cannot tell) is shown once.
+pub const MAX_SEEN_CLIENT_MESSAGES: usize = 4096;
 /// The profile format this build writes.
 pub const PROFILE_VERSION: u32 = 1;
 
@@ -71,6 +74,69 @@ impl From<Vec<MessageId>> for ProcessedIds {
 impl From<ProcessedIds> for Vec<MessageId> {
     fn from(p: ProcessedIds) -> Self {
         p.order.into()
+    }
+}
+
+/// A bounded set of `(sender device, client message id)` pairs already shown, oldest evicted
+/// first. Kept as `"<device id>:<hex client message id>"` strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<String>", into = "Vec<String>")]
+pub struct SeenClientMessages {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl SeenClientMessages {
+    fn key(device: &DeviceId, client_message_id: &[u8]) -> String {
+        format!("{device}:{}", hex::encode(client_message_id))
+    }
+
+    /// Whether this device's message with this client message id was already shown.
+    pub fn contains(&self, device: &DeviceId, client_message_id: &[u8]) -> bool {
+        self.set.contains(&Self::key(device, client_message_id))
+    }
+
+    /// Records a pair; evicts the oldest beyond [`MAX_SEEN_CLIENT_MESSAGES`].
+    pub fn insert(&mut self, device: &DeviceId, client_message_id: &[u8]) {
+        self.insert_key(Self::key(device, client_message_id));
+    }
+
+    fn insert_key(&mut self, key: String) {
+        if !self.set.insert(key.clone()) {
+            return;
+        }
+        self.order.push_back(key);
+        while self.order.len() > MAX_SEEN_CLIENT_MESSAGES {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    /// How many pairs are remembered.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+impl From<Vec<String>> for SeenClientMessages {
+    fn from(keys: Vec<String>) -> Self {
+        let mut out = Self::default();
+        for key in keys {
+            out.insert_key(key);
+        }
+        out
+    }
+}
+
+impl From<SeenClientMessages> for Vec<String> {
+    fn from(s: SeenClientMessages) -> Self {
+        s.order.into()
     }
 }
 
@@ -135,6 +201,9 @@ pub struct Profile {
     /// Recently processed deliveries.
     #[serde(default)]
     pub processed: ProcessedIds,
+    /// Recently shown `(sender device, client message id)` pairs.
+    #[serde(default)]
+    pub seen_client_messages: SeenClientMessages,
     /// Messages returned and not yet acked (see [`MAX_PENDING_MESSAGES`]).
     #[serde(default)]
     pub pending: Vec<ReceivedMessage>,
@@ -226,6 +295,7 @@ mod tests {
             role: Role::Staff,
             handles: BTreeMap::new(),
             processed: ProcessedIds::default(),
+            seen_client_messages: SeenClientMessages::default(),
             pending: Vec::new(),
         }
     }
