@@ -23,34 +23,51 @@ pub const MAX_SEEN_CLIENT_MESSAGES: usize = 4096;
 /// The profile format this build writes.
 pub const PROFILE_VERSION: u32 = 1;
 
-/// A bounded set of recently processed message ids, oldest evicted first.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "Vec<MessageId>", into = "Vec<MessageId>")]
-pub struct ProcessedIds {
-    order: VecDeque<MessageId>,
-    set: HashSet<MessageId>,
+/// A set that remembers at most `CAP` items, forgetting the oldest first. Stored as the list
+/// of its items, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    from = "Vec<T>",
+    into = "Vec<T>",
+    bound(
+        serialize = "T: Serialize + Clone",
+        deserialize = "T: Deserialize<'de> + Eq + std::hash::Hash + Clone"
+    )
+)]
+pub struct BoundedSet<T: Eq + std::hash::Hash + Clone, const CAP: usize> {
+    order: VecDeque<T>,
+    set: HashSet<T>,
 }
 
-impl ProcessedIds {
-    /// Whether `id` was processed (and not yet evicted).
-    pub fn contains(&self, id: &MessageId) -> bool {
-        self.set.contains(id)
+impl<T: Eq + std::hash::Hash + Clone, const CAP: usize> Default for BoundedSet<T, CAP> {
+    fn default() -> Self {
+        BoundedSet {
+            order: VecDeque::new(),
+            set: HashSet::new(),
+        }
+    }
+}
+
+impl<T: Eq + std::hash::Hash + Clone, const CAP: usize> BoundedSet<T, CAP> {
+    /// Whether `item` is remembered.
+    pub fn contains(&self, item: &T) -> bool {
+        self.set.contains(item)
     }
 
-    /// Records `id`; evicts the oldest beyond [`MAX_PROCESSED_IDS`].
-    pub fn insert(&mut self, id: MessageId) {
-        if !self.set.insert(id) {
+    /// Remembers `item`; forgets the oldest beyond `CAP`.
+    pub fn insert(&mut self, item: T) {
+        if !self.set.insert(item.clone()) {
             return;
         }
-        self.order.push_back(id);
-        while self.order.len() > MAX_PROCESSED_IDS {
+        self.order.push_back(item);
+        while self.order.len() > CAP {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
             }
         }
     }
 
-    /// How many ids are remembered.
+    /// How many items are remembered.
     pub fn len(&self) -> usize {
         self.order.len()
     }
@@ -61,30 +78,30 @@ impl ProcessedIds {
     }
 }
 
-impl From<Vec<MessageId>> for ProcessedIds {
-    fn from(ids: Vec<MessageId>) -> Self {
+impl<T: Eq + std::hash::Hash + Clone, const CAP: usize> From<Vec<T>> for BoundedSet<T, CAP> {
+    fn from(items: Vec<T>) -> Self {
         let mut out = Self::default();
-        for id in ids {
-            out.insert(id);
+        for item in items {
+            out.insert(item);
         }
         out
     }
 }
 
-impl From<ProcessedIds> for Vec<MessageId> {
-    fn from(p: ProcessedIds) -> Self {
-        p.order.into()
+impl<T: Eq + std::hash::Hash + Clone, const CAP: usize> From<BoundedSet<T, CAP>> for Vec<T> {
+    fn from(set: BoundedSet<T, CAP>) -> Self {
+        set.order.into()
     }
 }
 
-/// A bounded set of `(sender device, client message id)` pairs already shown, oldest evicted
-/// first. Kept as `"<device id>:<hex client message id>"` strings.
+/// Recently processed message ids, oldest forgotten first.
+pub type ProcessedIds = BoundedSet<MessageId, MAX_PROCESSED_IDS>;
+
+/// `(sender device, client message id)` pairs already shown, oldest forgotten first. Kept as
+/// `"<device id>:<hex client message id>"` strings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "Vec<String>", into = "Vec<String>")]
-pub struct SeenClientMessages {
-    order: VecDeque<String>,
-    set: HashSet<String>,
-}
+#[serde(transparent)]
+pub struct SeenClientMessages(BoundedSet<String, MAX_SEEN_CLIENT_MESSAGES>);
 
 impl SeenClientMessages {
     fn key(device: &DeviceId, client_message_id: &[u8]) -> String {
@@ -93,50 +110,22 @@ impl SeenClientMessages {
 
     /// Whether this device's message with this client message id was already shown.
     pub fn contains(&self, device: &DeviceId, client_message_id: &[u8]) -> bool {
-        self.set.contains(&Self::key(device, client_message_id))
+        self.0.contains(&Self::key(device, client_message_id))
     }
 
-    /// Records a pair; evicts the oldest beyond [`MAX_SEEN_CLIENT_MESSAGES`].
+    /// Records a pair; forgets the oldest beyond [`MAX_SEEN_CLIENT_MESSAGES`].
     pub fn insert(&mut self, device: &DeviceId, client_message_id: &[u8]) {
-        self.insert_key(Self::key(device, client_message_id));
-    }
-
-    fn insert_key(&mut self, key: String) {
-        if !self.set.insert(key.clone()) {
-            return;
-        }
-        self.order.push_back(key);
-        while self.order.len() > MAX_SEEN_CLIENT_MESSAGES {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
+        self.0.insert(Self::key(device, client_message_id));
     }
 
     /// How many pairs are remembered.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.0.len()
     }
 
     /// Whether none is remembered.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
-}
-
-impl From<Vec<String>> for SeenClientMessages {
-    fn from(keys: Vec<String>) -> Self {
-        let mut out = Self::default();
-        for key in keys {
-            out.insert_key(key);
-        }
-        out
-    }
-}
-
-impl From<SeenClientMessages> for Vec<String> {
-    fn from(s: SeenClientMessages) -> Self {
-        s.order.into()
+        self.0.is_empty()
     }
 }
 
