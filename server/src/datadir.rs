@@ -7,6 +7,8 @@
 //!   certs/ca.key       the dev CA key (0600)
 //!   certs/server.pem   the server certificate
 //!   certs/server.key   the server key (0600)
+//!   access-log.key     the access log's checkpoint signing key (0600)
+//!   access-log.pub     its public half, for `medrelay audit verify`
 //!   admin.sock         local admin socket while the server runs (0600)
 //! ```
 
