@@ -221,6 +221,17 @@ impl SledStore {
             .ok_or_else(|| corrupt("index points at a missing conversation".to_owned()))
     }
 
+    fn put<T: serde::Serialize>(
+        tree: &Tree,
+        kind: &'static str,
+        key: impl AsRef<[u8]>,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        tree.insert(key.as_ref(), encode(kind, record)?)
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     fn get<T: serde::de::DeserializeOwned>(
         tree: &Tree,
         kind: &'static str,
@@ -239,10 +250,7 @@ impl Store for SledStore {
     }
 
     fn put_org(&self, org: &OrgRecord) -> Result<(), StoreError> {
-        self.orgs
-            .insert(org.id.as_bytes(), encode("org", org)?)
-            .map_err(db_error)?;
-        Ok(())
+        Self::put(&self.orgs, "org", org.id.as_bytes(), org)
     }
 
     fn org(&self, id: &OrgId) -> Result<Option<OrgRecord>, StoreError> {
@@ -258,10 +266,7 @@ impl Store for SledStore {
     }
 
     fn put_invite(&self, code_hash: &[u8; 32], invite: &InviteRecord) -> Result<(), StoreError> {
-        self.invites
-            .insert(code_hash, encode("invite", invite)?)
-            .map_err(db_error)?;
-        Ok(())
+        Self::put(&self.invites, "invite", code_hash, invite)
     }
 
     fn take_invite(&self, code_hash: &[u8; 32]) -> Result<Option<InviteRecord>, StoreError> {
@@ -332,10 +337,7 @@ impl Store for SledStore {
     }
 
     fn put_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
-        self.devices
-            .insert(device.id.as_bytes(), encode("device", device)?)
-            .map_err(db_error)?;
-        Ok(())
+        Self::put(&self.devices, "device", device.id.as_bytes(), device)
     }
 
     fn user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
@@ -385,10 +387,7 @@ impl Store for SledStore {
     }
 
     fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        self.users
-            .insert(user.id.as_bytes(), encode("user", user)?)
-            .map_err(db_error)?;
-        Ok(())
+        Self::put(&self.users, "user", user.id.as_bytes(), user)
     }
 
     fn org_users(&self, org: &OrgId) -> Result<Vec<UserRecord>, StoreError> {
@@ -503,10 +502,7 @@ impl Store for SledStore {
             grant.staff.as_bytes(),
         ]
         .concat();
-        self.break_glass
-            .insert(key, encode("break_glass", grant)?)
-            .map_err(db_error)?;
-        Ok(())
+        Self::put(&self.break_glass, "break_glass", key, grant)
     }
 
     fn break_glass_for(
