@@ -25,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod content;
 pub mod error;
 pub mod fingerprint;

@@ -45,6 +45,9 @@ pub enum ErrorCode {
     LoggedOff,
     /// The account is locked after repeated failures; see `retry_after_ms`.
     LockedOut,
+    /// The org archives every message: the send must carry the message sealed to the org's
+    /// archive key (reconnect to learn it).
+    ArchiveRequired,
     /// A code this version does not know (from a newer peer), or none at all. Treat it like
     /// [`ErrorCode::Internal`]. Encoded as `ERROR_CODE_UNSPECIFIED`.
     Unknown,
@@ -85,6 +88,7 @@ impl ErrorCode {
             Self::BadSignature => P::BadSignature,
             Self::LoggedOff => P::LoggedOff,
             Self::LockedOut => P::LockedOut,
+            Self::ArchiveRequired => P::ArchiveRequired,
             Self::Unknown => P::Unspecified,
         }
     }
@@ -116,12 +120,13 @@ impl ErrorCode {
             Ok(P::BadSignature) => Self::BadSignature,
             Ok(P::LoggedOff) => Self::LoggedOff,
             Ok(P::LockedOut) => Self::LockedOut,
+            Ok(P::ArchiveRequired) => Self::ArchiveRequired,
             Ok(P::Unspecified) | Err(_) => Self::Unknown,
         }
     }
 
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::Malformed,
         Self::UnsupportedVersion,
         Self::TooLarge,
@@ -140,6 +145,7 @@ impl ErrorCode {
         Self::BadSignature,
         Self::LoggedOff,
         Self::LockedOut,
+        Self::ArchiveRequired,
         Self::Unknown,
     ];
 }

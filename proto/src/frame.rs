@@ -12,12 +12,13 @@ use crate::limits::{MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use crate::pb::{client_frame, server_frame};
 use crate::secret::Scrubbed;
 use crate::{
-    break_glass, care, credentials, directory, pb, policy, AckRequest, AuthOk, AuthProof, Bytes,
-    Challenge, ConsentText, Conversation, ConversationId, ConversationList, CredentialsSetup,
-    Delivery, DeviceId, DeviceInfo, EnrollRequest, ErrorCode, FetchPrekeys, Identity,
-    InviteCreated, InviteSpec, ListConversations, OpenConversation, Password, Permission, Policy,
-    PrekeyBundle, Reason, RoleAllowList, SecondFactor, SendAccepted, SendRequest, Team, TeamId,
-    TeamName, UploadPrekeys, UserId, UserInfo, WireError,
+    break_glass, care, credentials, directory, pb, policy, retention, AccessLogFilter,
+    AccessLogPage, AccessLogStatus, AckRequest, ArchivePage, AuthOk, AuthProof, Bytes, Challenge,
+    ConsentText, Conversation, ConversationId, ConversationList, CredentialsSetup, Delivery,
+    DeviceId, DeviceInfo, EnrollRequest, ErrorCode, FetchPrekeys, Identity, InviteCreated,
+    InviteSpec, ListConversations, OpenConversation, Password, Permission, Policy, PrekeyBundle,
+    Reason, Retention, RoleAllowList, SecondFactor, SendAccepted, SendRequest, SweepReport, Team,
+    TeamId, TeamName, UploadPrekeys, UserId, UserInfo, WireError, X25519PublicKey,
 };
 
 /// A frame from a client: a request the server answers with the same `request_id`.
@@ -165,6 +166,44 @@ pub enum ClientRequest {
         /// For how long: 1 ms to [`crate::limits::MAX_BREAK_GLASS_MS`].
         duration_ms: u64,
     },
+    /// Read the org's retention settings and holds (`get_retention`).
+    GetRetention,
+    /// Set the org's retention and org-wide legal hold (`set_retention`).
+    SetRetention {
+        /// Undelivered mail, in days: 1 to [`crate::limits::MAX_MAIL_DAYS`].
+        mail_days: u32,
+        /// The org archive, in days: 1 to [`crate::limits::MAX_ARCHIVE_DAYS`].
+        archive_days: u32,
+        /// Org-wide legal hold.
+        legal_hold: bool,
+    },
+    /// Place or lift a legal hold on one conversation (`set_hold`).
+    SetHold {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Place (true) or lift (false).
+        held: bool,
+    },
+    /// Enable the org archive with this public key, or disable it (`set_archive_key`).
+    SetArchiveKey {
+        /// The privacy officer's archive public key; `None` disables the archive.
+        public_key: Option<X25519PublicKey>,
+    },
+    /// One page of the org archive (`export_archive`).
+    ExportArchive {
+        /// Items stored at or after this time.
+        since_ms: u64,
+        /// After this position (0 from the start).
+        after_seq: u64,
+        /// At most this many: 1 to [`crate::limits::MAX_ARCHIVE_PAGE`].
+        limit: u32,
+    },
+    /// Run the retention sweeper now (`run_sweep`).
+    RunSweep,
+    /// Verify the access log's chain and checkpoints now (`verify_access_log`).
+    VerifyAccessLog,
+    /// One page of the org's access-log entries (`export_access_log`).
+    ExportAccessLog(AccessLogFilter),
 }
 
 impl ClientRequest {
@@ -203,6 +242,14 @@ impl ClientRequest {
             Self::AcceptConsent { .. } => "accept_consent",
             Self::WithdrawConsent => "withdraw_consent",
             Self::GrantBreakGlass { .. } => "grant_break_glass",
+            Self::GetRetention => "get_retention",
+            Self::SetRetention { .. } => "set_retention",
+            Self::SetHold { .. } => "set_hold",
+            Self::SetArchiveKey { .. } => "set_archive_key",
+            Self::ExportArchive { .. } => "export_archive",
+            Self::RunSweep => "run_sweep",
+            Self::VerifyAccessLog => "verify_access_log",
+            Self::ExportAccessLog(_) => "export_access_log",
         }
     }
 
@@ -303,6 +350,38 @@ impl ClientRequest {
                 reason,
                 *duration_ms,
             )),
+            Self::GetRetention => Body::GetRetention(pb::GetRetention {}),
+            Self::SetRetention {
+                mail_days,
+                archive_days,
+                legal_hold,
+            } => Body::SetRetention(pb::SetRetention {
+                mail_days: *mail_days,
+                archive_days: *archive_days,
+                legal_hold: *legal_hold,
+            }),
+            Self::SetHold {
+                conversation_id,
+                held,
+            } => Body::SetHold(pb::SetHold {
+                conversation_id: bytes_of(conversation_id),
+                held: *held,
+            }),
+            Self::SetArchiveKey { public_key } => Body::SetArchiveKey(pb::SetArchiveKey {
+                public_key: public_key.as_ref().map(bytes_of).unwrap_or_default(),
+            }),
+            Self::ExportArchive {
+                since_ms,
+                after_seq,
+                limit,
+            } => Body::ExportArchive(pb::ExportArchive {
+                since_ms: *since_ms,
+                after_seq: *after_seq,
+                limit: *limit,
+            }),
+            Self::RunSweep => Body::RunSweep(pb::RunSweep {}),
+            Self::VerifyAccessLog => Body::VerifyAccessLog(pb::VerifyAccessLog {}),
+            Self::ExportAccessLog(filter) => Body::ExportAccessLog(filter.to_pb()),
         }
     }
 
@@ -384,6 +463,20 @@ impl ClientRequest {
             Body::WithdrawConsent(pb::WithdrawConsent {}) => Self::WithdrawConsent,
             Body::GrantBreakGlass(r) => {
                 break_glass::grant_break_glass_from_pb(r).within("grant_break_glass")?
+            }
+            Body::GetRetention(pb::GetRetention {}) => Self::GetRetention,
+            Body::SetRetention(r) => retention::set_retention_from_pb(r).within("set_retention")?,
+            Body::SetHold(r) => retention::set_hold_from_pb(r).within("set_hold")?,
+            Body::SetArchiveKey(r) => {
+                retention::set_archive_key_from_pb(r).within("set_archive_key")?
+            }
+            Body::ExportArchive(r) => {
+                retention::export_archive_from_pb(r).within("export_archive")?
+            }
+            Body::RunSweep(pb::RunSweep {}) => Self::RunSweep,
+            Body::VerifyAccessLog(pb::VerifyAccessLog {}) => Self::VerifyAccessLog,
+            Body::ExportAccessLog(r) => {
+                Self::ExportAccessLog(AccessLogFilter::from_pb(r).within("export_access_log")?)
             }
         })
     }
@@ -495,6 +588,16 @@ pub enum ServerMessage {
         /// When the access ends, ms since the Unix epoch.
         expires_at_ms: u64,
     },
+    /// The answer to `get_retention` (`retention`).
+    Retention(Retention),
+    /// The answer to `export_archive` (`archive_page`).
+    ArchivePage(ArchivePage),
+    /// The answer to `run_sweep` (`sweep_report`).
+    SweepReport(SweepReport),
+    /// The answer to `verify_access_log` (`access_log_status`).
+    AccessLogStatus(AccessLogStatus),
+    /// The answer to `export_access_log` (`access_log_page`).
+    AccessLogPage(AccessLogPage),
 }
 
 impl ServerMessage {
@@ -524,6 +627,11 @@ impl ServerMessage {
             Self::TeamList(_) => "team_list",
             Self::Policy(_) => "policy",
             Self::BreakGlassGranted { .. } => "break_glass_granted",
+            Self::Retention(_) => "retention",
+            Self::ArchivePage(_) => "archive_page",
+            Self::SweepReport(_) => "sweep_report",
+            Self::AccessLogStatus(_) => "access_log_status",
+            Self::AccessLogPage(_) => "access_log_page",
         }
     }
 
@@ -590,6 +698,11 @@ impl ServerMessage {
                     expires_at_ms: *expires_at_ms,
                 })
             }
+            Self::Retention(r) => Body::Retention(r.to_pb()),
+            Self::ArchivePage(p) => Body::ArchivePage(p.to_pb()),
+            Self::SweepReport(r) => Body::SweepReport(r.to_pb()),
+            Self::AccessLogStatus(s) => Body::AccessLogStatus(s.to_pb()),
+            Self::AccessLogPage(p) => Body::AccessLogPage(p.to_pb()),
         }
     }
 
@@ -652,6 +765,17 @@ impl ServerMessage {
             Body::BreakGlassGranted(b) => Self::BreakGlassGranted {
                 expires_at_ms: b.expires_at_ms,
             },
+            Body::Retention(r) => Self::Retention(Retention::from_pb(r).within("retention")?),
+            Body::ArchivePage(p) => {
+                Self::ArchivePage(ArchivePage::from_pb(p).within("archive_page")?)
+            }
+            Body::SweepReport(r) => Self::SweepReport(SweepReport::from_pb(r)),
+            Body::AccessLogStatus(s) => {
+                Self::AccessLogStatus(AccessLogStatus::from_pb(s).within("access_log_status")?)
+            }
+            Body::AccessLogPage(p) => {
+                Self::AccessLogPage(AccessLogPage::from_pb(p).within("access_log_page")?)
+            }
         })
     }
 }

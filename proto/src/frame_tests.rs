@@ -121,14 +121,14 @@ fn fixtures_cover_every_body_kind() {
         .map(ClientRequest::name)
         .collect();
     let client_bodies = oneof_fields("ClientFrame");
-    assert_eq!(client_bodies.len(), 32);
+    assert_eq!(client_bodies.len(), 40);
     assert_eq!(client, client_bodies, "one fixture per ClientFrame body");
     let server: std::collections::BTreeSet<_> = every_server_frame()
         .iter()
         .map(|f| f.message.name())
         .collect();
     let server_bodies = oneof_fields("ServerFrame");
-    assert_eq!(server_bodies.len(), 23);
+    assert_eq!(server_bodies.len(), 28);
     assert_eq!(server, server_bodies, "one fixture per ServerFrame body");
 }
 

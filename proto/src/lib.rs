@@ -28,6 +28,7 @@ mod names;
 mod permission;
 mod policy;
 mod prekeys;
+mod retention;
 mod role;
 mod secret;
 mod transcript;
@@ -78,6 +79,10 @@ pub use policy::{Policy, RoleAllowList};
 pub use prekeys::{
     DeviceKeys, FetchPrekeys, IdentityKeys, OneTimePrekey, PqSignedPrekey, PrekeyBundle,
     SignedPrekey, UploadPrekeys,
+};
+pub use retention::{
+    AccessLogEntry, AccessLogFilter, AccessLogPage, AccessLogStatus, ArchiveItem, ArchivePage,
+    Retention, SweepReport,
 };
 pub use role::Role;
 pub use secret::{Password, RecoveryCode, SecretText, TotpCode};

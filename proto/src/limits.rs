@@ -150,3 +150,24 @@ pub const MAX_BREAK_GLASS_MS: u64 = 24 * 60 * 60 * 1_000;
 const _: () = assert!(MAX_IDLE_TIMEOUT_MS <= MAX_SESSION_LIFETIME_MS);
 // A patient's directly assigned staff leave room for the patient in the conversation.
 const _: () = assert!(MAX_MEMBERS >= 2);
+
+/// Longest retention of undelivered mail, in days (ten years).
+pub const MAX_MAIL_DAYS: u32 = 3_650;
+
+/// Longest retention of the org archive and the access log, in days (a hundred years).
+pub const MAX_ARCHIVE_DAYS: u32 = 36_500;
+
+/// Conversations one org may hold under legal hold at once.
+pub const MAX_HELD_CONVERSATIONS: usize = 1_024;
+
+/// Most archive items in one export page (the server also keeps a page within the frame limit).
+pub const MAX_ARCHIVE_PAGE: usize = 64;
+
+/// Most access-log entries in one export page.
+pub const MAX_ACCESS_LOG_PAGE: usize = 256;
+
+/// Longest text field of an access-log entry (action, object, outcome, source, reason).
+pub const MAX_AUDIT_TEXT_LEN: usize = 128;
+
+/// Most objects named by one access-log entry.
+pub const MAX_AUDIT_OBJECTS: usize = 32;

@@ -279,6 +279,39 @@ pub(crate) fn every_client_request() -> Vec<ClientRequest> {
                 .expect("fixture reason is valid"),
             duration_ms: 4 * 60 * 60 * 1000,
         },
+        ClientRequest::GetRetention,
+        ClientRequest::SetRetention {
+            mail_days: 30,
+            archive_days: 2_190,
+            legal_hold: true,
+        },
+        ClientRequest::SetHold {
+            conversation_id: ConversationId::from([0x91; 16]),
+            held: true,
+        },
+        ClientRequest::SetArchiveKey {
+            public_key: Some(X25519PublicKey::from([0x92; 32])),
+        },
+        ClientRequest::SetArchiveKey { public_key: None },
+        ClientRequest::ExportArchive {
+            since_ms: 1_700_000_000_000,
+            after_seq: 12,
+            limit: 64,
+        },
+        ClientRequest::RunSweep,
+        ClientRequest::VerifyAccessLog,
+        ClientRequest::ExportAccessLog(AccessLogFilter {
+            since_ms: Some(1),
+            until_ms: Some(2),
+            action: Some("send".to_owned()),
+            actor_user_id: Some(UserId::from([0x93; 16])),
+            after_seq: 5,
+            limit: 256,
+        }),
+        ClientRequest::ExportAccessLog(AccessLogFilter {
+            limit: 1,
+            ..AccessLogFilter::default()
+        }),
     ]
 }
 
@@ -476,6 +509,61 @@ pub(crate) fn every_server_frame() -> Vec<ServerFrame> {
         reply(ServerMessage::BreakGlassGranted {
             expires_at_ms: 1_700_014_400_000,
         }),
+        reply(ServerMessage::Retention(Retention {
+            mail_days: 30,
+            archive_days: 2_190,
+            audit_days: 2_190,
+            legal_hold: false,
+            held_conversations: vec![ConversationId::from([0x94; 16])],
+            archive_public_key: Some(X25519PublicKey::from([0x95; 32])),
+        })),
+        reply(ServerMessage::ArchivePage(ArchivePage {
+            items: vec![ArchiveItem {
+                seq: 3,
+                conversation_id: ConversationId::from([0x96; 16]),
+                message_id: MessageId::from([0x97; 16]),
+                sender_user_id: UserId::from([0x98; 16]),
+                sender_device_id: DeviceId::from([0x99; 16]),
+                server_time_ms: 1_700_000_000_000,
+                sealed: Bytes::from_static(b"sealed"),
+            }],
+            done: true,
+        })),
+        reply(ServerMessage::SweepReport(SweepReport {
+            at_ms: 1,
+            envelopes_deleted: 2,
+            archive_items_deleted: 3,
+            access_log_entries_deleted: 4,
+            keys_shredded: 5,
+            kept_by_hold: 6,
+        })),
+        reply(ServerMessage::AccessLogStatus(AccessLogStatus {
+            entries: 10,
+            checkpoints: 1,
+            unsealed: 2,
+            broken: None,
+        })),
+        reply(ServerMessage::AccessLogStatus(AccessLogStatus {
+            entries: 10,
+            checkpoints: 1,
+            unsealed: 2,
+            broken: Some((4, "changed since it was written".to_owned())),
+        })),
+        reply(ServerMessage::AccessLogPage(AccessLogPage {
+            entries: vec![AccessLogEntry {
+                seq: 1,
+                at_ms: 2,
+                user_id: Some(UserId::from([0x9a; 16])),
+                device_id: Some(DeviceId::from([0x9b; 16])),
+                role: Some(Role::Admin),
+                action: "set_retention".to_owned(),
+                objects: vec!["mail_days=30".to_owned()],
+                outcome: "allowed".to_owned(),
+                source: "127.0.0.1".to_owned(),
+                hash: [7; 32],
+            }],
+            done: false,
+        })),
     ]
 }
 

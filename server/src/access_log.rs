@@ -7,15 +7,34 @@
 //! time) with the log's own key (`DIR/access-log.key`, 0600; its public half beside it), so a
 //! log cut short before a checkpoint is caught too. [`verify`] runs offline on the database
 //! files. Entries hold pseudonymous ids, actions and outcomes: never content, keys or handles.
+//!
+//! At rest every entry is sealed like any other record, under the key of the day it was
+//! written (the source address identifies people too). Retention removes whole sealed
+//! segments from the front: it first appends an `access_log_trim` entry naming the last entry
+//! it removes (a checkpoint), then deletes up to there and keeps that checkpoint as the anchor
+//! the remaining chain starts from; the days' keys are then shredded. A prefix removed any
+//! other way has no trim entry in the chain and fails verification.
+//!
+//! Fail closed: a write that fails marks the log broken, and a broken log refuses every
+//! further request ([`AuditSink::ready`]) until the server is restarted.
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+
+use medrelay_proto::{
+    AccessLogEntry, AccessLogFilter, AccessLogPage, AccessLogStatus, DeviceId, OrgId, Role, UserId,
+};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::audit::{AuditError, AuditEvent, AuditSink, Outcome};
+use crate::keyring::{day_of, KeyId, Scope};
+use crate::store::codec::{key_id_of, Codec};
+use crate::store::StoreError;
 
 /// Entries between two checkpoints.
 pub const CHECKPOINT_EVERY: u64 = 64;
@@ -27,6 +46,15 @@ const CHECKPOINT_LABEL: &[u8] = b"medrelay-access-checkpoint-v1\0";
 const ENTRIES: &str = "access_log";
 /// The tree of checkpoints, keyed by the sequence number they seal.
 const CHECKPOINTS: &str = "access_log_checkpoints";
+/// The log's own small facts: its storage format, and where retention trimmed it.
+const META: &str = "access_log_meta";
+/// Meta key: the last entry removed by retention (its checkpoint anchors the chain).
+const META_TRIMMED: &[u8] = b"trimmed-through";
+/// Meta key: the storage format (absent for the unencrypted format of earlier releases).
+const META_FORMAT: &[u8] = b"format";
+/// Entries written by the server itself, not on anyone's request; every org's export shows
+/// them.
+pub const SYSTEM_ACTIONS: [&str; 2] = ["retention_sweep", "access_log_trim"];
 
 /// The part of an entry its hash covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,8 +130,11 @@ struct Head {
 pub struct AccessLog {
     entries: sled::Tree,
     checkpoints: sled::Tree,
+    meta: sled::Tree,
+    codec: Codec,
     key: SigningKey,
     head: Mutex<Head>,
+    broken: AtomicBool,
 }
 
 /// Why the log could not be opened or its key read.
@@ -184,37 +215,115 @@ fn db_error(error: impl std::fmt::Display) -> AccessLogError {
     AccessLogError::Database(error.to_string())
 }
 
+fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// The sealed trees of one database: what both the live log and the offline tools read.
+struct Trees<'a> {
+    entries: &'a sled::Tree,
+    checkpoints: &'a sled::Tree,
+    meta: &'a sled::Tree,
+    codec: &'a Codec,
+}
+
+impl Trees<'_> {
+    fn entry(&self, key: &[u8], value: &[u8]) -> Result<Entry, StoreError> {
+        self.codec.open("access_log", key, value)
+    }
+
+    fn entry_at(&self, seq: u64) -> Result<Option<Entry>, StoreError> {
+        match self
+            .entries
+            .get(seq_key(seq))
+            .map_err(|e| StoreError::Database(e.to_string()))?
+        {
+            Some(value) => self.entry(&seq_key(seq), &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn checkpoint(&self, key: &[u8], value: &[u8]) -> Result<Checkpoint, StoreError> {
+        self.codec.open("access_checkpoint", key, value)
+    }
+
+    fn trimmed_through(&self) -> Result<u64, StoreError> {
+        match self
+            .meta
+            .get(META_TRIMMED)
+            .map_err(|e| StoreError::Database(e.to_string()))?
+        {
+            Some(value) => self.codec.open("access_trim", META_TRIMMED, &value),
+            None => Ok(0),
+        }
+    }
+}
+
 impl AccessLog {
-    /// Opens the log in `db`, continuing its chain.
-    pub fn open(db: &sled::Db, key: SigningKey) -> Result<AccessLog, AccessLogError> {
+    /// Opens the log in `db`, continuing its chain. Entries of the unencrypted format of
+    /// earlier releases are sealed once, in place (their hashes cover the body, not the
+    /// storage, so the chain is unchanged).
+    pub fn open(db: &sled::Db, codec: Codec, key: SigningKey) -> Result<AccessLog, AccessLogError> {
         let entries = db.open_tree(ENTRIES).map_err(db_error)?;
         let checkpoints = db.open_tree(CHECKPOINTS).map_err(db_error)?;
+        let meta = db.open_tree(META).map_err(db_error)?;
+        migrate(&entries, &checkpoints, &meta, &codec)?;
+        let trees = Trees {
+            entries: &entries,
+            checkpoints: &checkpoints,
+            meta: &meta,
+            codec: &codec,
+        };
+        let sealed = match checkpoints.last().map_err(db_error)? {
+            Some((k, v)) => trees.checkpoint(&k, &v).map_err(db_error)?.seq,
+            None => 0,
+        };
         let head = match entries.last().map_err(db_error)? {
-            Some((_, value)) => {
-                let entry: Entry = postcard::from_bytes(&value).map_err(db_error)?;
-                let sealed = checkpoints
-                    .last()
-                    .map_err(db_error)?
-                    .and_then(|(_, v)| postcard::from_bytes::<Checkpoint>(&v).ok())
-                    .map_or(0, |c| c.seq);
+            Some((k, value)) => {
+                let entry = trees.entry(&k, &value).map_err(db_error)?;
                 Head {
                     seq: entry.body.seq,
                     hash: entry.hash,
                     sealed,
                 }
             }
-            None => Head {
-                seq: 0,
-                hash: [0; 32],
-                sealed: 0,
-            },
+            None => {
+                // Empty, or trimmed to nothing: continue from the anchor checkpoint.
+                let trimmed = trees.trimmed_through().map_err(db_error)?;
+                let hash = match checkpoints.get(seq_key(trimmed)).map_err(db_error)? {
+                    Some(v) => {
+                        trees
+                            .checkpoint(&seq_key(trimmed), &v)
+                            .map_err(db_error)?
+                            .hash
+                    }
+                    None => [0; 32],
+                };
+                Head {
+                    seq: trimmed,
+                    hash,
+                    sealed,
+                }
+            }
         };
         Ok(AccessLog {
             entries,
             checkpoints,
+            meta,
+            codec,
             key,
             head: Mutex::new(head),
+            broken: AtomicBool::new(false),
         })
+    }
+
+    fn trees(&self) -> Trees<'_> {
+        Trees {
+            entries: &self.entries,
+            checkpoints: &self.checkpoints,
+            meta: &self.meta,
+            codec: &self.codec,
+        }
     }
 
     fn write_checkpoint(&self, head: &mut Head, at_ms: u64) -> Result<(), AuditError> {
@@ -230,9 +339,13 @@ impl AccessLog {
             at_ms,
             signature: signature.to_bytes().to_vec(),
         };
-        let bytes = postcard::to_allocvec(&checkpoint).map_err(|e| AuditError(e.to_string()))?;
+        let key = seq_key(head.seq);
+        let bytes = self
+            .codec
+            .seal("access_checkpoint", Scope::Standing, &key, &checkpoint)
+            .map_err(|e| AuditError(e.to_string()))?;
         self.checkpoints
-            .insert(head.seq.to_be_bytes(), bytes)
+            .insert(key, bytes)
             .map_err(|e| AuditError(e.to_string()))?;
         head.sealed = head.seq;
         Ok(())
@@ -243,11 +356,17 @@ impl AccessLog {
         let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
         self.write_checkpoint(&mut head, at_ms)
     }
-}
 
-impl AuditSink for AccessLog {
-    fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
+    /// Tests only: makes every write fail (or succeed again), as a full disk would.
+    pub fn set_failing(&self, failing: bool) {
+        self.broken.store(failing, Ordering::SeqCst);
+    }
+
+    fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
         let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(AuditError("the access log is not writable".to_owned()));
+        }
         let body = EntryBody {
             seq: head.seq + 1,
             prev_hash: head.hash,
@@ -270,10 +389,16 @@ impl AuditSink for AccessLog {
         };
         let hash = entry_hash(&body).map_err(AuditError)?;
         let seq = body.seq;
-        let bytes =
-            postcard::to_allocvec(&Entry { body, hash }).map_err(|e| AuditError(e.to_string()))?;
+        let key = seq_key(seq);
+        let scope = Scope::Audit {
+            day: day_of(event.at_ms),
+        };
+        let bytes = self
+            .codec
+            .seal("access_log", scope, &key, &Entry { body, hash })
+            .map_err(|e| AuditError(e.to_string()))?;
         self.entries
-            .insert(seq.to_be_bytes(), bytes)
+            .insert(key, bytes)
             .map_err(|e| AuditError(e.to_string()))?;
         head.seq = seq;
         head.hash = hash;
@@ -281,6 +406,223 @@ impl AuditSink for AccessLog {
             self.write_checkpoint(&mut head, event.at_ms)?;
         }
         Ok(())
+    }
+
+    /// Verifies the live log now.
+    pub fn verify_now(&self) -> Result<Verified, Broken> {
+        verify_trees(&self.trees(), &self.key.verifying_key())
+    }
+}
+
+/// Seals entries and checkpoints written unencrypted by an earlier release.
+fn migrate(
+    entries: &sled::Tree,
+    checkpoints: &sled::Tree,
+    meta: &sled::Tree,
+    codec: &Codec,
+) -> Result<(), AccessLogError> {
+    if meta.get(META_FORMAT).map_err(db_error)?.is_some() {
+        return Ok(());
+    }
+    for item in entries.iter() {
+        let (key, value) = item.map_err(db_error)?;
+        if let Ok(entry) = postcard::from_bytes::<Entry>(&value) {
+            let scope = Scope::Audit {
+                day: day_of(entry.body.at_ms),
+            };
+            let sealed = codec
+                .seal("access_log", scope, &key, &entry)
+                .map_err(db_error)?;
+            entries.insert(key, sealed).map_err(db_error)?;
+        }
+    }
+    for item in checkpoints.iter() {
+        let (key, value) = item.map_err(db_error)?;
+        if let Ok(checkpoint) = postcard::from_bytes::<Checkpoint>(&value) {
+            let sealed = codec
+                .seal("access_checkpoint", Scope::Standing, &key, &checkpoint)
+                .map_err(db_error)?;
+            checkpoints.insert(key, sealed).map_err(db_error)?;
+        }
+    }
+    meta.insert(META_FORMAT, &[2u8][..]).map_err(db_error)?;
+    Ok(())
+}
+
+impl AuditSink for AccessLog {
+    fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        let result = self.append(event);
+        if result.is_err() {
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn ready(&self) -> Result<(), AuditError> {
+        if self.broken.load(Ordering::SeqCst) {
+            Err(AuditError(
+                "the access log cannot be written, so nothing is served until it can (see the \
+                 server's log, then restart it)"
+                    .to_owned(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn verify(&self) -> Result<AccessLogStatus, AuditError> {
+        Ok(match self.verify_now() {
+            Ok(v) => AccessLogStatus {
+                entries: v.entries,
+                checkpoints: v.checkpoints,
+                unsealed: v.unsealed,
+                broken: None,
+            },
+            Err(b) => AccessLogStatus {
+                entries: 0,
+                checkpoints: 0,
+                unsealed: 0,
+                broken: Some((b.seq, b.reason)),
+            },
+        })
+    }
+
+    fn export(&self, org: &OrgId, filter: &AccessLogFilter) -> Result<AccessLogPage, AuditError> {
+        let trees = self.trees();
+        let limit = usize::try_from(filter.limit).unwrap_or(usize::MAX);
+        let start = filter.after_seq.saturating_add(1);
+        let org = org.to_string();
+        let mut entries = Vec::new();
+        let mut done = true;
+        for item in self.entries.range(seq_key(start)..) {
+            let (key, value) = item.map_err(|e| AuditError(e.to_string()))?;
+            let entry = match trees.entry(&key, &value) {
+                Ok(entry) => entry,
+                Err(StoreError::Shredded { .. }) => continue,
+                Err(e) => return Err(AuditError(e.to_string())),
+            };
+            let exported = exported_entry(&entry);
+            let mine = match &entry.body.actor {
+                Some(actor) => actor.0 == org,
+                None => SYSTEM_ACTIONS.contains(&entry.body.action.as_str()),
+            };
+            if !mine || !filter.matches(exported.at_ms, &exported.action, exported.user_id.as_ref())
+            {
+                continue;
+            }
+            if entries.len() == limit {
+                done = false;
+                break;
+            }
+            entries.push(exported);
+        }
+        Ok(AccessLogPage { entries, done })
+    }
+
+    fn expire_before(&self, before_ms: u64, now_ms: u64) -> Result<(u64, Vec<KeyId>), AuditError> {
+        let error = |e: &dyn std::fmt::Display| AuditError(e.to_string());
+        let trees = self.trees();
+        let trimmed = trees.trimmed_through().map_err(|e| error(&e))?;
+        // The last checkpoint whose entry is older than the cutoff: everything up to it goes.
+        let mut through = None;
+        for item in self.checkpoints.range(seq_key(trimmed.saturating_add(1))..) {
+            let (key, value) = item.map_err(|e| error(&e))?;
+            let checkpoint = trees.checkpoint(&key, &value).map_err(|e| error(&e))?;
+            match trees.entry_at(checkpoint.seq).map_err(|e| error(&e))? {
+                Some(entry) if entry.body.at_ms < before_ms => through = Some(checkpoint.seq),
+                _ => break,
+            }
+        }
+        let mut deleted = 0u64;
+        if let Some(through) = through {
+            // Announce the trim in the chain first: a crash after this line and before the
+            // deletion leaves a whole log; the next sweep deletes.
+            self.record(&AuditEvent {
+                at_ms: now_ms,
+                actor: None,
+                action: "access_log_trim",
+                objects: vec![format!("through={through}")],
+                outcome: Outcome::Allowed,
+                source: std::net::IpAddr::from([127, 0, 0, 1]),
+            })?;
+            let anchor = self
+                .codec
+                .seal("access_trim", Scope::Standing, META_TRIMMED, &through)
+                .map_err(|e| error(&e))?;
+            let mut old_entries = sled::Batch::default();
+            for key in self.entries.range(..=seq_key(through)).keys() {
+                old_entries.remove(key.map_err(|e| error(&e))?);
+                deleted += 1;
+            }
+            let mut old_checkpoints = sled::Batch::default();
+            for key in self.checkpoints.range(..seq_key(through)).keys() {
+                old_checkpoints.remove(key.map_err(|e| error(&e))?);
+            }
+            use sled::Transactional;
+            (&self.entries, &self.checkpoints, &self.meta)
+                .transaction(|(entries, checkpoints, meta)| {
+                    entries.apply_batch(&old_entries)?;
+                    checkpoints.apply_batch(&old_checkpoints)?;
+                    meta.insert(META_TRIMMED, anchor.as_slice())?;
+                    Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| AuditError(format!("{e:?}")))?;
+        }
+        // The days' keys that no remaining entry needs.
+        let mut in_use = HashSet::new();
+        for value in self.entries.iter().values() {
+            if let Some(id) = key_id_of(&value.map_err(|e| error(&e))?) {
+                in_use.insert(id);
+            }
+        }
+        let cutoff_day = day_of(before_ms);
+        let unneeded = self
+            .codec
+            .keyring()
+            .scopes()
+            .into_iter()
+            .filter(|(id, scope)| {
+                matches!(scope, Scope::Audit { day } if *day < cutoff_day) && !in_use.contains(id)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        Ok((deleted, unneeded))
+    }
+}
+
+fn exported_entry(entry: &Entry) -> AccessLogEntry {
+    let body = &entry.body;
+    let (user_id, device_id, role) = match &body.actor {
+        Some((_, user, device, role)) => (
+            user.parse::<UserId>().ok(),
+            device.parse::<DeviceId>().ok(),
+            [Role::Patient, Role::Staff, Role::Admin]
+                .into_iter()
+                .find(|r| r.as_str() == role),
+        ),
+        None => (None, None, None),
+    };
+    let clip = |text: &str| -> String {
+        text.chars()
+            .take(medrelay_proto::limits::MAX_AUDIT_TEXT_LEN)
+            .collect()
+    };
+    AccessLogEntry {
+        seq: body.seq,
+        at_ms: body.at_ms,
+        user_id,
+        device_id,
+        role,
+        action: clip(&body.action),
+        objects: body
+            .objects
+            .iter()
+            .take(medrelay_proto::limits::MAX_AUDIT_OBJECTS)
+            .map(|o| clip(o))
+            .collect(),
+        outcome: clip(&body.outcome),
+        source: clip(&body.source),
+        hash: entry.hash,
     }
 }
 
@@ -293,6 +635,8 @@ pub struct Verified {
     pub checkpoints: u64,
     /// Entries after the last checkpoint (not yet sealed).
     pub unsealed: u64,
+    /// Entries before this one were removed by retention (0: none).
+    pub trimmed_through: u64,
 }
 
 /// The first problem found, naming the entry.
@@ -305,21 +649,69 @@ pub struct Broken {
     pub reason: String,
 }
 
+fn checkpoint_signed(checkpoint: &Checkpoint, public_key: &VerifyingKey) -> bool {
+    Signature::from_slice(&checkpoint.signature).is_ok_and(|signature| {
+        public_key
+            .verify(
+                &checkpoint_message(checkpoint.seq, &checkpoint.hash, checkpoint.at_ms),
+                &signature,
+            )
+            .is_ok()
+    })
+}
+
 /// Checks the whole chain and every checkpoint, offline.
-pub fn verify(db: &sled::Db, public_key: &VerifyingKey) -> Result<Verified, Broken> {
+pub fn verify(db: &sled::Db, codec: &Codec, public_key: &VerifyingKey) -> Result<Verified, Broken> {
     let broken = |seq: u64, reason: &str| Broken {
         seq,
         reason: reason.to_owned(),
     };
-    let entries = db
-        .open_tree(ENTRIES)
-        .map_err(|e| broken(0, &e.to_string()))?;
-    let checkpoints = db
-        .open_tree(CHECKPOINTS)
-        .map_err(|e| broken(0, &e.to_string()))?;
-    let mut expected = 1u64;
+    let open = |name: &str| db.open_tree(name).map_err(|e| broken(0, &e.to_string()));
+    let (entries, checkpoints, meta) = (open(ENTRIES)?, open(CHECKPOINTS)?, open(META)?);
+    verify_trees(
+        &Trees {
+            entries: &entries,
+            checkpoints: &checkpoints,
+            meta: &meta,
+            codec,
+        },
+        public_key,
+    )
+}
+
+fn verify_trees(trees: &Trees<'_>, public_key: &VerifyingKey) -> Result<Verified, Broken> {
+    let broken = |seq: u64, reason: &str| Broken {
+        seq,
+        reason: reason.to_owned(),
+    };
+    let trimmed = trees
+        .trimmed_through()
+        .map_err(|_| broken(1, "the retention anchor is unreadable (changed on disk)"))?;
     let mut prev = [0u8; 32];
-    for item in entries.iter() {
+    if trimmed > 0 {
+        let anchor = trees
+            .checkpoints
+            .get(seq_key(trimmed))
+            .map_err(|e| broken(trimmed, &e.to_string()))?
+            .and_then(|v| trees.checkpoint(&seq_key(trimmed), &v).ok())
+            .ok_or_else(|| {
+                broken(
+                    trimmed,
+                    "the checkpoint anchoring the trimmed log is missing",
+                )
+            })?;
+        if anchor.seq != trimmed || !checkpoint_signed(&anchor, public_key) {
+            return Err(broken(
+                trimmed,
+                "the checkpoint anchoring the trimmed log does not verify",
+            ));
+        }
+        prev = anchor.hash;
+    }
+    let mut expected = trimmed + 1;
+    let mut trim_recorded = trimmed == 0;
+    let trim_marker = format!("through={trimmed}");
+    for item in trees.entries.iter() {
         let (key, value) = item.map_err(|e| broken(expected, &e.to_string()))?;
         let key_seq = key
             .as_ref()
@@ -332,8 +724,16 @@ pub fn verify(db: &sled::Db, public_key: &VerifyingKey) -> Result<Verified, Brok
                 "missing (deleted, or the log was reordered)",
             ));
         }
-        let entry: Entry = postcard::from_bytes(&value)
-            .map_err(|_| broken(expected, "unreadable (changed on disk)"))?;
+        let entry = match trees.entry(&key, &value) {
+            Ok(entry) => entry,
+            Err(StoreError::Shredded { .. }) => {
+                return Err(broken(
+                    expected,
+                    "its key was destroyed but the entry remains",
+                ))
+            }
+            Err(_) => return Err(broken(expected, "unreadable (changed on disk, or moved)")),
+        };
         if entry.body.seq != expected {
             return Err(broken(expected, "out of place (entries were reordered)"));
         }
@@ -346,65 +746,69 @@ pub fn verify(db: &sled::Db, public_key: &VerifyingKey) -> Result<Verified, Brok
         if entry_hash(&entry.body).map_err(|e| broken(expected, &e))? != entry.hash {
             return Err(broken(expected, "changed since it was written"));
         }
+        if entry.body.action == "access_log_trim" && entry.body.objects.contains(&trim_marker) {
+            trim_recorded = true;
+        }
         prev = entry.hash;
         expected += 1;
     }
+    if !trim_recorded {
+        return Err(broken(
+            trimmed + 1,
+            "entries before this one were removed without a retention record",
+        ));
+    }
     let last = expected - 1;
-    let mut sealed = 0u64;
+    let mut sealed = trimmed;
     let mut count = 0u64;
-    for item in checkpoints.iter() {
-        let (_, value) = item.map_err(|e| broken(last, &e.to_string()))?;
-        let checkpoint: Checkpoint =
-            postcard::from_bytes(&value).map_err(|_| broken(last, "a checkpoint is unreadable"))?;
-        let signature = Signature::from_slice(&checkpoint.signature)
-            .map_err(|_| broken(checkpoint.seq, "a checkpoint's signature is malformed"))?;
-        if public_key
-            .verify(
-                &checkpoint_message(checkpoint.seq, &checkpoint.hash, checkpoint.at_ms),
-                &signature,
-            )
-            .is_err()
-        {
+    for item in trees.checkpoints.iter() {
+        let (key, value) = item.map_err(|e| broken(last, &e.to_string()))?;
+        let checkpoint = trees
+            .checkpoint(&key, &value)
+            .map_err(|_| broken(last, "a checkpoint is unreadable"))?;
+        if !checkpoint_signed(&checkpoint, public_key) {
             return Err(broken(
                 checkpoint.seq,
                 "a checkpoint's signature does not verify",
             ));
         }
-        let sealed_entry = entries
-            .get(checkpoint.seq.to_be_bytes())
-            .map_err(|e| broken(checkpoint.seq, &e.to_string()))?
-            .and_then(|v| postcard::from_bytes::<Entry>(&v).ok());
-        match sealed_entry {
-            Some(entry) if entry.hash == checkpoint.hash => {}
-            Some(_) => {
+        count += 1;
+        if checkpoint.seq <= trimmed {
+            continue;
+        }
+        match trees.entry_at(checkpoint.seq) {
+            Ok(Some(entry)) if entry.hash == checkpoint.hash => {}
+            Ok(Some(_)) => {
                 return Err(broken(
                     checkpoint.seq,
                     "differs from what the signed checkpoint sealed (the log was rewritten)",
                 ))
             }
-            None => {
+            Ok(None) => {
                 return Err(broken(
                     checkpoint.seq,
                     "is sealed by a signed checkpoint but missing (the log was truncated)",
                 ))
             }
+            Err(_) => return Err(broken(checkpoint.seq, "unreadable (changed on disk)")),
         }
         sealed = sealed.max(checkpoint.seq);
-        count += 1;
     }
     Ok(Verified {
-        entries: last,
+        entries: last - trimmed,
         checkpoints: count,
         unsealed: last - sealed,
+        trimmed_through: trimmed,
     })
 }
 
-/// Every entry, in order (for export).
-pub fn entries(db: &sled::Db) -> Result<Vec<Entry>, AccessLogError> {
-    db.open_tree(ENTRIES)
-        .map_err(db_error)?
-        .iter()
-        .values()
-        .map(|v| postcard::from_bytes(&v.map_err(db_error)?).map_err(db_error))
+/// Every entry, in order (for the offline export).
+pub fn entries(db: &sled::Db, codec: &Codec) -> Result<Vec<Entry>, AccessLogError> {
+    let tree = db.open_tree(ENTRIES).map_err(db_error)?;
+    tree.iter()
+        .map(|item| {
+            let (key, value) = item.map_err(db_error)?;
+            codec.open("access_log", &key, &value).map_err(db_error)
+        })
         .collect()
 }

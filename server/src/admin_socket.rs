@@ -32,6 +32,12 @@ pub enum AdminRequest {
         /// Milliseconds to move.
         ms: u64,
     },
+    /// Makes access-log writes fail, or succeed again, as a full disk would (only on a server
+    /// started with `--test-clock`): proves the server fails closed.
+    FailAccessLog {
+        /// Fail (true) or work again (false).
+        failing: bool,
+    },
 }
 
 /// The answer to `org_add`.
@@ -93,15 +99,23 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 
 /// Serves admin requests until the task is dropped. `test_clock` is the server's clock when it
 /// runs on an injected one.
-pub async fn serve(listener: UnixListener, relay: Arc<Relay>, test_clock: Option<ManualClock>) {
+pub async fn serve(
+    listener: UnixListener,
+    relay: Arc<Relay>,
+    test_clock: Option<ManualClock>,
+    test_log: Option<Arc<crate::access_log::AccessLog>>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let relay = relay.clone();
         let test_clock = test_clock.clone();
+        let test_log = test_log.clone();
         tokio::spawn(async move {
-            if let Err(error) = handle(stream, &relay, test_clock.as_ref()).await {
+            if let Err(error) =
+                handle(stream, &relay, test_clock.as_ref(), test_log.as_deref()).await
+            {
                 tracing::debug!(%error, "admin socket request failed");
             }
         });
@@ -112,6 +126,7 @@ async fn handle(
     stream: UnixStream,
     relay: &Relay,
     test_clock: Option<&ManualClock>,
+    test_log: Option<&crate::access_log::AccessLog>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -136,6 +151,18 @@ async fn handle(
             }
             None => AdminResponse::Error {
                 error: "this server runs on the system clock (no --test-clock)".to_owned(),
+            },
+        },
+        Ok(AdminRequest::FailAccessLog { failing }) => match test_log {
+            Some(log) => {
+                log.set_failing(failing);
+                tracing::warn!(failing, "test: access-log writes set to fail");
+                AdminResponse::Clock {
+                    now_ms: relay.clock.now_ms(),
+                }
+            }
+            None => AdminResponse::Error {
+                error: "only a server started with --test-clock takes test faults".to_owned(),
             },
         },
         Err(error) => AdminResponse::Error {

@@ -4,7 +4,9 @@
 
 use std::net::IpAddr;
 
-use medrelay_proto::{DeviceId, ErrorCode, OrgId, Role, UserId};
+use medrelay_proto::{
+    AccessLogFilter, AccessLogPage, AccessLogStatus, DeviceId, ErrorCode, OrgId, Role, UserId,
+};
 
 /// Who acted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,36 @@ pub struct AuditError(pub String);
 
 /// Where decisions go.
 pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
-    /// Records one event.
+    /// Records one event. A sink that fails to record must refuse [`AuditSink::ready`] from
+    /// then on: the server fails closed.
     fn record(&self, event: &AuditEvent) -> Result<(), AuditError>;
+
+    /// Whether events can be recorded now; requests are refused, unchanged, when not.
+    fn ready(&self) -> Result<(), AuditError> {
+        Ok(())
+    }
+
+    /// Verifies the chain and checkpoints now.
+    fn verify(&self) -> Result<AccessLogStatus, AuditError> {
+        Err(AuditError(
+            "this access log cannot be verified online".to_owned(),
+        ))
+    }
+
+    /// One page of the entries an org may see, filtered.
+    fn export(&self, _org: &OrgId, _filter: &AccessLogFilter) -> Result<AccessLogPage, AuditError> {
+        Err(AuditError(
+            "this access log cannot be exported online".to_owned(),
+        ))
+    }
+
+    /// Removes entries older than `before_ms` (retention); returns how many, and the epoch
+    /// keys nothing needs any more.
+    fn expire_before(
+        &self,
+        _before_ms: u64,
+        _now_ms: u64,
+    ) -> Result<(u64, Vec<crate::keyring::KeyId>), AuditError> {
+        Ok((0, Vec::new()))
+    }
 }

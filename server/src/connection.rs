@@ -19,9 +19,9 @@ use medrelay_proto::ids::MessageId;
 use medrelay_proto::{
     decode_client_frame_bytes, encode_server_frame, AuthOk, Binding, Challenge, ChannelBinding,
     ClientFrame, ClientRequest, ConsentState, Conversation, ConversationList, CredentialsSetup,
-    Delivery, DeviceInfo, ErrorCode, FrameError, Identity, InviteCreated, Member, Policy,
-    PrekeyBundle, Role, RoleAllowList, SecretText, SendAccepted, ServerFrame, ServerMessage, Team,
-    UserInfo, WireError,
+    Delivery, DeviceInfo, ErrorCode, FrameError, Identity, InviteCreated, Member, Permission,
+    Policy, PrekeyBundle, Role, RoleAllowList, SecretText, SendAccepted, ServerFrame,
+    ServerMessage, Team, UserInfo, WireError,
 };
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -56,6 +56,12 @@ enum Reply {
         Result<ServerMessage, WireError>,
         Vec<medrelay_proto::DeviceId>,
     ),
+    /// Work that runs after the request was logged (a sweep), answered once durable.
+    Later(
+        std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<ServerMessage, WireError>> + Send>,
+        >,
+    ),
 }
 
 fn rate_limited(wait_ms: u64) -> WireError {
@@ -79,8 +85,36 @@ fn team_message(team: TeamRecord) -> ServerMessage {
 }
 
 /// The ids a request is about, for the access log (never content, keys or handles).
+/// The access log failed: the request is refused and nothing else happens.
+fn audit_unavailable(error: crate::audit::AuditError) -> WireError {
+    tracing::error!(%error, "access log unavailable");
+    WireError::new(
+        ErrorCode::Internal,
+        "the access log cannot record this request, so it was not carried out; tell your \
+         clinic's administrator",
+    )
+}
+
 fn audit_objects(request: &ClientRequest) -> Vec<String> {
     match request {
+        ClientRequest::SetRetention {
+            mail_days,
+            archive_days,
+            legal_hold,
+        } => vec![
+            format!("mail_days={mail_days}"),
+            format!("archive_days={archive_days}"),
+            format!("legal_hold={legal_hold}"),
+        ],
+        ClientRequest::SetHold {
+            conversation_id,
+            held,
+        } => vec![conversation_id.to_string(), format!("held={held}")],
+        ClientRequest::SetArchiveKey { public_key } => {
+            vec![format!("enabled={}", public_key.is_some())]
+        }
+        ClientRequest::ExportArchive { since_ms, .. } => vec![format!("since_ms={since_ms}")],
+        ClientRequest::ExportAccessLog(filter) => vec![format!("after_seq={}", filter.after_seq)],
         ClientRequest::Send(send) => vec![send.conversation_id.to_string()],
         ClientRequest::GetConversation { conversation_id } => vec![conversation_id.to_string()],
         ClientRequest::FetchPrekeys(fetch) => {
@@ -393,6 +427,14 @@ impl Unauthenticated {
                     return Err(End::Close(CloseCode::Policy, "rate limited"));
                 }
             }
+            if !matches!(frame.request, ClientRequest::Ping) {
+                if let Err(error) = self.context.audit.ready() {
+                    writer
+                        .send(&error_frame(request_id, audit_unavailable(error)))
+                        .await?;
+                    return Err(End::Close(CloseCode::Error, "access log unavailable"));
+                }
+            }
             let result = match &frame.request {
                 ClientRequest::Ping => {
                     writer
@@ -444,7 +486,7 @@ impl Unauthenticated {
                 Ok(_) => Outcome::Allowed,
                 Err(e) => Outcome::Denied(e.code),
             };
-            self.context.record(AuditEvent {
+            let recorded = self.context.audit.record(&AuditEvent {
                 at_ms: now_ms(&self.context),
                 actor: result.as_ref().ok().map(|who| Actor {
                     org: who.org,
@@ -460,24 +502,28 @@ impl Unauthenticated {
                 outcome,
                 source: self.peer.addr.ip(),
             });
+            if let Err(error) = recorded {
+                writer
+                    .send(&error_frame(request_id, audit_unavailable(error)))
+                    .await?;
+                return Err(End::Close(CloseCode::Error, "access log unavailable"));
+            }
+            // The access-log entry (and enrolment keys) must be durable before the answer.
+            if let Err(error) = self.context.relay.store().sync().await {
+                tracing::error!(%error, "could not make an authentication durable");
+                writer
+                    .send(&error_frame(
+                        request_id,
+                        WireError::new(
+                            ErrorCode::Internal,
+                            "the server could not store the request; try again",
+                        ),
+                    ))
+                    .await?;
+                return Err(End::Close(CloseCode::Error, "storage failure"));
+            }
             match result {
                 Ok(who) => {
-                    // Enrolment keys must be durable before the device is told it exists.
-                    if let ClientRequest::Enroll(_) = frame.request {
-                        if let Err(error) = self.context.relay.store().sync().await {
-                            tracing::error!(%error, "could not make an enrolment durable");
-                            writer
-                                .send(&error_frame(
-                                    request_id,
-                                    WireError::new(
-                                        ErrorCode::Internal,
-                                        "the server could not store the enrolment; try again",
-                                    ),
-                                ))
-                                .await?;
-                            return Err(End::Close(CloseCode::Error, "storage failure"));
-                        }
-                    }
                     let remaining = self
                         .context
                         .relay
@@ -539,7 +585,12 @@ impl Unauthenticated {
                                 role: who.role,
                                 handle: who.handle.clone(),
                                 one_time_prekeys_remaining: remaining,
-                                archive_public_key: None,
+                                archive_public_key: self
+                                    .context
+                                    .relay
+                                    .archive_key(&who.org)
+                                    .ok()
+                                    .flatten(),
                                 credentials_required: login == LoginState::NeedsCredentials,
                                 login_required: login == LoginState::NeedsLogin,
                                 consent_required,
@@ -786,10 +837,29 @@ impl Authenticated {
         };
         let full_batch = items.len() == limit;
         for item in items {
-            self.cursor = Some(item.seq);
-            if !self.in_flight.insert(item.envelope.message_id) {
+            if self.in_flight.contains(&item.envelope.message_id) {
+                self.cursor = Some(item.seq);
                 continue;
             }
+            // Each delivery is logged before it leaves; the entry is durable at the latest when
+            // the recipient's ack is answered. If the log cannot record, nothing is delivered.
+            let recorded = self.context.audit.record(&AuditEvent {
+                at_ms: now_ms(&self.context),
+                actor: Some(self.actor()),
+                action: "delivery",
+                objects: vec![
+                    item.envelope.conversation.to_string(),
+                    item.envelope.message_id.to_string(),
+                ],
+                outcome: Outcome::Allowed,
+                source: self.peer_ip,
+            });
+            if let Err(error) = recorded {
+                tracing::error!(%error, "delivery not logged; withheld");
+                return Ok(());
+            }
+            self.cursor = Some(item.seq);
+            self.in_flight.insert(item.envelope.message_id);
             let envelope = item.envelope;
             writer
                 .feed(&ServerFrame::push(ServerMessage::Delivery(Delivery {
@@ -819,12 +889,19 @@ impl Authenticated {
         let request_id = frame.request_id;
         let action = frame.request.name();
         let objects = audit_objects(&frame.request);
+        // Fail closed: when the access log cannot record, nothing is decided or changed.
+        if let Err(error) = self.context.audit.ready() {
+            writer
+                .feed(&error_frame(request_id, audit_unavailable(error)))
+                .await?;
+            return Ok(());
+        }
         let (reply, end) = self.decide(frame.request);
         let outcome = match &reply {
-            Reply::Now(Ok(_)) | Reply::AfterSync(Ok(_), _) => Outcome::Allowed,
+            Reply::Now(Ok(_)) | Reply::AfterSync(Ok(_), _) | Reply::Later(_) => Outcome::Allowed,
             Reply::Now(Err(e)) | Reply::AfterSync(Err(e), _) => Outcome::Denied(e.code),
         };
-        self.context.record(AuditEvent {
+        let recorded = self.context.audit.record(&AuditEvent {
             at_ms: now_ms(&self.context),
             actor: Some(self.actor()),
             action,
@@ -832,16 +909,35 @@ impl Authenticated {
             outcome,
             source: self.peer_ip,
         });
+        if let Err(error) = recorded {
+            writer
+                .feed(&error_frame(request_id, audit_unavailable(error)))
+                .await?;
+            return Err(End::Close(CloseCode::Error, "access log unavailable"));
+        }
+        // Every answer waits until its access-log entry is durable.
         match reply {
-            Reply::Now(answer) => {
-                let frame = match answer {
-                    Ok(message) => ServerFrame::reply(request_id, message),
-                    Err(error) => error_frame(request_id, error),
-                };
-                writer.feed(&frame).await?;
-            }
+            Reply::Now(answer) => self.pending_after_sync(request_id, answer, Vec::new()),
             Reply::AfterSync(answer, recipients) => {
                 self.pending_after_sync(request_id, answer, recipients);
+            }
+            Reply::Later(work) => {
+                let store = self.context.relay.store().clone();
+                self.pending.push_back(Box::pin(async move {
+                    let answer = work.await;
+                    let message = match (answer, store.sync().await) {
+                        (Ok(message), Ok(())) => message,
+                        (Err(error), _) => ServerMessage::Error(error),
+                        (Ok(_), Err(error)) => {
+                            tracing::error!(%error, "could not make the work durable");
+                            ServerMessage::Error(WireError::new(
+                                ErrorCode::Internal,
+                                "the server could not make the result durable; try again",
+                            ))
+                        }
+                    };
+                    ServerFrame::reply(request_id, message)
+                }));
             }
         }
         match end {
@@ -1198,6 +1294,66 @@ impl Authenticated {
                     .grant_break_glass(&who, &staff_user_id, &patient_user_id, &reason, duration_ms)
                     .map(|expires_at_ms| ServerMessage::BreakGlassGranted { expires_at_ms }),
             ),
+            ClientRequest::GetRetention => durable(
+                relay
+                    .get_retention(&who, context.audit_days)
+                    .map(ServerMessage::Retention),
+            ),
+            ClientRequest::SetRetention {
+                mail_days,
+                archive_days,
+                legal_hold,
+            } => done(relay.set_retention(&who, mail_days, archive_days, legal_hold)),
+            ClientRequest::SetHold {
+                conversation_id,
+                held,
+            } => done(relay.set_hold(&who, &conversation_id, held)),
+            ClientRequest::SetArchiveKey { public_key } => {
+                done(relay.set_archive_key(&who, public_key))
+            }
+            ClientRequest::ExportArchive {
+                since_ms,
+                after_seq,
+                limit,
+            } => durable(
+                relay
+                    .export_archive(&who, since_ms, after_seq, limit)
+                    .map(ServerMessage::ArchivePage),
+            ),
+            ClientRequest::RunSweep => {
+                if let Err(error) = relay.require(&who, Permission::ChangePolicy) {
+                    return (Reply::Now(Err(error)), None);
+                }
+                let store = relay.store().clone();
+                let audit = context.clone();
+                return (
+                    Reply::Later(Box::pin(async move {
+                        let now = now_ms(&audit);
+                        match audit.sweep(&store, now).await {
+                            Ok(report) => Ok(ServerMessage::SweepReport(report)),
+                            Err(error) => Err(WireError::new(ErrorCode::Internal, error)),
+                        }
+                    })),
+                    None,
+                );
+            }
+            ClientRequest::VerifyAccessLog => durable(
+                relay
+                    .require(&who, Permission::ReadAuditLog)
+                    .and_then(|_| context.audit.verify().map_err(audit_unavailable))
+                    .map(ServerMessage::AccessLogStatus),
+            ),
+            ClientRequest::ExportAccessLog(filter) => durable(
+                relay
+                    .require(&who, Permission::ExportAuditLog)
+                    .and_then(|_| {
+                        context
+                            .audit
+                            .export(&who.org, &filter)
+                            .map_err(audit_unavailable)
+                    })
+                    .map(ServerMessage::AccessLogPage),
+            ),
         };
         (reply, None)
     }
@@ -1213,9 +1369,11 @@ impl Authenticated {
         let store = self.context.relay.store().clone();
         let hub = self.context.hub.clone();
         self.pending.push_back(Box::pin(async move {
+            // Also for a refusal: its access-log entry is durable before the answer.
+            let synced = store.sync().await;
             let message = match answer {
                 Err(error) => ServerMessage::Error(error),
-                Ok(message) => match store.sync().await {
+                Ok(message) => match synced {
                     Ok(()) => {
                         hub.wake(&recipients);
                         message

@@ -7,6 +7,9 @@
 //!   certs/ca.key       the dev CA key (0600)
 //!   certs/server.pem   the server certificate
 //!   certs/server.key   the server key (0600)
+//!   master.key         the master key wrapping every data key (0600); better kept elsewhere
+//!                      (`--master-key`), and never in the same backup as `db/`
+//!   keyring            the data keys, wrapped (0600); deleting one crypto-shreds its records
 //!   access-log.key     the access log's checkpoint signing key (0600)
 //!   access-log.pub     its public half, for `medrelay audit verify`
 //!   admin.sock         local admin socket while the server runs (0600)
@@ -27,6 +30,7 @@ pub const DEFAULT_ORG_NAME: &str = "My Clinic";
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    master_key: Option<PathBuf>,
 }
 
 /// What initialisation created; printed as JSON by `medrelay init`.
@@ -72,7 +76,34 @@ pub enum InitError {
 impl DataDir {
     /// The data directory at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        DataDir { root: root.into() }
+        DataDir {
+            root: root.into(),
+            master_key: None,
+        }
+    }
+
+    /// The same directory, with its master key read from `path` (when given) instead of
+    /// `DIR/master.key`.
+    pub fn with_master_key(mut self, path: Option<PathBuf>) -> Self {
+        self.master_key = path;
+        self
+    }
+
+    /// The master key file.
+    pub fn master_key(&self) -> PathBuf {
+        self.master_key
+            .clone()
+            .unwrap_or_else(|| self.root.join("master.key"))
+    }
+
+    /// The keyring file.
+    pub fn keyring(&self) -> PathBuf {
+        self.root.join("keyring")
+    }
+
+    /// Opens the keyring (creating it and the master key in a fresh directory).
+    pub fn open_keyring(&self) -> Result<crate::keyring::Keyring, crate::keyring::KeyringError> {
+        crate::keyring::Keyring::open(&self.keyring(), &self.master_key())
     }
 
     /// The directory itself.

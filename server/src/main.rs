@@ -62,6 +62,16 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long)]
         json_logs: bool,
+        /// The master key file (default: DIR/master.key). Keep it out of the data
+        /// directory's backups: a backup with its master key defeats crypto-shredding.
+        #[arg(long)]
+        master_key: Option<PathBuf>,
+        /// How long the access log keeps entries, in days (six years by default).
+        #[arg(long, default_value_t = 6 * 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        audit_retention_days: u32,
+        /// Minutes of the server's clock between two retention sweeps.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=10_080))]
+        sweep_interval_minutes: u64,
         /// Tests only: run on a clock that moves only when `advance_clock` is sent on the
         /// admin socket.
         #[arg(long, hide = true)]
@@ -78,6 +88,9 @@ enum Command {
         /// Extra host name or IP address for the development certificate (repeatable).
         #[arg(long = "hostname")]
         hostnames: Vec<String>,
+        /// The master key file (default: DIR/master.key; created if missing).
+        #[arg(long)]
+        master_key: Option<PathBuf>,
     },
     /// Manage organisations.
     Org {
@@ -89,6 +102,34 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The org archive, offline, on the privacy officer's machine: make its key pair, open an
+    /// export.
+    Archive {
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ArchiveCommand {
+    /// Generate the archive key pair: writes the secret key to --out (mode 0600, never
+    /// overwritten) and prints the public key for `medrelay-client admin archive enable`.
+    Keygen {
+        /// Where to write the secret key. Keep it offline; whoever holds it can read the
+        /// archive.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Open an export (`medrelay-client admin archive export`) with the secret key and print
+    /// the transcript as JSON lines, oldest first.
+    Open {
+        /// The archive secret key (from `medrelay archive keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The export file.
+        #[arg(long = "in")]
+        input: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,12 +139,18 @@ enum AuditCommand {
         /// Data directory.
         #[arg(long, default_value = "./medrelay-data")]
         data: PathBuf,
+        /// The master key file (default: DIR/master.key).
+        #[arg(long)]
+        master_key: Option<PathBuf>,
     },
     /// Print entries as JSON lines or CSV, optionally filtered.
     Export {
         /// Data directory.
         #[arg(long, default_value = "./medrelay-data")]
         data: PathBuf,
+        /// The master key file (default: DIR/master.key).
+        #[arg(long)]
+        master_key: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
@@ -137,6 +184,9 @@ enum OrgCommand {
         /// Data directory.
         #[arg(long, default_value = "./medrelay-data")]
         data: PathBuf,
+        /// The master key file, when the server is not running (default: DIR/master.key).
+        #[arg(long)]
+        master_key: Option<PathBuf>,
         /// The org's name.
         name: String,
     },
@@ -178,7 +228,8 @@ fn main() -> ExitCode {
 
 async fn open(data: &DataDir, clock: Arc<dyn Clock>) -> anyhow::Result<(Arc<SledStore>, Relay)> {
     data.create()?;
-    let store = Arc::new(SledStore::open(&data.db())?);
+    let keyring = Arc::new(data.open_keyring()?);
+    let store = Arc::new(SledStore::open(&data.db(), keyring)?);
     let relay = Relay::new(store.clone(), clock);
     Ok((store, relay))
 }
@@ -189,18 +240,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             org,
             hostnames,
+            master_key,
         } => {
-            let data = DataDir::new(data);
+            let data = DataDir::new(data).with_master_key(master_key);
             let (store, relay) = open(&data, Arc::new(SystemClock)).await?;
             let report = data.initialise(&store, &relay, &org, &hostnames).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Audit { command } => audit(command).await,
+        Command::Archive { command } => archive(command),
         Command::Org {
-            command: OrgCommand::Add { data, name },
+            command:
+                OrgCommand::Add {
+                    data,
+                    master_key,
+                    name,
+                },
         } => {
-            let data = DataDir::new(data);
+            let data = DataDir::new(data).with_master_key(master_key);
             let request = AdminRequest::OrgAdd { name: name.clone() };
             let added = match admin_socket::request(&data.admin_socket(), &request).await? {
                 Some(AdminResponse::OrgAdded(added)) => added,
@@ -235,10 +293,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             tls12,
             json_logs,
+            master_key,
+            audit_retention_days,
+            sweep_interval_minutes,
             test_clock,
         } => {
             init_logs(json_logs);
-            let data = DataDir::new(data);
+            let data = DataDir::new(data).with_master_key(master_key);
             let manual_clock = test_clock.then(|| ManualClock::new(SystemClock.now_ms()));
             let clock: Arc<dyn Clock> = match &manual_clock {
                 Some(manual) => {
@@ -253,6 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (store, relay) = open(&data, clock.clone()).await?;
             let access_log = Arc::new(AccessLog::open(
                 store.database(),
+                store.codec().clone(),
                 access_log::load_or_create_key(data.root())?,
             )?);
             if !store.is_initialised()? {
@@ -303,14 +365,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 live_connections: AtomicUsize::new(0),
                 limits: Default::default(),
                 audit: access_log.clone(),
+                audit_days: audit_retention_days,
             });
             let admin = admin_socket::bind(&data.admin_socket())
                 .with_context(|| format!("could not bind {}", data.admin_socket().display()))?;
-            let admin_task = tokio::spawn(admin_socket::serve(admin, relay.clone(), manual_clock));
+            let test_log = manual_clock.is_some().then(|| access_log.clone());
+            let admin_task = tokio::spawn(admin_socket::serve(
+                admin,
+                relay.clone(),
+                manual_clock,
+                test_log,
+            ));
+            let sweeper_task = tokio::spawn(server::sweeper(
+                context.clone(),
+                sweep_interval_minutes * 60_000,
+            ));
             println!("medrelay listening on {local} (wss://{local}/v1/ws)");
             tracing::info!(%local, "listening");
             server::serve(listener, tls, context, shutdown_tx, shutdown_signal()).await;
             admin_task.abort();
+            sweeper_task.abort();
             if let Err(error) = access_log.seal(clock.now_ms()) {
                 tracing::error!(%error, "could not seal the access log");
             }
@@ -325,7 +399,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `medrelay audit ...`: offline, on a stopped server's data directory.
 async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     let data_dir = match &command {
-        AuditCommand::Verify { data } | AuditCommand::Export { data, .. } => DataDir::new(data),
+        AuditCommand::Verify { data, master_key }
+        | AuditCommand::Export {
+            data, master_key, ..
+        } => DataDir::new(data).with_master_key(master_key.clone()),
     };
     if !data_dir.db().exists() {
         bail!(
@@ -333,11 +410,18 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             data_dir.root().display()
         );
     }
-    let store = SledStore::open(&data_dir.db())?;
+    if !data_dir.keyring().exists() {
+        bail!(
+            "{} has no keyring; it is not a medrelay data directory",
+            data_dir.root().display()
+        );
+    }
+    let keyring = Arc::new(data_dir.open_keyring()?);
+    let store = SledStore::open(&data_dir.db(), keyring)?;
     match command {
         AuditCommand::Verify { .. } => {
             let public_key = access_log::load_public_key(data_dir.root())?;
-            match access_log::verify(store.database(), &public_key) {
+            match access_log::verify(store.database(), store.codec(), &public_key) {
                 Ok(verified) => {
                     println!("{}", serde_json::to_string(&verified)?);
                     Ok(())
@@ -366,7 +450,7 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     "seq,at_ms,org,user,device,role,action,objects,outcome,source,hash"
                 )?;
             }
-            for entry in access_log::entries(store.database())? {
+            for entry in access_log::entries(store.database(), store.codec())? {
                 let body = &entry.body;
                 let keep = since_ms.is_none_or(|s| body.at_ms >= s)
                     && until_ms.is_none_or(|u| body.at_ms < u)
@@ -405,6 +489,37 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                         hex::encode(entry.hash)
                     )?,
                 }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `medrelay archive ...`: offline, on the privacy officer's machine.
+fn archive(command: ArchiveCommand) -> anyhow::Result<()> {
+    match command {
+        ArchiveCommand::Keygen { out } => {
+            let public = medrelay_server::archive::keygen(&out)?;
+            println!(
+                "{}",
+                serde_json::json!({ "public_key": public, "secret_key_file": out.display().to_string() })
+            );
+            eprintln!(
+                "medrelay: the archive secret key is in {}; keep it offline. Enable the archive \
+                 with: medrelay-client admin archive enable --public-key {public}",
+                out.display()
+            );
+            Ok(())
+        }
+        ArchiveCommand::Open { key, input } => {
+            let mut out = std::io::stdout().lock();
+            let report = medrelay_server::archive::open_export(&key, &input, &mut out)?;
+            eprintln!(
+                "medrelay: opened {} archived messages ({} could not be opened)",
+                report.opened, report.failed
+            );
+            if report.failed > 0 {
+                bail!("{} archived messages could not be opened", report.failed);
             }
             Ok(())
         }

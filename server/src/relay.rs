@@ -22,9 +22,9 @@ use crate::clock::Clock;
 use crate::limits;
 use crate::permissions;
 use crate::store::{
-    CareRecord, ConsentRecord, ConversationRecord, DeviceRecord, EnvelopeRecord, InviteKindRecord,
-    InviteRecord, LockoutRecord, MailboxItem, OrgPolicy, OrgRecord, SendRecord, Store, StoreError,
-    StoreSendOutcome, UserRecord,
+    ArchiveItemRecord, CareRecord, ConsentRecord, ConversationRecord, DeviceRecord, EnvelopeRecord,
+    InviteKindRecord, InviteRecord, LockoutRecord, MailboxItem, OrgPolicy, OrgRecord, SendRecord,
+    Store, StoreError, StoreSendOutcome, UserRecord,
 };
 
 /// An authenticated device: who is asking. Only [`Relay::authenticate`] and
@@ -1087,6 +1087,31 @@ impl Relay {
             message_id: MessageId::random(&mut rand::rngs::OsRng),
             server_time_ms: self.clock.now_ms(),
         };
+        let archives = self.archive_key(&who.org)?.is_some();
+        let archive = match (&input.archive_item, archives) {
+            (Some(sealed), true) => Some(ArchiveItemRecord {
+                message_id: record.message_id,
+                conversation: conversation.id,
+                sender_user: who.user,
+                sender_device: who.device,
+                server_time_ms: record.server_time_ms,
+                sealed: sealed.to_vec(),
+            }),
+            (None, false) => None,
+            (None, true) => {
+                return Err(WireError::new(
+                    ErrorCode::ArchiveRequired,
+                    "this organisation archives every message: seal it to the archive key as \
+                     well (reconnect to learn the key), then resend",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(WireError::new(
+                    ErrorCode::Malformed,
+                    "this organisation does not archive messages: send no archive item",
+                ))
+            }
+        };
         let recipients: Vec<DeviceId> = expected.into_iter().collect();
         let envelopes = input
             .envelopes
@@ -1107,7 +1132,14 @@ impl Relay {
             .collect();
         let outcome = self
             .store
-            .store_send(&who.device, &input.client_message_id, &record, envelopes)
+            .store_send(
+                &who.org,
+                &who.device,
+                &input.client_message_id,
+                &record,
+                envelopes,
+                archive,
+            )
             .map_err(internal)?;
         Ok(match outcome {
             StoreSendOutcome::Stored(record) => SendOutcome {

@@ -41,6 +41,8 @@ pub struct Context {
     pub limits: Limiters,
     /// Where every decision goes.
     pub audit: Arc<dyn AuditSink>,
+    /// How long the access log keeps entries, in days.
+    pub audit_days: u32,
 }
 
 /// The server's rate limiters.
@@ -65,10 +67,76 @@ impl Default for Limiters {
 }
 
 impl Context {
-    /// Records one decision through the audit seam.
+    /// Records one event of the server's own (not a request's) through the audit seam.
     pub fn record(&self, event: AuditEvent) {
         if let Err(error) = self.audit.record(&event) {
             tracing::error!(%error, "audit event lost");
+        }
+    }
+
+    /// Runs one retention sweep and records what it did, in counts, in the access log.
+    pub async fn sweep(
+        &self,
+        store: &Arc<dyn crate::store::Store>,
+        now_ms: u64,
+    ) -> Result<medrelay_proto::SweepReport, String> {
+        let result = crate::retention::sweep(store, &*self.audit, now_ms, self.audit_days).await;
+        let (objects, outcome) = match &result {
+            Ok(report) => (
+                vec![
+                    format!("envelopes_deleted={}", report.envelopes_deleted),
+                    format!("archive_items_deleted={}", report.archive_items_deleted),
+                    format!(
+                        "access_log_entries_deleted={}",
+                        report.access_log_entries_deleted
+                    ),
+                    format!("keys_shredded={}", report.keys_shredded),
+                    format!("kept_by_hold={}", report.kept_by_hold),
+                ],
+                crate::audit::Outcome::Allowed,
+            ),
+            Err(_) => (
+                Vec::new(),
+                crate::audit::Outcome::Denied(medrelay_proto::ErrorCode::Internal),
+            ),
+        };
+        self.audit
+            .record(&AuditEvent {
+                at_ms: now_ms,
+                actor: None,
+                action: "retention_sweep",
+                objects,
+                outcome,
+                source: IpAddr::from([127, 0, 0, 1]),
+            })
+            .map_err(|e| e.to_string())?;
+        if let Ok(report) = &result {
+            tracing::info!(?report, "retention sweep");
+        }
+        result
+    }
+}
+
+/// Runs the retention sweeper until `shutdown` flips: a sweep whenever `interval_ms` of the
+/// server's clock (which tests drive) has passed since the last one.
+pub async fn sweeper(context: Arc<Context>, interval_ms: u64) {
+    let mut shutdown = context.shutdown.clone();
+    let mut last = context.clock.now_ms();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = context.clock.now_ms();
+        if now.saturating_sub(last) < interval_ms {
+            continue;
+        }
+        last = now;
+        let store = context.relay.store().clone();
+        if let Err(error) = context.sweep(&store, now).await {
+            tracing::error!(%error, "retention sweep failed; the next one retries");
         }
     }
 }

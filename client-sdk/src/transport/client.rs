@@ -9,13 +9,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use medrelay_proto::limits::MAX_ACK_IDS;
 use medrelay_proto::{
-    auth_transcript, enroll_transcript, AckRequest, AuthOk, AuthProof, Binding, Bytes,
-    ChannelBinding, ClientMessageId, ClientRequest, ConsentText, Conversation, ConversationId,
-    CredentialsSetup, DeviceId, DeviceInfo, DeviceLabel, EnrollRequest, Envelope, ErrorCode,
-    Handle, Identity, InviteCode, InviteCreated, InviteSpec, ListConversations, MessageId,
-    OpenConversation, Password, Permission, Policy, Reason, Role, RoleAllowList, SecondFactor,
-    SendRequest, ServerMessage, Signature, Team, TeamId, TeamName, UploadPrekeys, UserId, UserInfo,
-    WireError,
+    auth_transcript, enroll_transcript, AccessLogFilter, AccessLogPage, AccessLogStatus,
+    AckRequest, ArchivePage, AuthOk, AuthProof, Binding, Bytes, ChannelBinding, ClientMessageId,
+    ClientRequest, ConsentText, Conversation, ConversationId, CredentialsSetup, DeviceId,
+    DeviceInfo, DeviceLabel, EnrollRequest, Envelope, ErrorCode, Handle, Identity, InviteCode,
+    InviteCreated, InviteSpec, ListConversations, MessageId, OpenConversation, Password,
+    Permission, Policy, Reason, Retention, Role, RoleAllowList, SecondFactor, SendRequest,
+    ServerMessage, Signature, SweepReport, Team, TeamId, TeamName, UploadPrekeys, UserId, UserInfo,
+    WireError, X25519PublicKey,
 };
 use rand_core::{OsRng, RngCore};
 
@@ -757,6 +758,96 @@ impl<K: KeyStore> Client<K> {
         }
     }
 
+    /// The org's retention settings, legal holds and archive key.
+    pub async fn get_retention(&mut self) -> Result<Retention, TransportError> {
+        match self.request(ClientRequest::GetRetention).await? {
+            ServerMessage::Retention(retention) => Ok(retention),
+            other => Err(unexpected("retention", &other)),
+        }
+    }
+
+    /// Sets how long undelivered mail and the org archive are kept, and the org-wide hold.
+    pub async fn set_retention(
+        &mut self,
+        mail_days: u32,
+        archive_days: u32,
+        legal_hold: bool,
+    ) -> Result<(), TransportError> {
+        let request = ClientRequest::SetRetention {
+            mail_days,
+            archive_days,
+            legal_hold,
+        };
+        self.done(request, true).await
+    }
+
+    /// Places (`held`) or lifts a legal hold on one conversation.
+    pub async fn set_hold(
+        &mut self,
+        conversation_id: ConversationId,
+        held: bool,
+    ) -> Result<(), TransportError> {
+        let request = ClientRequest::SetHold {
+            conversation_id,
+            held,
+        };
+        self.done(request, true).await
+    }
+
+    /// Enables the org archive with this public key (from `medrelay archive keygen` on the
+    /// privacy officer's machine), or disables it with `None`.
+    pub async fn set_archive_key(
+        &mut self,
+        public_key: Option<X25519PublicKey>,
+    ) -> Result<(), TransportError> {
+        self.done(ClientRequest::SetArchiveKey { public_key }, true)
+            .await
+    }
+
+    /// One page of the org archive after `after_seq`, of items stored at or after `since_ms`.
+    pub async fn export_archive(
+        &mut self,
+        since_ms: u64,
+        after_seq: u64,
+    ) -> Result<ArchivePage, TransportError> {
+        let request = ClientRequest::ExportArchive {
+            since_ms,
+            after_seq,
+            limit: u32::try_from(medrelay_proto::limits::MAX_ARCHIVE_PAGE).unwrap_or(u32::MAX),
+        };
+        match self.request(request).await? {
+            ServerMessage::ArchivePage(page) => Ok(page),
+            other => Err(unexpected("archive_page", &other)),
+        }
+    }
+
+    /// Runs the retention sweeper now.
+    pub async fn run_sweep(&mut self) -> Result<SweepReport, TransportError> {
+        match self.request(ClientRequest::RunSweep).await? {
+            ServerMessage::SweepReport(report) => Ok(report),
+            other => Err(unexpected("sweep_report", &other)),
+        }
+    }
+
+    /// Verifies the access log's chain and signed checkpoints on the server now.
+    pub async fn verify_access_log(&mut self) -> Result<AccessLogStatus, TransportError> {
+        match self.request(ClientRequest::VerifyAccessLog).await? {
+            ServerMessage::AccessLogStatus(status) => Ok(status),
+            other => Err(unexpected("access_log_status", &other)),
+        }
+    }
+
+    /// One page of the org's access-log entries matching `filter`.
+    pub async fn export_access_log(
+        &mut self,
+        filter: AccessLogFilter,
+    ) -> Result<AccessLogPage, TransportError> {
+        match self.request(ClientRequest::ExportAccessLog(filter)).await? {
+            ServerMessage::AccessLogPage(page) => Ok(page),
+            other => Err(unexpected("access_log_page", &other)),
+        }
+    }
+
     /// Sets the staff and admin session timeouts (idle 1 s to 24 h; lifetime from the idle
     /// timeout to 7 days).
     pub async fn set_session_policy(
@@ -945,18 +1036,19 @@ impl<K: KeyStore> Client<K> {
             padding: Bytes::new(),
         };
         let plaintext = content::encode_padded(&content, &mut OsRng);
-        drop(content);
         let mut conversation = self.conversation(conversation_id).await?;
         let mut retries = 0u32;
+        let mut archive_refreshed = false;
         loop {
             let envelopes = self
                 .encrypt_for(&conversation, plaintext.expose_secret())
                 .await?;
+            let archive_item = self.archive_item(&content)?;
             let request = ClientRequest::Send(SendRequest {
                 conversation_id,
                 client_message_id,
                 envelopes,
-                archive_item: None,
+                archive_item,
             });
             match self.request(request).await {
                 Ok(ServerMessage::SendAccepted(accepted)) => {
@@ -969,6 +1061,16 @@ impl<K: KeyStore> Client<K> {
                     })
                 }
                 Ok(other) => return Err(unexpected("send_accepted", &other)),
+                Err(TransportError::Server(error))
+                    if error.code == ErrorCode::ArchiveRequired && !archive_refreshed =>
+                {
+                    // The org's archive key changed since this connection authenticated:
+                    // reconnect to learn it, then send again (same client message id).
+                    tracing::info!("the org archives messages now; reconnecting to learn its key");
+                    self.disconnect();
+                    self.ensure_connected().await?;
+                    archive_refreshed = true;
+                }
                 Err(TransportError::Server(error)) => match plan::plan_mismatch(&error, retries) {
                     MismatchPlan::Retry { delete_sessions } => {
                         tracing::info!(
@@ -992,6 +1094,25 @@ impl<K: KeyStore> Client<K> {
                 Err(other) => return Err(other),
             }
         }
+    }
+
+    /// When the org archives (its key came with `AuthOk`), the message sealed to the archive
+    /// key as an `ArchiveRecord`: the privacy officer's offline key alone opens it.
+    fn archive_item(&self, content: &Content) -> Result<Option<Bytes>, TransportError> {
+        let Some(key) = self.auth_ok().and_then(|ok| ok.archive_public_key) else {
+            return Ok(None);
+        };
+        let record = medrelay_proto::e2e::ArchiveRecord {
+            conversation_id: content.conversation_id.clone(),
+            sender_user_id: Bytes::copy_from_slice(self.profile.user_id.as_bytes()),
+            sender_device_id: Bytes::copy_from_slice(self.profile.device_id.as_bytes()),
+            content: Some(content.clone()),
+        };
+        let plain = zeroize::Zeroizing::new(prost::Message::encode_to_vec(&record));
+        let sealed = crate::sealed_box::seal(key.as_bytes(), &plain, &mut OsRng).map_err(|e| {
+            TransportError::Crypto(format!("could not seal to the archive key: {e}"))
+        })?;
+        Ok(Some(Bytes::from(sealed)))
     }
 
     /// Encrypts `plaintext` once per recipient device of `conversation`, starting missing

@@ -1,41 +1,164 @@
-//! How records become bytes on disk: one version byte, then the record in postcard.
+//! How records become bytes on disk: versioned, then sealed under a data key.
 //!
-//! Every value the store writes goes through [`encode`] and every value it reads through
-//! [`decode`], so encryption at rest (per-epoch keys) has exactly one place to go.
+//! Every value the store writes goes through [`Codec::seal`] and every value it reads through
+//! [`Codec::open`]. A sealed value is
+//! `[RECORD_VERSION] || key id (u32, big-endian) || nonce (24 bytes) || XChaCha20-Poly1305(
+//! postcard(record))`, with the record's kind, the key id and the row's key as associated
+//! data: a value copied under another row, or into another kind of record, fails to open. The
+//! key id in the clear lets the retention sweeper see a value's epoch without opening it.
+//!
+//! Version 1 was the same record in postcard without encryption; [`decode_legacy`] reads it
+//! only to migrate a data directory written by an earlier release.
 
+use std::sync::Arc;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use super::StoreError;
+use crate::keyring::{KeyId, Keyring, Scope};
 
-/// The record format version written today.
-pub const RECORD_VERSION: u8 = 1;
+/// The record format version written today (sealed).
+pub const RECORD_VERSION: u8 = 2;
+/// The unencrypted format of earlier releases, read only by the migration.
+pub const LEGACY_VERSION: u8 = 1;
+const HEADER: usize = 1 + 4 + 24;
+const AAD_LABEL: &[u8] = b"medrelay-record-v2\0";
 
-/// Encodes a record as `[RECORD_VERSION] || postcard(record)`.
-pub fn encode<T: Serialize>(kind: &'static str, record: &T) -> Result<Vec<u8>, StoreError> {
-    let out = vec![RECORD_VERSION];
-    postcard::to_extend(record, out).map_err(|e| StoreError::Corrupt {
-        kind,
-        reason: format!("could not encode: {e}"),
-    })
+/// Seals and opens records with the keyring's data keys.
+#[derive(Debug, Clone)]
+pub struct Codec {
+    keyring: Arc<Keyring>,
 }
 
-/// Decodes a record written by [`encode`], refusing unknown versions.
-pub fn decode<T: DeserializeOwned>(kind: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+fn aad(kind: &str, key_id: KeyId, row_key: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(AAD_LABEL.len() + kind.len() + 5 + row_key.len());
+    aad.extend_from_slice(AAD_LABEL);
+    aad.extend_from_slice(kind.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&key_id.to_be_bytes());
+    aad.extend_from_slice(row_key);
+    aad
+}
+
+/// The data key id a sealed value was written under, read from its header.
+pub fn key_id_of(bytes: &[u8]) -> Option<KeyId> {
+    match bytes {
+        [RECORD_VERSION, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+impl Codec {
+    /// A codec over this keyring.
+    pub fn new(keyring: Arc<Keyring>) -> Self {
+        Codec { keyring }
+    }
+
+    /// The keyring.
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    /// Encodes and seals a record stored under `row_key`, with the key of `scope`.
+    pub fn seal<T: Serialize>(
+        &self,
+        kind: &'static str,
+        scope: Scope,
+        row_key: &[u8],
+        record: &T,
+    ) -> Result<Vec<u8>, StoreError> {
+        let plain =
+            Zeroizing::new(
+                postcard::to_allocvec(record).map_err(|e| StoreError::Corrupt {
+                    kind,
+                    reason: format!("could not encode: {e}"),
+                })?,
+            );
+        let (key_id, key) = self
+            .keyring
+            .key_for(scope)
+            .map_err(|e| StoreError::Keyring(e.to_string()))?;
+        let mut nonce = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let sealed = XChaCha20Poly1305::new(key.as_slice().into())
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &aad(kind, key_id, row_key),
+                },
+            )
+            .map_err(|_| StoreError::Keyring("could not seal a record".to_owned()))?;
+        let mut out = Vec::with_capacity(HEADER + sealed.len());
+        out.push(RECORD_VERSION);
+        out.extend_from_slice(&key_id.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Opens a record sealed by [`Codec::seal`] under `row_key`.
+    pub fn open<T: DeserializeOwned>(
+        &self,
+        kind: &'static str,
+        row_key: &[u8],
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            kind,
+            reason: reason.to_owned(),
+        };
+        let Some(key_id) = key_id_of(bytes) else {
+            return Err(match bytes.first() {
+                None => corrupt("empty value"),
+                Some(&LEGACY_VERSION) => corrupt("unencrypted record left from an earlier release"),
+                Some(version) => corrupt(&format!("unknown record version {version}")),
+            });
+        };
+        let (nonce, sealed) = bytes
+            .get(5..)
+            .and_then(|rest| rest.split_at_checked(24))
+            .ok_or_else(|| corrupt("truncated value"))?;
+        let Some((_, key)) = self.keyring.key(key_id) else {
+            return Err(StoreError::Shredded { kind });
+        };
+        let plain = Zeroizing::new(
+            XChaCha20Poly1305::new(key.as_slice().into())
+                .decrypt(
+                    XNonce::from_slice(nonce),
+                    Payload {
+                        msg: sealed,
+                        aad: &aad(kind, key_id, row_key),
+                    },
+                )
+                .map_err(|_| {
+                    corrupt("does not authenticate (changed, or moved from another row)")
+                })?,
+        );
+        postcard::from_bytes(&plain).map_err(|e| corrupt(&format!("undecodable body: {e}")))
+    }
+}
+
+/// Decodes an unencrypted record of an earlier release (`[1] || postcard(record)`).
+pub fn decode_legacy<T: DeserializeOwned>(
+    kind: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, body)) => {
+        Some((&LEGACY_VERSION, body)) => {
             postcard::from_bytes(body).map_err(|e| StoreError::Corrupt {
                 kind,
                 reason: format!("undecodable body: {e}"),
             })
         }
-        Some((version, _)) => Err(StoreError::Corrupt {
+        _ => Err(StoreError::Corrupt {
             kind,
-            reason: format!("unknown record version {version}"),
-        }),
-        None => Err(StoreError::Corrupt {
-            kind,
-            reason: "empty value".to_owned(),
+            reason: "not a legacy record".to_owned(),
         }),
     }
 }
@@ -45,16 +168,72 @@ pub fn decode<T: DeserializeOwned>(kind: &'static str, bytes: &[u8]) -> Result<T
 mod tests {
     use super::*;
 
+    fn codec() -> (tempfile::TempDir, Codec) {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring =
+            Keyring::open(&dir.path().join("keyring"), &dir.path().join("master.key")).unwrap();
+        (dir, Codec::new(Arc::new(keyring)))
+    }
+
     #[test]
-    fn round_trip_and_version_checks() {
-        let bytes = encode("test", &(7u32, "x".to_owned())).unwrap();
-        assert_eq!(bytes.first(), Some(&RECORD_VERSION));
-        let back: (u32, String) = decode("test", &bytes).unwrap();
-        assert_eq!(back, (7, "x".to_owned()));
+    fn round_trip_binds_row_and_kind_and_refuses_tampering() {
+        let (_dir, codec) = codec();
+        let record = (7u32, "a marker".to_owned());
+        let bytes = codec
+            .seal("test", Scope::Standing, b"row", &record)
+            .unwrap();
+        assert_eq!(bytes[0], RECORD_VERSION);
+        assert!(
+            !bytes.windows(8).any(|w| w == b"a marker"),
+            "sealed, not plain"
+        );
+        let back: (u32, String) = codec.open("test", b"row", &bytes).unwrap();
+        assert_eq!(back, record);
+        assert!(codec
+            .open::<(u32, String)>("test", b"other row", &bytes)
+            .is_err());
+        assert!(codec
+            .open::<(u32, String)>("other", b"row", &bytes)
+            .is_err());
+        for i in 5..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[i] ^= 1;
+            assert!(codec
+                .open::<(u32, String)>("test", b"row", &flipped)
+                .is_err());
+        }
+        assert!(codec.open::<(u32, String)>("test", b"row", &[]).is_err());
+        assert!(codec
+            .open::<(u32, String)>("test", b"row", &bytes[..10])
+            .is_err());
         let mut future = bytes.clone();
         future[0] = 99;
-        assert!(decode::<(u32, String)>("test", &future).is_err());
-        assert!(decode::<(u32, String)>("test", &[]).is_err());
-        assert!(decode::<(u32, String)>("test", &[RECORD_VERSION, 0xff]).is_err());
+        assert!(codec
+            .open::<(u32, String)>("test", b"row", &future)
+            .is_err());
+    }
+
+    #[test]
+    fn a_shredded_key_leaves_the_record_unreadable() {
+        let (_dir, codec) = codec();
+        let org = medrelay_proto::OrgId::from([1; 16]);
+        let bytes = codec
+            .seal("test", Scope::Mail { org, day: 3 }, b"row", &1u8)
+            .unwrap();
+        let id = key_id_of(&bytes).unwrap();
+        assert_eq!(codec.keyring().shred(&[id]).unwrap(), 1);
+        assert!(matches!(
+            codec.open::<u8>("test", b"row", &bytes),
+            Err(StoreError::Shredded { .. })
+        ));
+    }
+
+    #[test]
+    fn legacy_records_decode_for_migration_only() {
+        let (_dir, codec) = codec();
+        let mut legacy = vec![LEGACY_VERSION];
+        legacy.extend(postcard::to_allocvec(&5u32).unwrap());
+        assert_eq!(decode_legacy::<u32>("test", &legacy).unwrap(), 5);
+        assert!(codec.open::<u32>("test", b"row", &legacy).is_err());
     }
 }

@@ -20,9 +20,10 @@ use medrelay_proto::{Handle, TeamId};
 
 pub use medrelay_proto::OneTimePrekey;
 pub use records::{
-    BreakGlassRecord, CareRecord, ConsentRecord, ConversationRecord, CredentialsRecord,
-    DeviceRecord, EnvelopeRecord, InviteKindRecord, InviteRecord, LockoutRecord, LoginSession,
-    OrgPolicy, OrgRecord, SendRecord, TeamRecord, UserRecord,
+    ArchiveItemRecord, BreakGlassRecord, CareRecord, ConsentRecord, ConversationRecord,
+    CredentialsRecord, DeviceRecord, EnvelopeRecord, HoldRecord, InviteKindRecord, InviteRecord,
+    LockoutRecord, LoginSession, OrgPolicy, OrgRecord, RetentionRecord, SendRecord, TeamRecord,
+    UserRecord,
 };
 
 /// Why a storage operation failed.
@@ -43,6 +44,15 @@ pub enum StoreError {
     /// The handle is taken in this org.
     #[error("that handle is already taken in this organisation")]
     HandleTaken,
+    /// A data key could not be created or used.
+    #[error("key store error: {0}")]
+    Keyring(String),
+    /// The record's key was destroyed by retention: it can never be read again.
+    #[error("a stored {kind} record is past retention and its key was destroyed")]
+    Shredded {
+        /// Which kind of record.
+        kind: &'static str,
+    },
     /// The flush that would make a write durable failed or storage stopped.
     #[error("could not make the write durable: {0}")]
     NotDurable(#[from] crate::group_commit::SyncError),
@@ -194,10 +204,12 @@ pub trait Store: Send + Sync + 'static {
     /// batch; or finds that this (sender device, client message id) was sent before.
     fn store_send(
         &self,
+        org: &OrgId,
         sender_device: &DeviceId,
         client_message_id: &ClientMessageId,
         send: &SendRecord,
         envelopes: Vec<(DeviceId, EnvelopeRecord)>,
+        archive: Option<ArchiveItemRecord>,
     ) -> Result<StoreSendOutcome, StoreError>;
     /// The earlier send of this (sender device, client message id), if there was one.
     fn sent(
@@ -215,4 +227,44 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<MailboxItem>, StoreError>;
     /// Deletes the device's copies of these messages; returns how many were deleted.
     fn ack(&self, device: &DeviceId, message_ids: &[MessageId]) -> Result<u32, StoreError>;
+
+    // ---- retention, legal hold, the org archive
+    /// The org's retention settings (the defaults if never set).
+    fn retention(&self, org: &OrgId) -> Result<RetentionRecord, StoreError>;
+    /// Replaces the org's retention settings.
+    fn put_retention(&self, org: &OrgId, retention: &RetentionRecord) -> Result<(), StoreError>;
+    /// The org's conversation holds.
+    fn holds(&self, org: &OrgId) -> Result<Vec<HoldRecord>, StoreError>;
+    /// Places a hold on a conversation.
+    fn put_hold(&self, org: &OrgId, hold: &HoldRecord) -> Result<(), StoreError>;
+    /// Lifts a hold; returns whether there was one.
+    fn remove_hold(&self, org: &OrgId, conversation: &ConversationId) -> Result<bool, StoreError>;
+    /// Up to `limit` archive items of the org after position `after`, stored at or after
+    /// `since_ms`, oldest first.
+    fn archive_after(
+        &self,
+        org: &OrgId,
+        after: u64,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, ArchiveItemRecord)>, StoreError>;
+    /// Deletes what is past retention at `now_ms` (mail and archive, each org by its own
+    /// settings and holds) and returns the counts and the epoch keys nothing needs any more.
+    /// Deletion is applied but not yet durable: [`Store::sync`], then [`Store::shred`].
+    fn expire(&self, now_ms: u64) -> Result<Expired, StoreError>;
+    /// Destroys epoch keys (crypto-shredding); returns how many.
+    fn shred(&self, keys: &[crate::keyring::KeyId]) -> Result<u64, StoreError>;
+}
+
+/// What [`Store::expire`] deleted, and the keys it left unneeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Envelopes deleted.
+    pub envelopes: u64,
+    /// Archive items deleted.
+    pub archive_items: u64,
+    /// Records past retention kept by a legal hold.
+    pub kept_by_hold: u64,
+    /// Epoch keys past retention that no record still needs.
+    pub unneeded_keys: Vec<crate::keyring::KeyId>,
 }

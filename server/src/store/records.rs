@@ -253,3 +253,60 @@ pub struct BreakGlassRecord {
     /// When it ends by itself.
     pub expires_ms: u64,
 }
+
+/// An org's retention settings and archive key (the defaults until an admin changes them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionRecord {
+    /// How long an undelivered envelope waits, in days.
+    pub mail_days: u32,
+    /// How long the org archive keeps an item, in days.
+    pub archive_days: u32,
+    /// Org-wide legal hold: nothing of the org expires while set.
+    pub legal_hold: bool,
+    /// The org archive's X25519 public key, when the org archives.
+    pub archive_public_key: Option<[u8; 32]>,
+}
+
+/// Undelivered mail waits 30 days by default.
+pub const DEFAULT_MAIL_DAYS: u32 = 30;
+/// The archive keeps six years by default (HIPAA's documentation retention, 45 CFR 164.316).
+pub const DEFAULT_ARCHIVE_DAYS: u32 = 6 * 365;
+
+impl Default for RetentionRecord {
+    fn default() -> Self {
+        RetentionRecord {
+            mail_days: DEFAULT_MAIL_DAYS,
+            archive_days: DEFAULT_ARCHIVE_DAYS,
+            legal_hold: false,
+            archive_public_key: None,
+        }
+    }
+}
+
+/// A legal hold on one conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRecord {
+    /// The conversation held.
+    pub conversation: ConversationId,
+    /// Who placed it.
+    pub placed_by: UserId,
+    /// When.
+    pub placed_ms: u64,
+}
+
+/// One message of the org archive: sealed by the sender's client to the org's archive key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveItemRecord {
+    /// The message's server id.
+    pub message_id: MessageId,
+    /// Its conversation.
+    pub conversation: ConversationId,
+    /// Who sent it.
+    pub sender_user: UserId,
+    /// From which device.
+    pub sender_device: DeviceId,
+    /// When the server accepted it.
+    pub server_time_ms: u64,
+    /// The sealed box. Opaque to the server: only the privacy officer's offline key opens it.
+    pub sealed: Vec<u8>,
+}

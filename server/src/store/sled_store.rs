@@ -19,18 +19,23 @@ use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Db, Transactional, Tree};
 
-use super::codec::{decode, encode};
+use super::codec::key_id_of;
+use super::codec::{decode_legacy, Codec, LEGACY_VERSION};
 use super::{
-    BreakGlassRecord, CareRecord, ConversationRecord, DeviceRecord, EnvelopeRecord, InviteRecord,
-    MailboxItem, OneTimePrekey, OrgRecord, SendRecord, Store, StoreError, StoreSendOutcome,
-    SyncFuture, TeamRecord, UserRecord,
+    ArchiveItemRecord, BreakGlassRecord, CareRecord, ConversationRecord, DeviceRecord,
+    EnvelopeRecord, Expired, HoldRecord, InviteRecord, MailboxItem, OneTimePrekey, OrgRecord,
+    RetentionRecord, SendRecord, Store, StoreError, StoreSendOutcome, SyncFuture, TeamRecord,
+    UserRecord,
 };
 use crate::group_commit::{CommitStats, Flush, GroupCommit};
+use crate::keyring::{day_of, KeyId, Keyring, Scope};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// The sled database and its trees.
 #[derive(Debug)]
 pub struct SledStore {
     db: Db,
+    codec: Codec,
     commit: Arc<GroupCommit>,
     orgs: Tree,
     invites: Tree,
@@ -50,6 +55,9 @@ pub struct SledStore {
     care: Tree,
     break_glass: Tree,
     patient_conversations: Tree,
+    retention: Tree,
+    holds: Tree,
+    archive: Tree,
 }
 
 struct DbFlush(Db);
@@ -93,20 +101,19 @@ fn key2(a: &[u8], b: &[u8]) -> Vec<u8> {
 type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// One-time prekeys as `(device || id, record)` rows.
-fn encode_prekeys(device: &DeviceId, prekeys: &[OneTimePrekey]) -> Result<Rows, StoreError> {
+fn encode_prekeys(
+    codec: &Codec,
+    device: &DeviceId,
+    prekeys: &[OneTimePrekey],
+) -> Result<Rows, StoreError> {
     prekeys
         .iter()
         .map(|p| {
-            Ok((
-                key2(device.as_bytes(), &p.id.to_be_bytes()),
-                encode("prekey", p)?,
-            ))
+            let key = key2(device.as_bytes(), &p.id.to_be_bytes());
+            let value = codec.seal("prekey", Scope::Standing, &key, p)?;
+            Ok((key, value))
         })
         .collect()
-}
-
-fn handle_key(org: &OrgId, handle: &Handle) -> Vec<u8> {
-    key2(org.as_bytes(), handle.as_str().as_bytes())
 }
 
 /// The key under which the conversation of exactly these (sorted) members is indexed.
@@ -126,11 +133,19 @@ fn id_suffix<const N: usize>(key: &[u8], prefix: usize) -> Option<[u8; N]> {
 const META_INITIALISED: &[u8] = b"initialised";
 /// The meta key holding the default org's id.
 const META_DEFAULT_ORG: &[u8] = b"default-org";
+/// The meta key holding the storage format: absent in databases of the unencrypted release.
+const META_FORMAT: &[u8] = b"format";
+/// The org a migrated record is filed under when its own org can no longer be found.
+fn unknown_org() -> OrgId {
+    OrgId::from([0; 16])
+}
+/// The storage format written today: every record sealed, handles indexed by keyed hash.
+const FORMAT_SEALED: u8 = 2;
 
 impl SledStore {
     /// Opens (creating if needed) the database at `path` and starts its flusher.
     /// Must be called inside a tokio runtime.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub fn open(path: &Path, keyring: Arc<Keyring>) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
@@ -146,7 +161,8 @@ impl SledStore {
                 other => db_error(other),
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(db_error);
-        Ok(SledStore {
+        let store = SledStore {
+            codec: Codec::new(keyring),
             commit: GroupCommit::start(Arc::new(DbFlush(db.clone()))),
             orgs: tree("orgs")?,
             invites: tree("invites")?,
@@ -166,8 +182,104 @@ impl SledStore {
             care: tree("care")?,
             break_glass: tree("break_glass")?,
             patient_conversations: tree("patient_conversations")?,
+            retention: tree("retention")?,
+            holds: tree("holds")?,
+            archive: tree("archive")?,
             db,
-        })
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Brings a database of an earlier release to today's format, once: seals every record
+    /// that was stored unencrypted and re-keys the handle index by keyed hash.
+    fn migrate(&self) -> Result<(), StoreError> {
+        let format = self.meta.get(META_FORMAT).map_err(db_error)?;
+        if format.as_deref() == Some(&[FORMAT_SEALED][..]) {
+            return Ok(());
+        }
+        if self.is_initialised()? {
+            tracing::info!("migrating the database to sealed records; this runs once");
+            self.reseal::<OrgRecord>(&self.orgs, "org")?;
+            self.reseal::<InviteRecord>(&self.invites, "invite")?;
+            self.reseal::<UserRecord>(&self.users, "user")?;
+            self.reseal::<DeviceRecord>(&self.devices, "device")?;
+            self.reseal::<OneTimePrekey>(&self.one_time_prekeys, "prekey")?;
+            self.reseal::<ConversationRecord>(&self.conversations, "conversation")?;
+            self.reseal::<TeamRecord>(&self.teams, "team")?;
+            self.reseal::<CareRecord>(&self.care, "care")?;
+            self.reseal::<BreakGlassRecord>(&self.break_glass, "break_glass")?;
+            for entry in self.mailbox.iter() {
+                let (key, value) = entry.map_err(db_error)?;
+                if value.first() != Some(&LEGACY_VERSION) {
+                    continue;
+                }
+                let envelope: EnvelopeRecord = decode_legacy("envelope", &value)?;
+                let org = self
+                    .conversation(&envelope.conversation)?
+                    .map_or(unknown_org(), |c| c.org);
+                let scope = Scope::Mail {
+                    org,
+                    day: day_of(envelope.server_time_ms),
+                };
+                let sealed = self.codec.seal("envelope", scope, &key, &envelope)?;
+                self.mailbox.insert(key, sealed).map_err(db_error)?;
+            }
+            for entry in self.sent.iter() {
+                let (key, value) = entry.map_err(db_error)?;
+                if value.first() != Some(&LEGACY_VERSION) {
+                    continue;
+                }
+                let send: SendRecord = decode_legacy("send", &value)?;
+                let org = match id_suffix::<16>(&key, 0) {
+                    Some(device) => self
+                        .device(&DeviceId::from(device))?
+                        .map_or(unknown_org(), |d| d.org),
+                    None => unknown_org(),
+                };
+                let scope = Scope::Mail {
+                    org,
+                    day: day_of(send.server_time_ms),
+                };
+                let sealed = self.codec.seal("send", scope, &key, &send)?;
+                self.sent.insert(key, sealed).map_err(db_error)?;
+            }
+            self.handles.clear().map_err(db_error)?;
+            for user in self.scan::<UserRecord>(&self.users, "user", &[])? {
+                self.handles
+                    .insert(
+                        self.handle_key(&user.org, &user.handle)?,
+                        user.id.as_bytes().as_slice(),
+                    )
+                    .map_err(db_error)?;
+            }
+        }
+        self.meta
+            .insert(META_FORMAT, &[FORMAT_SEALED][..])
+            .map_err(db_error)?;
+        self.db.flush().map_err(db_error)?;
+        Ok(())
+    }
+
+    fn reseal<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        tree: &Tree,
+        kind: &'static str,
+    ) -> Result<(), StoreError> {
+        for entry in tree.iter() {
+            let (key, value) = entry.map_err(db_error)?;
+            if value.first() == Some(&LEGACY_VERSION) {
+                let record: T = decode_legacy(kind, &value)?;
+                tree.insert(&key, self.seal(kind, &key, &record)?)
+                    .map_err(db_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The codec sealing every value (the access log seals its entries with it too).
+    pub fn codec(&self) -> &Codec {
+        &self.codec
     }
 
     /// The underlying database (for the access log, which keeps its own trees).
@@ -221,26 +333,73 @@ impl SledStore {
             .ok_or_else(|| corrupt("index points at a missing conversation".to_owned()))
     }
 
+    /// Seals a record that lives as long as what it describes (the standing key).
+    fn seal<T: serde::Serialize>(
+        &self,
+        kind: &'static str,
+        key: &[u8],
+        record: &T,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.codec.seal(kind, Scope::Standing, key, record)
+    }
+
+    fn unseal<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &'static str,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        self.codec.open(kind, key, bytes)
+    }
+
     fn put<T: serde::Serialize>(
+        &self,
         tree: &Tree,
         kind: &'static str,
         key: impl AsRef<[u8]>,
         record: &T,
     ) -> Result<(), StoreError> {
-        tree.insert(key.as_ref(), encode(kind, record)?)
+        let key = key.as_ref();
+        tree.insert(key, self.seal(kind, key, record)?)
             .map_err(db_error)?;
         Ok(())
     }
 
     fn get<T: serde::de::DeserializeOwned>(
+        &self,
         tree: &Tree,
         kind: &'static str,
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
         match tree.get(key).map_err(db_error)? {
-            Some(bytes) => decode(kind, &bytes).map(Some),
+            Some(bytes) => self.unseal(kind, key, &bytes).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Every record of a tree (or of one prefix of it), opened.
+    fn scan<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &Tree,
+        kind: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<T>, StoreError> {
+        tree.scan_prefix(prefix)
+            .map(|entry| {
+                let (key, value) = entry.map_err(db_error)?;
+                self.unseal(kind, &key, &value)
+            })
+            .collect()
+    }
+
+    /// The index key of a handle in an org: a keyed hash, so no handle lies in clear on disk.
+    fn handle_key(&self, org: &OrgId, handle: &Handle) -> Result<Vec<u8>, StoreError> {
+        let mac = self
+            .codec
+            .keyring()
+            .index_mac(&key2(org.as_bytes(), handle.as_str().as_bytes()))
+            .map_err(|e| StoreError::Keyring(e.to_string()))?;
+        Ok(key2(org.as_bytes(), &mac))
     }
 }
 
@@ -250,28 +409,24 @@ impl Store for SledStore {
     }
 
     fn put_org(&self, org: &OrgRecord) -> Result<(), StoreError> {
-        Self::put(&self.orgs, "org", org.id.as_bytes(), org)
+        self.put(&self.orgs, "org", org.id.as_bytes(), org)
     }
 
     fn org(&self, id: &OrgId) -> Result<Option<OrgRecord>, StoreError> {
-        Self::get(&self.orgs, "org", id.as_bytes())
+        self.get(&self.orgs, "org", id.as_bytes())
     }
 
     fn orgs(&self) -> Result<Vec<OrgRecord>, StoreError> {
-        self.orgs
-            .iter()
-            .values()
-            .map(|v| decode("org", &v.map_err(db_error)?))
-            .collect()
+        self.scan(&self.orgs, "org", &[])
     }
 
     fn put_invite(&self, code_hash: &[u8; 32], invite: &InviteRecord) -> Result<(), StoreError> {
-        Self::put(&self.invites, "invite", code_hash, invite)
+        self.put(&self.invites, "invite", code_hash, invite)
     }
 
     fn take_invite(&self, code_hash: &[u8; 32]) -> Result<Option<InviteRecord>, StoreError> {
         match self.invites.remove(code_hash).map_err(db_error)? {
-            Some(bytes) => decode("invite", &bytes).map(Some),
+            Some(bytes) => self.unseal("invite", code_hash, &bytes).map(Some),
             None => Ok(None),
         }
     }
@@ -290,10 +445,10 @@ impl Store for SledStore {
         device: &DeviceRecord,
         one_time_prekeys: &[OneTimePrekey],
     ) -> Result<(), StoreError> {
-        let user_bytes = encode("user", user)?;
-        let device_bytes = encode("device", device)?;
-        let prekeys = encode_prekeys(&device.id, one_time_prekeys)?;
-        let handle = handle_key(&user.org, &user.handle);
+        let user_bytes = self.seal("user", user.id.as_bytes(), user)?;
+        let device_bytes = self.seal("device", device.id.as_bytes(), device)?;
+        let prekeys = encode_prekeys(&self.codec, &device.id, one_time_prekeys)?;
+        let handle = self.handle_key(&user.org, &user.handle)?;
         (
             &self.handles,
             &self.users,
@@ -322,8 +477,8 @@ impl Store for SledStore {
         device: &DeviceRecord,
         one_time_prekeys: &[OneTimePrekey],
     ) -> Result<(), StoreError> {
-        let device_bytes = encode("device", device)?;
-        let prekeys = encode_prekeys(&device.id, one_time_prekeys)?;
+        let device_bytes = self.seal("device", device.id.as_bytes(), device)?;
+        let prekeys = encode_prekeys(&self.codec, &device.id, one_time_prekeys)?;
         (&self.devices, &self.user_devices, &self.one_time_prekeys)
             .transaction(|(devices, user_devices, otpks)| {
                 devices.insert(device.id.as_bytes().as_slice(), device_bytes.as_slice())?;
@@ -337,11 +492,11 @@ impl Store for SledStore {
     }
 
     fn put_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
-        Self::put(&self.devices, "device", device.id.as_bytes(), device)
+        self.put(&self.devices, "device", device.id.as_bytes(), device)
     }
 
     fn user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
-        Self::get(&self.users, "user", id.as_bytes())
+        self.get(&self.users, "user", id.as_bytes())
     }
 
     fn user_by_handle(
@@ -351,7 +506,7 @@ impl Store for SledStore {
     ) -> Result<Option<UserRecord>, StoreError> {
         match self
             .handles
-            .get(handle_key(org, handle))
+            .get(self.handle_key(org, handle)?)
             .map_err(db_error)?
         {
             Some(id) => {
@@ -366,7 +521,7 @@ impl Store for SledStore {
     }
 
     fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        Self::get(&self.devices, "device", id.as_bytes())
+        self.get(&self.devices, "device", id.as_bytes())
     }
 
     fn active_devices(&self, user: &UserId) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -387,17 +542,12 @@ impl Store for SledStore {
     }
 
     fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        Self::put(&self.users, "user", user.id.as_bytes(), user)
+        self.put(&self.users, "user", user.id.as_bytes(), user)
     }
 
     fn org_users(&self, org: &OrgId) -> Result<Vec<UserRecord>, StoreError> {
-        let mut users = Vec::new();
-        for value in self.users.iter().values() {
-            let user: UserRecord = decode("user", &value.map_err(db_error)?)?;
-            if user.org == *org {
-                users.push(user);
-            }
-        }
+        let mut users: Vec<UserRecord> = self.scan(&self.users, "user", &[])?;
+        users.retain(|user| user.org == *org);
         Ok(users)
     }
 
@@ -422,7 +572,7 @@ impl Store for SledStore {
         };
         record.revoked = true;
         record.login = None;
-        let record_bytes = encode("device", &record)?;
+        let record_bytes = self.seal("device", device.as_bytes(), &record)?;
         let keys = |tree: &Tree| -> Result<Vec<sled::IVec>, StoreError> {
             tree.scan_prefix(device.as_bytes())
                 .keys()
@@ -455,44 +605,39 @@ impl Store for SledStore {
     }
 
     fn put_team(&self, team: &TeamRecord) -> Result<(), StoreError> {
-        self.teams
-            .insert(
-                key2(team.org.as_bytes(), team.id.as_bytes()),
-                encode("team", team)?,
-            )
-            .map_err(db_error)?;
-        Ok(())
+        self.put(
+            &self.teams,
+            "team",
+            key2(team.org.as_bytes(), team.id.as_bytes()),
+            team,
+        )
     }
 
     fn team(&self, org: &OrgId, id: &TeamId) -> Result<Option<TeamRecord>, StoreError> {
-        Self::get(&self.teams, "team", &key2(org.as_bytes(), id.as_bytes()))
+        self.get(&self.teams, "team", &key2(org.as_bytes(), id.as_bytes()))
     }
 
     fn org_teams(&self, org: &OrgId) -> Result<Vec<TeamRecord>, StoreError> {
-        self.teams
-            .scan_prefix(org.as_bytes())
-            .values()
-            .map(|v| decode("team", &v.map_err(db_error)?))
-            .collect()
+        self.scan(&self.teams, "team", org.as_bytes())
     }
 
     fn care(&self, org: &OrgId, patient: &UserId) -> Result<CareRecord, StoreError> {
-        Ok(Self::get(
-            &self.care,
-            "care",
-            &key2(org.as_bytes(), patient.as_bytes()),
-        )?
-        .unwrap_or_default())
+        Ok(self
+            .get(
+                &self.care,
+                "care",
+                &key2(org.as_bytes(), patient.as_bytes()),
+            )?
+            .unwrap_or_default())
     }
 
     fn put_care(&self, org: &OrgId, patient: &UserId, care: &CareRecord) -> Result<(), StoreError> {
-        self.care
-            .insert(
-                key2(org.as_bytes(), patient.as_bytes()),
-                encode("care", care)?,
-            )
-            .map_err(db_error)?;
-        Ok(())
+        self.put(
+            &self.care,
+            "care",
+            key2(org.as_bytes(), patient.as_bytes()),
+            care,
+        )
     }
 
     fn put_break_glass(&self, org: &OrgId, grant: &BreakGlassRecord) -> Result<(), StoreError> {
@@ -502,7 +647,7 @@ impl Store for SledStore {
             grant.staff.as_bytes(),
         ]
         .concat();
-        Self::put(&self.break_glass, "break_glass", key, grant)
+        self.put(&self.break_glass, "break_glass", key, grant)
     }
 
     fn break_glass_for(
@@ -510,11 +655,11 @@ impl Store for SledStore {
         org: &OrgId,
         patient: &UserId,
     ) -> Result<Vec<BreakGlassRecord>, StoreError> {
-        self.break_glass
-            .scan_prefix(key2(org.as_bytes(), patient.as_bytes()))
-            .values()
-            .map(|v| decode("break_glass", &v.map_err(db_error)?))
-            .collect()
+        self.scan(
+            &self.break_glass,
+            "break_glass",
+            &key2(org.as_bytes(), patient.as_bytes()),
+        )
     }
 
     fn patient_conversation(
@@ -532,7 +677,7 @@ impl Store for SledStore {
             patient: Some(*patient),
             created_ms: now_ms,
         };
-        let record_bytes = encode("conversation", &record)?;
+        let record_bytes = self.seal("conversation", record.id.as_bytes(), &record)?;
         let existing = (&self.patient_conversations, &self.conversations)
             .transaction(|(index, conversations)| {
                 if let Some(id) = index.get(&index_key)? {
@@ -574,7 +719,7 @@ impl Store for SledStore {
         prekeys: &[OneTimePrekey],
     ) -> Result<u32, StoreError> {
         let mut batch = sled::Batch::default();
-        for (key, value) in encode_prekeys(device, prekeys)? {
+        for (key, value) in encode_prekeys(&self.codec, device, prekeys)? {
             batch.insert(key, value);
         }
         self.one_time_prekeys.apply_batch(batch).map_err(db_error)?;
@@ -592,7 +737,7 @@ impl Store for SledStore {
             let key = key.map_err(db_error)?;
             // `remove` is atomic: of two concurrent takers, only one gets the value.
             if let Some(value) = self.one_time_prekeys.remove(&key).map_err(db_error)? {
-                return decode("prekey", &value).map(Some);
+                return self.unseal("prekey", &key, &value).map(Some);
             }
         }
     }
@@ -607,7 +752,7 @@ impl Store for SledStore {
     }
 
     fn conversation(&self, id: &ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
-        Self::get(&self.conversations, "conversation", id.as_bytes())
+        self.get(&self.conversations, "conversation", id.as_bytes())
     }
 
     fn find_or_create_conversation(
@@ -628,7 +773,7 @@ impl Store for SledStore {
             patient: None,
             created_ms: now_ms,
         };
-        let record_bytes = encode("conversation", &record)?;
+        let record_bytes = self.seal("conversation", record.id.as_bytes(), &record)?;
         let existing = (
             &self.conversation_index,
             &self.conversations,
@@ -671,33 +816,57 @@ impl Store for SledStore {
 
     fn store_send(
         &self,
+        org: &OrgId,
         sender_device: &DeviceId,
         client_message_id: &ClientMessageId,
         send: &SendRecord,
         envelopes: Vec<(DeviceId, EnvelopeRecord)>,
+        archive: Option<ArchiveItemRecord>,
     ) -> Result<StoreSendOutcome, StoreError> {
         let sent_key = key2(sender_device.as_bytes(), client_message_id.as_bytes());
-        let send_bytes = encode("send", send)?;
+        let scope = Scope::Mail {
+            org: *org,
+            day: day_of(send.server_time_ms),
+        };
+        let send_bytes = self.codec.seal("send", scope, &sent_key, send)?;
         let mut rows = Vec::with_capacity(envelopes.len());
         for (device, envelope) in &envelopes {
             let seq = self.db.generate_id().map_err(db_error)?;
+            let mailbox_key = key2(device.as_bytes(), &seq.to_be_bytes());
+            let sealed = self.codec.seal("envelope", scope, &mailbox_key, envelope)?;
             rows.push((
-                key2(device.as_bytes(), &seq.to_be_bytes()),
+                mailbox_key,
                 key2(device.as_bytes(), envelope.message_id.as_bytes()),
                 seq.to_be_bytes(),
-                encode("envelope", envelope)?,
+                sealed,
             ));
         }
-        (&self.sent, &self.mailbox, &self.mailbox_ids)
-            .transaction(|(sent, mailbox, mailbox_ids)| {
+        let archive_row = match &archive {
+            Some(item) => {
+                let seq = self.db.generate_id().map_err(db_error)?;
+                let key = key2(org.as_bytes(), &seq.to_be_bytes());
+                let scope = Scope::Archive {
+                    org: *org,
+                    day: day_of(item.server_time_ms),
+                };
+                let sealed = self.codec.seal("archive", scope, &key, item)?;
+                Some((key, sealed))
+            }
+            None => None,
+        };
+        (&self.sent, &self.mailbox, &self.mailbox_ids, &self.archive)
+            .transaction(|(sent, mailbox, mailbox_ids, archive)| {
                 if let Some(previous) = sent.get(&sent_key)? {
-                    let previous = decode("send", &previous).map_err(abort)?;
+                    let previous = self.unseal("send", &sent_key, &previous).map_err(abort)?;
                     return Ok(StoreSendOutcome::Duplicate(previous));
                 }
                 sent.insert(sent_key.as_slice(), send_bytes.as_slice())?;
                 for (mailbox_key, id_key, seq, envelope) in &rows {
                     mailbox.insert(mailbox_key.as_slice(), envelope.as_slice())?;
                     mailbox_ids.insert(id_key.as_slice(), seq.as_slice())?;
+                }
+                if let Some((key, sealed)) = &archive_row {
+                    archive.insert(key.as_slice(), sealed.as_slice())?;
                 }
                 Ok(StoreSendOutcome::Stored(*send))
             })
@@ -709,7 +878,7 @@ impl Store for SledStore {
         sender_device: &DeviceId,
         client_message_id: &ClientMessageId,
     ) -> Result<Option<SendRecord>, StoreError> {
-        Self::get(
+        self.get(
             &self.sent,
             "send",
             &key2(sender_device.as_bytes(), client_message_id.as_bytes()),
@@ -739,10 +908,12 @@ impl Store for SledStore {
                     kind: "mailbox",
                     reason: "short key".to_owned(),
                 })?;
-            items.push(MailboxItem {
-                seq,
-                envelope: decode("envelope", &value)?,
-            });
+            match self.unseal("envelope", &key, &value) {
+                Ok(envelope) => items.push(MailboxItem { seq, envelope }),
+                // Past retention and shredded; the sweeper deletes the row.
+                Err(StoreError::Shredded { .. }) => continue,
+                Err(error) => return Err(error),
+            }
         }
         Ok(items)
     }
@@ -764,5 +935,200 @@ impl Store for SledStore {
                 Ok(removed)
             })
             .map_err(tx_error)
+    }
+
+    fn retention(&self, org: &OrgId) -> Result<RetentionRecord, StoreError> {
+        Ok(self
+            .get(&self.retention, "retention", org.as_bytes())?
+            .unwrap_or_default())
+    }
+
+    fn put_retention(&self, org: &OrgId, retention: &RetentionRecord) -> Result<(), StoreError> {
+        self.put(&self.retention, "retention", org.as_bytes(), retention)
+    }
+
+    fn holds(&self, org: &OrgId) -> Result<Vec<HoldRecord>, StoreError> {
+        self.scan(&self.holds, "hold", org.as_bytes())
+    }
+
+    fn put_hold(&self, org: &OrgId, hold: &HoldRecord) -> Result<(), StoreError> {
+        self.put(
+            &self.holds,
+            "hold",
+            key2(org.as_bytes(), hold.conversation.as_bytes()),
+            hold,
+        )
+    }
+
+    fn remove_hold(&self, org: &OrgId, conversation: &ConversationId) -> Result<bool, StoreError> {
+        Ok(self
+            .holds
+            .remove(key2(org.as_bytes(), conversation.as_bytes()))
+            .map_err(db_error)?
+            .is_some())
+    }
+
+    fn archive_after(
+        &self,
+        org: &OrgId,
+        after: u64,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, ArchiveItemRecord)>, StoreError> {
+        let Some(next) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let start = key2(org.as_bytes(), &next.to_be_bytes());
+        let end = key2(org.as_bytes(), &u64::MAX.to_be_bytes());
+        let mut items = Vec::new();
+        for entry in self.archive.range(start..=end) {
+            if items.len() >= limit {
+                break;
+            }
+            let (key, value) = entry.map_err(db_error)?;
+            let seq = id_suffix::<8>(&key, 16)
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt {
+                    kind: "archive",
+                    reason: "short key".to_owned(),
+                })?;
+            let item: ArchiveItemRecord = match self.unseal("archive", &key, &value) {
+                Ok(item) => item,
+                Err(StoreError::Shredded { .. }) => continue,
+                Err(error) => return Err(error),
+            };
+            if item.server_time_ms >= since_ms {
+                items.push((seq, item));
+            }
+        }
+        Ok(items)
+    }
+
+    fn expire(&self, now_ms: u64) -> Result<Expired, StoreError> {
+        let today = day_of(now_ms);
+        let mut policies: HashMap<OrgId, (RetentionRecord, BTreeSet<ConversationId>)> =
+            HashMap::new();
+        for org in self.orgs()? {
+            let holds = self.holds(&org.id)?.into_iter().map(|h| h.conversation);
+            policies.insert(org.id, (self.retention(&org.id)?, holds.collect()));
+        }
+        let default_policy = (RetentionRecord::default(), BTreeSet::new());
+        let scopes: HashMap<KeyId, Scope> = self.codec.keyring().scopes().into_iter().collect();
+        // Past retention: the org's policy, if the scope is an expiring one and its day is over.
+        let past = |scope: &Scope| -> Option<&(RetentionRecord, BTreeSet<ConversationId>)> {
+            let (org, day, days) = match scope {
+                Scope::Mail { org, day } => {
+                    let policy = policies.get(org).unwrap_or(&default_policy);
+                    (org, *day, policy.0.mail_days)
+                }
+                Scope::Archive { org, day } => {
+                    let policy = policies.get(org).unwrap_or(&default_policy);
+                    (org, *day, policy.0.archive_days)
+                }
+                _ => return None,
+            };
+            (today > day.saturating_add(days)).then(|| policies.get(org).unwrap_or(&default_policy))
+        };
+        let mut expired = Expired::default();
+        let mut in_use: HashSet<KeyId> = HashSet::new();
+
+        // Mailboxes: envelopes and their id index.
+        let mut mailbox_batch = sled::Batch::default();
+        let mut ids_batch = sled::Batch::default();
+        for entry in self.mailbox.iter() {
+            let (key, value) = entry.map_err(db_error)?;
+            let Some(key_id) = key_id_of(&value) else {
+                continue;
+            };
+            let scope = scopes.get(&key_id);
+            if let Some(scope) = scope {
+                let Some((policy, held)) = past(scope) else {
+                    in_use.insert(key_id);
+                    continue;
+                };
+                let envelope: EnvelopeRecord = self.unseal("envelope", &key, &value)?;
+                if policy.legal_hold || held.contains(&envelope.conversation) {
+                    expired.kept_by_hold += 1;
+                    in_use.insert(key_id);
+                    continue;
+                }
+                let device = key.get(..16).unwrap_or_default();
+                ids_batch.remove(key2(device, envelope.message_id.as_bytes()));
+            } else {
+                // Its key is gone already: drop the row and whatever indexes it.
+                let device = key.get(..16).unwrap_or_default();
+                let seq = key.get(16..).unwrap_or_default();
+                for id_entry in self.mailbox_ids.scan_prefix(device) {
+                    let (id_key, id_seq) = id_entry.map_err(db_error)?;
+                    if id_seq.as_ref() == seq {
+                        ids_batch.remove(id_key);
+                    }
+                }
+            }
+            mailbox_batch.remove(key);
+            expired.envelopes += 1;
+        }
+        self.mailbox.apply_batch(mailbox_batch).map_err(db_error)?;
+        self.mailbox_ids.apply_batch(ids_batch).map_err(db_error)?;
+
+        // Idempotency records of sends: kept only as long as the mail they describe.
+        let mut sent_batch = sled::Batch::default();
+        for entry in self.sent.iter() {
+            let (key, value) = entry.map_err(db_error)?;
+            let Some(key_id) = key_id_of(&value) else {
+                continue;
+            };
+            match scopes.get(&key_id).map(&past) {
+                Some(None) => {
+                    in_use.insert(key_id);
+                }
+                Some(Some((policy, _))) if policy.legal_hold => {
+                    in_use.insert(key_id);
+                }
+                _ => sent_batch.remove(key),
+            }
+        }
+        self.sent.apply_batch(sent_batch).map_err(db_error)?;
+
+        // The org archive.
+        let mut archive_batch = sled::Batch::default();
+        for entry in self.archive.iter() {
+            let (key, value) = entry.map_err(db_error)?;
+            let Some(key_id) = key_id_of(&value) else {
+                continue;
+            };
+            if let Some(scope) = scopes.get(&key_id) {
+                let Some((policy, held)) = past(scope) else {
+                    in_use.insert(key_id);
+                    continue;
+                };
+                let item: ArchiveItemRecord = self.unseal("archive", &key, &value)?;
+                if policy.legal_hold || held.contains(&item.conversation) {
+                    expired.kept_by_hold += 1;
+                    in_use.insert(key_id);
+                    continue;
+                }
+            }
+            archive_batch.remove(key);
+            expired.archive_items += 1;
+        }
+        self.archive.apply_batch(archive_batch).map_err(db_error)?;
+
+        expired.unneeded_keys = scopes
+            .iter()
+            .filter(|(id, scope)| past(scope).is_some() && !in_use.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        expired.unneeded_keys.sort_unstable();
+        Ok(expired)
+    }
+
+    fn shred(&self, keys: &[KeyId]) -> Result<u64, StoreError> {
+        let shredded = self
+            .codec
+            .keyring()
+            .shred(keys)
+            .map_err(|e| StoreError::Keyring(e.to_string()))?;
+        Ok(u64::try_from(shredded).unwrap_or(u64::MAX))
     }
 }

@@ -8,6 +8,8 @@
 //! when stdin is a terminal. Output is JSON (one object per line) on stdout; every failure is
 //! one line on stderr, with a hint where there is one, and exit status 1.
 
+mod admin;
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -121,6 +123,11 @@ enum Command {
     },
     /// Grant a staff member emergency access to a patient's conversation.
     BreakGlass(BreakGlassArgs),
+    /// Admins: retention and legal hold, the org archive, the sweeper, the access log.
+    Admin {
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -524,6 +531,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Assign(args) => assign(&home, args).await,
         Command::Policy { action } => policy(&home, action).await,
         Command::BreakGlass(args) => break_glass(&home, args).await,
+        Command::Admin { command } => admin::run(&home, command).await,
     }
 }
 
