@@ -3,7 +3,8 @@
 //! Each entry carries its sequence number and the SHA-256 of the entry before it; its own hash
 //! covers both and its body (`medrelay-access-log-v1\0 || postcard(body)`), so changing,
 //! deleting or reordering any entry breaks the chain at that entry. Every
-//! [`CHECKPOINT_EVERY`] entries, and at shutdown, an Ed25519 checkpoint signs (sequence, hash,
+//! [`CHECKPOINT_EVERY`] entries (or [`CHECKPOINT_INTERVAL_MS`], or when a new day begins),
+//! and at shutdown, an Ed25519 checkpoint signs (sequence, hash,
 //! time) with the log's own key (`DIR/access-log.key`, 0600; its public half beside it), so a
 //! log cut short before a checkpoint is caught too. [`verify`] runs offline on the database
 //! files. Entries hold pseudonymous ids, actions and outcomes: never content, keys or handles.
@@ -38,6 +39,8 @@ use crate::store::StoreError;
 
 /// Entries between two checkpoints.
 pub const CHECKPOINT_EVERY: u64 = 64;
+/// Longest time an entry stays unsealed while the log is written to (ms).
+pub const CHECKPOINT_INTERVAL_MS: u64 = 60_000;
 /// Domain label of entry hashes.
 const ENTRY_LABEL: &[u8] = b"medrelay-access-log-v1\0";
 /// Domain label of checkpoint signatures.
@@ -122,7 +125,12 @@ fn checkpoint_message(seq: u64, hash: &[u8; 32], at_ms: u64) -> Vec<u8> {
 struct Head {
     seq: u64,
     hash: [u8; 32],
+    /// The last entry a checkpoint seals.
     sealed: u64,
+    /// When that checkpoint was written.
+    sealed_at_ms: u64,
+    /// Time of the last entry.
+    last_at_ms: u64,
 }
 
 /// The append-only access log in the server's database.
@@ -274,9 +282,12 @@ impl AccessLog {
             meta: &meta,
             codec: &codec,
         };
-        let sealed = match checkpoints.last().map_err(db_error)? {
-            Some((k, v)) => trees.checkpoint(&k, &v).map_err(db_error)?.seq,
-            None => 0,
+        let (sealed, sealed_at_ms) = match checkpoints.last().map_err(db_error)? {
+            Some((k, v)) => {
+                let checkpoint = trees.checkpoint(&k, &v).map_err(db_error)?;
+                (checkpoint.seq, checkpoint.at_ms)
+            }
+            None => (0, 0),
         };
         let head = match entries.last().map_err(db_error)? {
             Some((k, value)) => {
@@ -285,6 +296,8 @@ impl AccessLog {
                     seq: entry.body.seq,
                     hash: entry.hash,
                     sealed,
+                    sealed_at_ms,
+                    last_at_ms: entry.body.at_ms,
                 }
             }
             None => {
@@ -303,6 +316,8 @@ impl AccessLog {
                     seq: trimmed,
                     hash,
                     sealed,
+                    sealed_at_ms,
+                    last_at_ms: sealed_at_ms,
                 }
             }
         };
@@ -348,6 +363,7 @@ impl AccessLog {
             .insert(key, bytes)
             .map_err(|e| AuditError(e.to_string()))?;
         head.sealed = head.seq;
+        head.sealed_at_ms = at_ms;
         Ok(())
     }
 
@@ -366,6 +382,11 @@ impl AccessLog {
         let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
         if self.broken.load(Ordering::SeqCst) {
             return Err(AuditError("the access log is not writable".to_owned()));
+        }
+        // A new day starts behind a checkpoint: retention trims whole days, at checkpoints.
+        if head.seq > head.sealed && day_of(event.at_ms) != day_of(head.last_at_ms) {
+            let at = head.last_at_ms;
+            self.write_checkpoint(&mut head, at)?;
         }
         let body = EntryBody {
             seq: head.seq + 1,
@@ -402,7 +423,10 @@ impl AccessLog {
             .map_err(|e| AuditError(e.to_string()))?;
         head.seq = seq;
         head.hash = hash;
-        if seq - head.sealed >= CHECKPOINT_EVERY {
+        head.last_at_ms = event.at_ms;
+        if seq - head.sealed >= CHECKPOINT_EVERY
+            || event.at_ms.saturating_sub(head.sealed_at_ms) >= CHECKPOINT_INTERVAL_MS
+        {
             self.write_checkpoint(&mut head, event.at_ms)?;
         }
         Ok(())

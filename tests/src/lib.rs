@@ -69,6 +69,8 @@ pub struct Server {
     pub admin_invite: Option<String>,
     /// Whether it runs on the injected test clock.
     test_clock: bool,
+    /// Further `serve` options.
+    extra_args: Vec<String>,
 }
 
 impl Server {
@@ -81,6 +83,7 @@ impl Server {
             port: 0,
             admin_invite: None,
             test_clock: false,
+            extra_args: Vec::new(),
         };
         server.spawn()?;
         Ok(server)
@@ -89,6 +92,11 @@ impl Server {
     /// Starts a fresh server on the injected clock: its time moves only by
     /// [`Server::advance_clock`].
     pub fn start_with_test_clock() -> anyhow::Result<Server> {
+        Self::start_with_test_clock_and(&[])
+    }
+
+    /// Like [`Server::start_with_test_clock`], with further `serve` options.
+    pub fn start_with_test_clock_and(args: &[&str]) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let mut server = Server {
             dir,
@@ -96,19 +104,36 @@ impl Server {
             port: 0,
             admin_invite: None,
             test_clock: true,
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         server.spawn()?;
         Ok(server)
     }
 
-    /// Moves the server's clock forward; returns its time now.
-    pub fn advance_clock(&self, ms: u64) -> anyhow::Result<u64> {
+    /// Makes the server's access-log writes fail (or work again), as a full disk would; only
+    /// on the test clock.
+    pub fn fail_access_log(&self, failing: bool) -> anyhow::Result<()> {
+        let answer = self.admin_request(&format!(
+            "{{\"op\":\"fail_access_log\",\"failing\":{failing}}}"
+        ))?;
+        if answer.get("error").is_some() {
+            bail!("the server refused: {answer}");
+        }
+        Ok(())
+    }
+
+    fn admin_request(&self, line: &str) -> anyhow::Result<serde_json::Value> {
         use std::io::Write;
         let mut socket = std::os::unix::net::UnixStream::connect(self.data().join("admin.sock"))?;
-        writeln!(socket, "{{\"op\":\"advance_clock\",\"ms\":{ms}}}")?;
-        let mut line = String::new();
-        BufReader::new(socket).read_line(&mut line)?;
-        let answer: serde_json::Value = serde_json::from_str(&line)?;
+        writeln!(socket, "{line}")?;
+        let mut answer = String::new();
+        BufReader::new(socket).read_line(&mut answer)?;
+        Ok(serde_json::from_str(&answer)?)
+    }
+
+    /// Moves the server's clock forward; returns its time now.
+    pub fn advance_clock(&self, ms: u64) -> anyhow::Result<u64> {
+        let answer = self.admin_request(&format!("{{\"op\":\"advance_clock\",\"ms\":{ms}}}"))?;
         answer["now_ms"]
             .as_u64()
             .ok_or_else(|| anyhow!("the server refused to move its clock: {answer}"))
@@ -145,6 +170,7 @@ impl Server {
         } else {
             command.arg("serve");
         }
+        command.args(&self.extra_args);
         let mut child = command
             .arg("--data")
             .arg(self.data())

@@ -161,3 +161,145 @@ async fn the_access_log_verifies_and_any_tampering_is_named() {
     // The original still verifies.
     assert!(verify(&data).0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_to_write_the_access_log_fails_the_request_and_changes_nothing() {
+    use medrelay_proto::{ErrorCode, ServerMessage};
+    let mut server = Server::start_with_test_clock().unwrap();
+    let now = server.advance_clock(0).unwrap();
+    let mut clinic = RawClinic::new(&server, now).await.unwrap();
+    let conversation = match clinic
+        .patient
+        .conn
+        .request(ClientRequest::OpenConversation(OpenConversation {
+            handles: vec![Handle::new("dr.lee").unwrap()],
+        }))
+        .await
+        .unwrap()
+    {
+        ServerMessage::Conversation(c) => c,
+        other => panic!("{other:?}"),
+    };
+
+    server.fail_access_log(true).unwrap();
+    let refused = clinic
+        .admin
+        .conn
+        .request(ClientRequest::SetRetention {
+            mail_days: 7,
+            archive_days: 7,
+            legal_hold: true,
+        })
+        .await
+        .unwrap();
+    match &refused {
+        ServerMessage::Error(e) => {
+            assert_eq!(e.code, ErrorCode::Internal);
+            assert!(e.message.contains("access log"), "{}", e.message);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let send = clinic
+        .patient
+        .conn
+        .request(ClientRequest::Send(medrelay_proto::SendRequest {
+            conversation_id: conversation.id,
+            client_message_id: medrelay_proto::ClientMessageId::from_array([9; 16]),
+            envelopes: conversation
+                .members
+                .iter()
+                .filter(|m| m.user_id != clinic.patient.user_id)
+                .flat_map(|m| m.devices.iter().copied())
+                .map(|d| medrelay_proto::Envelope {
+                    recipient_device: d,
+                    ciphertext: medrelay_proto::Bytes::from_static(b"opaque"),
+                })
+                .collect(),
+            archive_item: None,
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(send, ServerMessage::Error(e) if e.code == ErrorCode::Internal));
+
+    server.fail_access_log(false).unwrap();
+    let retention = match clinic
+        .admin
+        .conn
+        .request(ClientRequest::GetRetention)
+        .await
+        .unwrap()
+    {
+        ServerMessage::Retention(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(retention.mail_days, 30, "the refused change did not happen");
+    assert!(!retention.legal_hold);
+    let delivered = clinic
+        .staff
+        .conn
+        .drain_deliveries(std::time::Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert!(delivered.is_empty(), "the refused send stored nothing");
+
+    // The log itself is whole: nothing half-written.
+    drop(clinic);
+    assert!(server.terminate().unwrap().success());
+    let (ok, report) = verify(&server.data());
+    assert!(ok, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_retention_trims_whole_sealed_segments_and_the_rest_still_verifies() {
+    use medrelay_proto::ServerMessage;
+    let mut server = Server::start_with_test_clock_and(&["--audit-retention-days", "1"]).unwrap();
+    let now = server.advance_clock(0).unwrap();
+    let clinic = RawClinic::new(&server, now).await.unwrap();
+    let mut admin = clinic.admin.conn;
+    for _ in 0..140 {
+        admin.request(ClientRequest::Ping).await.unwrap();
+    }
+    server.advance_clock(3 * 86_400_000).unwrap();
+    let mut admin = clinic.admin.device.connect(&server).await.unwrap();
+    admin
+        .login(
+            clinic.admin.totp_secret.as_deref().unwrap(),
+            now + 3 * 86_400_000,
+        )
+        .await
+        .unwrap();
+    let report = match admin.request(ClientRequest::RunSweep).await.unwrap() {
+        ServerMessage::SweepReport(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert!(report.access_log_entries_deleted >= 128, "{report:?}");
+    assert!(report.keys_shredded >= 1, "{report:?}");
+    match admin.request(ClientRequest::VerifyAccessLog).await.unwrap() {
+        ServerMessage::AccessLogStatus(status) => assert!(status.broken.is_none(), "{status:?}"),
+        other => panic!("{other:?}"),
+    }
+    drop(admin);
+    assert!(server.terminate().unwrap().success());
+    let (ok, report) = verify(&server.data());
+    assert!(ok, "{report}");
+    assert!(
+        report["trimmed_through"].as_u64().unwrap() >= 128,
+        "{report}"
+    );
+
+    // A prefix removed without the retention record is caught: drop the anchor so the log
+    // looks untrimmed, and verification names entry 1 as missing.
+    let scratch = tempfile::tempdir().unwrap();
+    let copy = scratch.path().join("unanchored");
+    copy_dir(&server.data(), &copy);
+    let db = sled::open(copy.join("db")).unwrap();
+    db.open_tree("access_log_meta")
+        .unwrap()
+        .remove("trimmed-through")
+        .unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let (ok, report) = verify(&copy);
+    assert!(!ok);
+    assert_eq!(report["entry"], 1, "{report}");
+}

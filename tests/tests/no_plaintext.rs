@@ -1,7 +1,8 @@
 //! Proves: the server never sees plaintext. A unique marker sent through the server both ways
 //! is absent, as bytes, from every file under the data directory and from the server's log
-//! (kept at debug level for the test), while the recipients read it; and the log never names
-//! the patient.
+//! (kept at debug level for the test), while the recipients read it; and neither the log nor
+//! any file of the data directory names the patient (records are sealed at rest, the handle
+//! index is a keyed hash).
 
 #![allow(
     clippy::unwrap_used,
@@ -61,6 +62,13 @@ fn a_marker_sent_through_the_server_is_nowhere_on_its_disk_or_in_its_log() {
                 file.display()
             );
         }
+        // Records are sealed at rest and the handle index is a keyed hash: nothing names
+        // the patient in clear.
+        assert!(
+            !contains_bytes(&bytes, patient_handle.as_bytes()),
+            "{} names the patient in clear",
+            file.display()
+        );
     }
     assert!(scanned > 0);
     let log = std::fs::read(server.log_path()).unwrap();
