@@ -145,3 +145,76 @@ fn archived_messages_open_offline_with_the_officers_key_only() {
     ]);
     assert!(String::from_utf8(log.stdout).unwrap().contains("allowed"));
 }
+
+#[test]
+fn the_admin_cli_sets_retention_and_holds_and_reads_the_access_log() {
+    let server = Server::start().unwrap();
+    let admin = Cli::new();
+    admin
+        .enroll(&server, server.admin_invite.as_deref().unwrap())
+        .unwrap();
+    admin.setup_and_login().unwrap();
+
+    let set = admin
+        .json(&["admin", "retention", "set", "--mail-days", "14"])
+        .unwrap();
+    assert_eq!(set["mail_days"], 14);
+    assert_eq!(set["archive_days"], 2190, "unchanged");
+    assert!(admin
+        .run(&["admin", "retention", "set", "--mail-days", "0"])
+        .unwrap_err()
+        .to_string()
+        .contains("--mail-days must be 1 to 3650"));
+    assert_eq!(
+        admin.json(&["admin", "hold", "add", "--org"]).unwrap()["org"],
+        true
+    );
+    let shown = admin.json(&["admin", "retention", "show"]).unwrap();
+    assert_eq!(shown["mail_days"], 14);
+    assert_eq!(shown["legal_hold"], true);
+    assert_eq!(shown["audit_days"], 2190);
+    assert_eq!(shown["archive_enabled"], false);
+    assert!(admin
+        .run(&["admin", "hold", "add", "--conversation", "not-an-id"])
+        .unwrap_err()
+        .to_string()
+        .contains("--conversation must be a conversation id"));
+    admin.json(&["admin", "hold", "remove", "--org"]).unwrap();
+    assert_eq!(
+        admin.json(&["admin", "hold", "list"]).unwrap()["org"],
+        false
+    );
+    let swept = admin.json(&["admin", "sweep"]).unwrap();
+    assert_eq!(swept["envelopes_deleted"], 0);
+
+    let verified = admin.json(&["admin", "audit", "verify"]).unwrap();
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert!(verified["entries"].as_u64().unwrap() >= 8);
+    let csv = admin
+        .run(&[
+            "admin",
+            "audit",
+            "export",
+            "--action",
+            "set_retention",
+            "--format",
+            "csv",
+        ])
+        .unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("seq,at_ms,user"), "{csv}");
+    assert_eq!(
+        lines.len(),
+        4,
+        "header, then 14 days, hold on, hold off: {csv}"
+    );
+    assert!(lines[1].contains("mail_days=14"));
+    let sweeps = admin
+        .json_lines(&["admin", "audit", "export", "--action", "retention_sweep"])
+        .unwrap();
+    assert_eq!(sweeps.len(), 1);
+    assert!(sweeps[0]["objects"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("envelopes_deleted=0")));
+}
