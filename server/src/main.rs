@@ -420,6 +420,12 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     let store = SledStore::open(&data_dir.db(), keyring)?;
     match command {
         AuditCommand::Verify { .. } => {
+            if !data_dir.root().join("access-log.pub").exists() {
+                bail!(
+                    "{} has no access log yet: `medrelay serve` has not run on it",
+                    data_dir.root().display()
+                );
+            }
             let public_key = access_log::load_public_key(data_dir.root())?;
             match access_log::verify(store.database(), store.codec(), &public_key) {
                 Ok(verified) => {
