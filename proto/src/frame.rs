@@ -168,19 +168,17 @@ pub enum ClientRequest {
     },
     /// Read the org's retention settings and holds (`get_retention`).
     GetRetention,
-    /// Set the org's retention and org-wide legal hold (`set_retention`).
+    /// Set the org's retention (`set_retention`).
     SetRetention {
         /// Undelivered mail, in days: 1 to [`crate::limits::MAX_MAIL_DAYS`].
         mail_days: u32,
         /// The org archive, in days: 1 to [`crate::limits::MAX_ARCHIVE_DAYS`].
         archive_days: u32,
-        /// Org-wide legal hold.
-        legal_hold: bool,
     },
-    /// Place or lift a legal hold on one conversation (`set_hold`).
+    /// Place or lift a legal hold (`set_hold`).
     SetHold {
-        /// The conversation.
-        conversation_id: ConversationId,
+        /// The conversation, or `None` for the whole org.
+        conversation_id: Option<ConversationId>,
         /// Place (true) or lift (false).
         held: bool,
     },
@@ -354,17 +352,15 @@ impl ClientRequest {
             Self::SetRetention {
                 mail_days,
                 archive_days,
-                legal_hold,
             } => Body::SetRetention(pb::SetRetention {
                 mail_days: *mail_days,
                 archive_days: *archive_days,
-                legal_hold: *legal_hold,
             }),
             Self::SetHold {
                 conversation_id,
                 held,
             } => Body::SetHold(pb::SetHold {
-                conversation_id: bytes_of(conversation_id),
+                conversation_id: conversation_id.map(bytes_of).unwrap_or_default(),
                 held: *held,
             }),
             Self::SetArchiveKey { public_key } => Body::SetArchiveKey(pb::SetArchiveKey {

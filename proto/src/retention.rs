@@ -75,13 +75,12 @@ pub(crate) fn set_retention_from_pb(raw: pb::SetRetention) -> Result<ClientReque
     Ok(ClientRequest::SetRetention {
         mail_days: days("mail_days", raw.mail_days, MAX_MAIL_DAYS)?,
         archive_days: days("archive_days", raw.archive_days, MAX_ARCHIVE_DAYS)?,
-        legal_hold: raw.legal_hold,
     })
 }
 
 pub(crate) fn set_hold_from_pb(raw: pb::SetHold) -> Result<ClientRequest, FieldError> {
     Ok(ClientRequest::SetHold {
-        conversation_id: required(
+        conversation_id: optional(
             "conversation_id",
             &raw.conversation_id,
             ConversationId::from_bytes,
@@ -170,6 +169,8 @@ pub struct ArchivePage {
     pub items: Vec<ArchiveItem>,
     /// No item follows.
     pub done: bool,
+    /// The `after_seq` of the next page.
+    pub next_after_seq: u64,
 }
 
 impl ArchivePage {
@@ -177,6 +178,7 @@ impl ArchivePage {
         pb::ArchivePage {
             items: self.items.iter().map(ArchiveItem::to_pb).collect(),
             done: self.done,
+            next_after_seq: self.next_after_seq,
         }
     }
 
@@ -189,6 +191,7 @@ impl ArchivePage {
                 .map(|i| ArchiveItem::from_pb(i).within("items"))
                 .collect::<Result<_, _>>()?,
             done: raw.done,
+            next_after_seq: raw.next_after_seq,
         })
     }
 }
@@ -428,6 +431,8 @@ pub struct AccessLogPage {
     pub entries: Vec<AccessLogEntry>,
     /// No entry follows.
     pub done: bool,
+    /// The `after_seq` of the next page.
+    pub next_after_seq: u64,
 }
 
 impl AccessLogPage {
@@ -435,6 +440,7 @@ impl AccessLogPage {
         pb::AccessLogPage {
             entries: self.entries.iter().map(AccessLogEntry::to_pb).collect(),
             done: self.done,
+            next_after_seq: self.next_after_seq,
         }
     }
 
@@ -447,6 +453,7 @@ impl AccessLogPage {
                 .map(|e| AccessLogEntry::from_pb(e).within("entries"))
                 .collect::<Result<_, _>>()?,
             done: raw.done,
+            next_after_seq: raw.next_after_seq,
         })
     }
 }

@@ -283,11 +283,14 @@ pub(crate) fn every_client_request() -> Vec<ClientRequest> {
         ClientRequest::SetRetention {
             mail_days: 30,
             archive_days: 2_190,
-            legal_hold: true,
         },
         ClientRequest::SetHold {
-            conversation_id: ConversationId::from([0x91; 16]),
+            conversation_id: Some(ConversationId::from([0x91; 16])),
             held: true,
+        },
+        ClientRequest::SetHold {
+            conversation_id: None,
+            held: false,
         },
         ClientRequest::SetArchiveKey {
             public_key: Some(X25519PublicKey::from([0x92; 32])),
@@ -528,6 +531,7 @@ pub(crate) fn every_server_frame() -> Vec<ServerFrame> {
                 sealed: Bytes::from_static(b"sealed"),
             }],
             done: true,
+            next_after_seq: 3,
         })),
         reply(ServerMessage::SweepReport(SweepReport {
             at_ms: 1,
@@ -563,6 +567,7 @@ pub(crate) fn every_server_frame() -> Vec<ServerFrame> {
                 hash: [7; 32],
             }],
             done: false,
+            next_after_seq: 1,
         })),
     ]
 }

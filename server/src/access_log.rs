@@ -55,6 +55,10 @@ const META: &str = "access_log_meta";
 const META_TRIMMED: &[u8] = b"trimmed-through";
 /// Meta key: the storage format (absent for the unencrypted format of earlier releases).
 const META_FORMAT: &[u8] = b"format";
+/// Most bytes of entries in one export page, well inside a frame.
+const EXPORT_PAGE_BYTES: usize = medrelay_proto::limits::MAX_FRAME_BYTES / 2;
+/// Most entries one export request reads.
+const EXPORT_SCAN_ROWS: usize = 20_000;
 /// Entries written by the server itself, not on anyone's request; every org's export shows
 /// them.
 pub const SYSTEM_ACTIONS: [&str; 2] = ["retention_sweep", "access_log_trim"];
@@ -143,6 +147,52 @@ pub struct AccessLog {
     key: SigningKey,
     head: Mutex<Head>,
     broken: AtomicBool,
+    /// Where the latest checkpoint is also kept, outside the database (`DIR/access-log.head`).
+    head_file: Option<std::path::PathBuf>,
+    /// The checkpoint last written to `head_file`.
+    head_written: Mutex<u64>,
+}
+
+/// The latest checkpoint, kept outside the database too: a log cut back to before it (trees
+/// deleted or truncated together with their checkpoints) no longer reaches it, and verify says
+/// so. Written atomically, at most once per [`CHECKPOINT_INTERVAL_MS`] and at shutdown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadRecord {
+    /// The checkpoint's entry.
+    pub seq: u64,
+    /// Its hash (hex).
+    pub hash: String,
+    /// When it was signed.
+    pub at_ms: u64,
+    /// The checkpoint's signature (hex).
+    pub signature: String,
+}
+
+/// The head file's name in the data directory.
+pub const HEAD_FILE: &str = "access-log.head";
+
+/// Reads the head record, if there is one.
+pub fn read_head(dir: &Path) -> Result<Option<Checkpoint>, String> {
+    let path = dir.join(HEAD_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let record: HeadRecord =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let hash = hex::decode(&record.hash)
+        .ok()
+        .and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+        .ok_or_else(|| format!("{}: malformed hash", path.display()))?;
+    let signature =
+        hex::decode(&record.signature).map_err(|_| format!("{}: malformed", path.display()))?;
+    Ok(Some(Checkpoint {
+        seq: record.seq,
+        hash,
+        at_ms: record.at_ms,
+        signature,
+    }))
 }
 
 /// Why the log could not be opened or its key read.
@@ -178,7 +228,17 @@ pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, AccessLogError> {
             .as_slice()
             .try_into()
             .map_err(|_| key_error("not a 32-byte key".to_owned()))?;
-        return Ok(SigningKey::from_bytes(&seed));
+        let key = SigningKey::from_bytes(&seed);
+        // The public half is derived, so a crash between the two writes heals here.
+        let public = dir.join("access-log.pub");
+        if !public.exists() {
+            crate::keyring::write_atomically(
+                &public,
+                hex::encode(key.verifying_key().to_bytes()).as_bytes(),
+            )
+            .map_err(|e| key_error(e.to_string()))?;
+        }
+        return Ok(key);
     }
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let mut options = std::fs::OpenOptions::new();
@@ -195,9 +255,9 @@ pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, AccessLogError> {
     )
     .map_err(|e| key_error(e.to_string()))?;
     file.sync_all().map_err(|e| key_error(e.to_string()))?;
-    std::fs::write(
-        dir.join("access-log.pub"),
-        hex::encode(key.verifying_key().to_bytes()),
+    crate::keyring::write_atomically(
+        &dir.join("access-log.pub"),
+        hex::encode(key.verifying_key().to_bytes()).as_bytes(),
     )
     .map_err(|e| key_error(e.to_string()))?;
     Ok(key)
@@ -271,7 +331,13 @@ impl AccessLog {
     /// Opens the log in `db`, continuing its chain. Entries of the unencrypted format of
     /// earlier releases are sealed once, in place (their hashes cover the body, not the
     /// storage, so the chain is unchanged).
-    pub fn open(db: &sled::Db, codec: Codec, key: SigningKey) -> Result<AccessLog, AccessLogError> {
+    pub fn open(
+        db: &sled::Db,
+        codec: Codec,
+        key: SigningKey,
+        head_file: Option<std::path::PathBuf>,
+        now_ms: u64,
+    ) -> Result<AccessLog, AccessLogError> {
         let entries = db.open_tree(ENTRIES).map_err(db_error)?;
         let checkpoints = db.open_tree(CHECKPOINTS).map_err(db_error)?;
         let meta = db.open_tree(META).map_err(db_error)?;
@@ -321,7 +387,7 @@ impl AccessLog {
                 }
             }
         };
-        Ok(AccessLog {
+        let log = AccessLog {
             entries,
             checkpoints,
             meta,
@@ -329,7 +395,55 @@ impl AccessLog {
             key,
             head: Mutex::new(head),
             broken: AtomicBool::new(false),
-        })
+            head_file,
+            head_written: Mutex::new(0),
+        };
+        // A log always begins with this entry: an empty log is a deleted one.
+        let empty = log.head.lock().map(|h| h.seq == 0).unwrap_or(false);
+        if empty {
+            log.record(&AuditEvent {
+                at_ms: now_ms,
+                actor: None,
+                action: "access_log_start",
+                objects: Vec::new(),
+                outcome: Outcome::Allowed,
+                source: std::net::IpAddr::from([127, 0, 0, 1]),
+            })
+            .map_err(|e| AccessLogError::Database(e.to_string()))?;
+        }
+        Ok(log)
+    }
+
+    /// Writes the latest checkpoint to the head file when it moved (atomically).
+    fn write_head(&self) -> Result<(), AuditError> {
+        let Some(path) = &self.head_file else {
+            return Ok(());
+        };
+        let Some((key, value)) = self
+            .checkpoints
+            .last()
+            .map_err(|e| AuditError(e.to_string()))?
+        else {
+            return Ok(());
+        };
+        let checkpoint = self
+            .trees()
+            .checkpoint(&key, &value)
+            .map_err(|e| AuditError(e.to_string()))?;
+        let mut written = self.head_written.lock().unwrap_or_else(|e| e.into_inner());
+        if *written == checkpoint.seq {
+            return Ok(());
+        }
+        let record = HeadRecord {
+            seq: checkpoint.seq,
+            hash: hex::encode(checkpoint.hash),
+            at_ms: checkpoint.at_ms,
+            signature: hex::encode(&checkpoint.signature),
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| AuditError(e.to_string()))?;
+        crate::keyring::write_atomically(path, &bytes).map_err(|e| AuditError(e.to_string()))?;
+        *written = checkpoint.seq;
+        Ok(())
     }
 
     fn trees(&self) -> Trees<'_> {
@@ -367,10 +481,14 @@ impl AccessLog {
         Ok(())
     }
 
-    /// Seals everything written so far (at shutdown).
+    /// Seals everything written so far (at shutdown) and records the head outside the
+    /// database.
     pub fn seal(&self, at_ms: u64) -> Result<(), AuditError> {
-        let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
-        self.write_checkpoint(&mut head, at_ms)
+        {
+            let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+            self.write_checkpoint(&mut head, at_ms)?;
+        }
+        self.write_head()
     }
 
     /// Tests only: makes every write fail (or succeed again), as a full disk would.
@@ -383,15 +501,17 @@ impl AccessLog {
         if self.broken.load(Ordering::SeqCst) {
             return Err(AuditError("the access log is not writable".to_owned()));
         }
+        // Time in the log never runs backwards (events are timed before they queue here).
+        let at_ms = event.at_ms.max(head.last_at_ms);
         // A new day starts behind a checkpoint: retention trims whole days, at checkpoints.
-        if head.seq > head.sealed && day_of(event.at_ms) != day_of(head.last_at_ms) {
+        if head.seq > head.sealed && day_of(at_ms) != day_of(head.last_at_ms) {
             let at = head.last_at_ms;
             self.write_checkpoint(&mut head, at)?;
         }
         let body = EntryBody {
             seq: head.seq + 1,
             prev_hash: head.hash,
-            at_ms: event.at_ms,
+            at_ms,
             actor: event.actor.map(|a| {
                 (
                     a.org.to_string(),
@@ -411,9 +531,7 @@ impl AccessLog {
         let hash = entry_hash(&body).map_err(AuditError)?;
         let seq = body.seq;
         let key = seq_key(seq);
-        let scope = Scope::Audit {
-            day: day_of(event.at_ms),
-        };
+        let scope = Scope::Audit { day: day_of(at_ms) };
         let bytes = self
             .codec
             .seal("access_log", scope, &key, &Entry { body, hash })
@@ -423,22 +541,29 @@ impl AccessLog {
             .map_err(|e| AuditError(e.to_string()))?;
         head.seq = seq;
         head.hash = hash;
-        head.last_at_ms = event.at_ms;
-        if seq - head.sealed >= CHECKPOINT_EVERY
-            || event.at_ms.saturating_sub(head.sealed_at_ms) >= CHECKPOINT_INTERVAL_MS
+        head.last_at_ms = at_ms;
+        if seq.saturating_sub(head.sealed) >= CHECKPOINT_EVERY
+            || at_ms.saturating_sub(head.sealed_at_ms) >= CHECKPOINT_INTERVAL_MS
         {
-            self.write_checkpoint(&mut head, event.at_ms)?;
+            self.write_checkpoint(&mut head, at_ms)?;
         }
         Ok(())
     }
 
     /// Verifies the live log now.
     pub fn verify_now(&self) -> Result<Verified, Broken> {
-        verify_trees(&self.trees(), &self.key.verifying_key())
+        let head = match self.head_file.as_deref().and_then(Path::parent) {
+            Some(dir) => read_head(dir).map_err(|reason| Broken { seq: 0, reason })?,
+            None => None,
+        };
+        verify_trees(&self.trees(), &self.key.verifying_key(), head.as_ref())
     }
 }
 
-/// Seals entries and checkpoints written unencrypted by an earlier release.
+/// Seals entries and checkpoints written unencrypted by an earlier release. A value is taken
+/// as legacy only if it does not open as a sealed record, parses as exactly one legacy record
+/// with nothing left over, and (entries) its hash is right: so running again after a crash
+/// never touches what was sealed already.
 fn migrate(
     entries: &sled::Tree,
     checkpoints: &sled::Tree,
@@ -448,26 +573,49 @@ fn migrate(
     if meta.get(META_FORMAT).map_err(db_error)?.is_some() {
         return Ok(());
     }
+    fn legacy<T: serde::de::DeserializeOwned>(value: &[u8]) -> Option<T> {
+        match postcard::take_from_bytes::<T>(value) {
+            Ok((record, [])) => Some(record),
+            _ => None,
+        }
+    }
     for item in entries.iter() {
         let (key, value) = item.map_err(db_error)?;
-        if let Ok(entry) = postcard::from_bytes::<Entry>(&value) {
-            let scope = Scope::Audit {
-                day: day_of(entry.body.at_ms),
-            };
-            let sealed = codec
-                .seal("access_log", scope, &key, &entry)
-                .map_err(db_error)?;
-            entries.insert(key, sealed).map_err(db_error)?;
+        if codec.open::<Entry>("access_log", &key, &value).is_ok() {
+            continue;
         }
+        let Some(entry) = legacy::<Entry>(&value) else {
+            continue;
+        };
+        if entry_hash(&entry.body).ok() != Some(entry.hash) {
+            continue;
+        }
+        let scope = Scope::Audit {
+            day: day_of(entry.body.at_ms),
+        };
+        let sealed = codec
+            .seal("access_log", scope, &key, &entry)
+            .map_err(db_error)?;
+        entries.insert(key, sealed).map_err(db_error)?;
     }
     for item in checkpoints.iter() {
         let (key, value) = item.map_err(db_error)?;
-        if let Ok(checkpoint) = postcard::from_bytes::<Checkpoint>(&value) {
-            let sealed = codec
-                .seal("access_checkpoint", Scope::Standing, &key, &checkpoint)
-                .map_err(db_error)?;
-            checkpoints.insert(key, sealed).map_err(db_error)?;
+        if codec
+            .open::<Checkpoint>("access_checkpoint", &key, &value)
+            .is_ok()
+        {
+            continue;
         }
+        let Some(checkpoint) = legacy::<Checkpoint>(&value) else {
+            continue;
+        };
+        if checkpoint.signature.len() != 64 {
+            continue;
+        }
+        let sealed = codec
+            .seal("access_checkpoint", Scope::Standing, &key, &checkpoint)
+            .map_err(db_error)?;
+        checkpoints.insert(key, sealed).map_err(db_error)?;
     }
     meta.insert(META_FORMAT, &[2u8][..]).map_err(db_error)?;
     Ok(())
@@ -494,6 +642,19 @@ impl AuditSink for AccessLog {
         }
     }
 
+    fn seal_idle(&self, now_ms: u64) -> Result<(), AuditError> {
+        {
+            let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+            if head.seq > head.sealed
+                && now_ms.saturating_sub(head.last_at_ms) >= CHECKPOINT_INTERVAL_MS / 60
+            {
+                let at = head.last_at_ms;
+                self.write_checkpoint(&mut head, at)?;
+            }
+        }
+        self.write_head()
+    }
+
     fn verify(&self) -> Result<AccessLogStatus, AuditError> {
         Ok(match self.verify_now() {
             Ok(v) => AccessLogStatus {
@@ -516,31 +677,56 @@ impl AuditSink for AccessLog {
         let limit = usize::try_from(filter.limit).unwrap_or(usize::MAX);
         let start = filter.after_seq.saturating_add(1);
         let org = org.to_string();
+        let org_marker = format!("org={org}");
         let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        let mut next_after_seq = filter.after_seq;
         let mut done = true;
-        for item in self.entries.range(seq_key(start)..) {
+        for (scanned, item) in self.entries.range(seq_key(start)..).enumerate() {
+            // Bounded work per request: the log is shared by every org, so a sparse filter
+            // would otherwise read all of it at once.
+            if entries.len() == limit || bytes > EXPORT_PAGE_BYTES || scanned == EXPORT_SCAN_ROWS {
+                done = false;
+                break;
+            }
             let (key, value) = item.map_err(|e| AuditError(e.to_string()))?;
+            if let Ok(seq) = <[u8; 8]>::try_from(key.as_ref()) {
+                next_after_seq = u64::from_be_bytes(seq);
+            }
             let entry = match trees.entry(&key, &value) {
                 Ok(entry) => entry,
                 Err(StoreError::Shredded { .. }) => continue,
                 Err(e) => return Err(AuditError(e.to_string())),
             };
             let exported = exported_entry(&entry);
-            let mine = match &entry.body.actor {
-                Some(actor) => actor.0 == org,
-                None => SYSTEM_ACTIONS.contains(&entry.body.action.as_str()),
-            };
+            let mine =
+                match &entry.body.actor {
+                    Some(actor) => actor.0 == org,
+                    // The server's own entries: an org sees those about it and the server-wide
+                    // ones (the access log's own trims and counts).
+                    None => {
+                        SYSTEM_ACTIONS.contains(&entry.body.action.as_str())
+                            && entry.body.objects.first().is_none_or(|first| {
+                                !first.starts_with("org=") || first == &org_marker
+                            })
+                    }
+                };
             if !mine || !filter.matches(exported.at_ms, &exported.action, exported.user_id.as_ref())
             {
                 continue;
             }
-            if entries.len() == limit {
-                done = false;
-                break;
-            }
+            bytes += 160
+                + exported.action.len()
+                + exported.outcome.len()
+                + exported.source.len()
+                + exported.objects.iter().map(|o| o.len() + 2).sum::<usize>();
             entries.push(exported);
         }
-        Ok(AccessLogPage { entries, done })
+        Ok(AccessLogPage {
+            entries,
+            done,
+            next_after_seq,
+        })
     }
 
     fn expire_before(&self, before_ms: u64, now_ms: u64) -> Result<(u64, Vec<KeyId>), AuditError> {
@@ -684,8 +870,14 @@ fn checkpoint_signed(checkpoint: &Checkpoint, public_key: &VerifyingKey) -> bool
     })
 }
 
-/// Checks the whole chain and every checkpoint, offline.
-pub fn verify(db: &sled::Db, codec: &Codec, public_key: &VerifyingKey) -> Result<Verified, Broken> {
+/// Checks the whole chain and every checkpoint, offline; and that the chain still reaches the
+/// checkpoint recorded outside the database (`head`), when there is one.
+pub fn verify(
+    db: &sled::Db,
+    codec: &Codec,
+    public_key: &VerifyingKey,
+    head: Option<&Checkpoint>,
+) -> Result<Verified, Broken> {
     let broken = |seq: u64, reason: &str| Broken {
         seq,
         reason: reason.to_owned(),
@@ -700,10 +892,15 @@ pub fn verify(db: &sled::Db, codec: &Codec, public_key: &VerifyingKey) -> Result
             codec,
         },
         public_key,
+        head,
     )
 }
 
-fn verify_trees(trees: &Trees<'_>, public_key: &VerifyingKey) -> Result<Verified, Broken> {
+fn verify_trees(
+    trees: &Trees<'_>,
+    public_key: &VerifyingKey,
+    head: Option<&Checkpoint>,
+) -> Result<Verified, Broken> {
     let broken = |seq: u64, reason: &str| Broken {
         seq,
         reason: reason.to_owned(),
@@ -783,6 +980,12 @@ fn verify_trees(trees: &Trees<'_>, public_key: &VerifyingKey) -> Result<Verified
         ));
     }
     let last = expected - 1;
+    if last == 0 {
+        return Err(broken(
+            1,
+            "the log is empty, but every log begins with an access_log_start entry (deleted)",
+        ));
+    }
     let mut sealed = trimmed;
     let mut count = 0u64;
     for item in trees.checkpoints.iter() {
@@ -818,6 +1021,23 @@ fn verify_trees(trees: &Trees<'_>, public_key: &VerifyingKey) -> Result<Verified
         }
         sealed = sealed.max(checkpoint.seq);
     }
+    if let Some(head) = head {
+        if !checkpoint_signed(head, public_key) {
+            return Err(broken(
+                head.seq,
+                "the checkpoint recorded outside the database (access-log.head) does not verify",
+            ));
+        }
+        let reached = head.seq <= trimmed
+            || matches!(trees.entry_at(head.seq), Ok(Some(entry)) if entry.hash == head.hash);
+        if !reached {
+            return Err(broken(
+                head.seq,
+                "the log no longer reaches the checkpoint recorded outside the database \
+                 (access-log.head): it was truncated or rewritten",
+            ));
+        }
+    }
     Ok(Verified {
         entries: last - trimmed,
         checkpoints: count,
@@ -829,10 +1049,15 @@ fn verify_trees(trees: &Trees<'_>, public_key: &VerifyingKey) -> Result<Verified
 /// Every entry, in order (for the offline export).
 pub fn entries(db: &sled::Db, codec: &Codec) -> Result<Vec<Entry>, AccessLogError> {
     let tree = db.open_tree(ENTRIES).map_err(db_error)?;
-    tree.iter()
-        .map(|item| {
-            let (key, value) = item.map_err(db_error)?;
-            codec.open("access_log", &key, &value).map_err(db_error)
-        })
-        .collect()
+    let mut out = Vec::new();
+    for item in tree.iter() {
+        let (key, value) = item.map_err(db_error)?;
+        match codec.open("access_log", &key, &value) {
+            Ok(entry) => out.push(entry),
+            // Past retention, its day's key destroyed: nothing left to export.
+            Err(StoreError::Shredded { .. }) => {}
+            Err(error) => return Err(db_error(error)),
+        }
+    }
+    Ok(out)
 }

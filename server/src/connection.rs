@@ -7,6 +7,7 @@
 //! commit has made it durable. Deliveries are read from the device's mailbox, in order, with
 //! a bounded number in flight.
 
+use sha2::Digest as _;
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -85,6 +86,13 @@ fn team_message(team: TeamRecord) -> ServerMessage {
 }
 
 /// The ids a request is about, for the access log (never content, keys or handles).
+fn sweep_running() -> WireError {
+    WireError::new(
+        ErrorCode::Unavailable,
+        "a retention sweep is running; try again in a moment",
+    )
+}
+
 /// The access log failed: the request is refused and nothing else happens.
 fn audit_unavailable(error: crate::audit::AuditError) -> WireError {
     tracing::error!(%error, "access log unavailable");
@@ -100,19 +108,29 @@ fn audit_objects(request: &ClientRequest) -> Vec<String> {
         ClientRequest::SetRetention {
             mail_days,
             archive_days,
-            legal_hold,
         } => vec![
             format!("mail_days={mail_days}"),
             format!("archive_days={archive_days}"),
-            format!("legal_hold={legal_hold}"),
         ],
         ClientRequest::SetHold {
             conversation_id,
             held,
-        } => vec![conversation_id.to_string(), format!("held={held}")],
-        ClientRequest::SetArchiveKey { public_key } => {
-            vec![format!("enabled={}", public_key.is_some())]
-        }
+        } => vec![
+            conversation_id.map_or_else(|| "org".to_owned(), |c| c.to_string()),
+            format!("held={held}"),
+        ],
+        ClientRequest::SetArchiveKey { public_key } => match public_key {
+            // The key's fingerprint, so a swapped key shows in the log.
+            Some(key) => vec![format!(
+                "archive_key_sha256={}",
+                hex::encode(
+                    sha2::Sha256::digest(key.as_bytes())
+                        .get(..16)
+                        .unwrap_or_default()
+                )
+            )],
+            None => vec!["archive_disabled".to_owned()],
+        },
         ClientRequest::ExportArchive { since_ms, .. } => vec![format!("since_ms={since_ms}")],
         ClientRequest::ExportAccessLog(filter) => vec![format!("after_seq={}", filter.after_seq)],
         ClientRequest::Send(send) => vec![send.conversation_id.to_string()],
@@ -486,14 +504,26 @@ impl Unauthenticated {
                 Ok(_) => Outcome::Allowed,
                 Err(e) => Outcome::Denied(e.code),
             };
+            // A refused proof is attributed to the device it claims, if that exists, so the
+            // device's org sees failed attempts on its accounts.
+            let claimed = match (&result, &frame.request) {
+                (Err(_), ClientRequest::Auth(proof)) => {
+                    self.context.relay.claimed_actor(&proof.device_id)
+                }
+                _ => None,
+            };
             let recorded = self.context.audit.record(&AuditEvent {
                 at_ms: now_ms(&self.context),
-                actor: result.as_ref().ok().map(|who| Actor {
-                    org: who.org,
-                    user: who.user,
-                    device: who.device,
-                    role: who.role,
-                }),
+                actor: result
+                    .as_ref()
+                    .ok()
+                    .map(|who| Actor {
+                        org: who.org,
+                        user: who.user,
+                        device: who.device,
+                        role: who.role,
+                    })
+                    .or(claimed),
                 action: frame.request.name(),
                 objects: match &frame.request {
                     ClientRequest::Auth(proof) => vec![proof.device_id.to_string()],
@@ -1302,12 +1332,18 @@ impl Authenticated {
             ClientRequest::SetRetention {
                 mail_days,
                 archive_days,
-                legal_hold,
-            } => done(relay.set_retention(&who, mail_days, archive_days, legal_hold)),
+            } => match context.sweeping.try_lock() {
+                // Not while a sweep runs: it would act on the settings it read before.
+                Ok(_no_sweep) => done(relay.set_retention(&who, mail_days, archive_days)),
+                Err(_) => Reply::Now(Err(sweep_running())),
+            },
             ClientRequest::SetHold {
                 conversation_id,
                 held,
-            } => done(relay.set_hold(&who, &conversation_id, held)),
+            } => match context.sweeping.try_lock() {
+                Ok(_no_sweep) => done(relay.set_hold(&who, conversation_id.as_ref(), held)),
+                Err(_) => Reply::Now(Err(sweep_running())),
+            },
             ClientRequest::SetArchiveKey { public_key } => {
                 done(relay.set_archive_key(&who, public_key))
             }
@@ -1324,25 +1360,38 @@ impl Authenticated {
                 if let Err(error) = relay.require(&who, Permission::ChangePolicy) {
                     return (Reply::Now(Err(error)), None);
                 }
-                let store = relay.store().clone();
-                let audit = context.clone();
+                let context = context.clone();
+                let org = who.org;
                 return (
                     Reply::Later(Box::pin(async move {
-                        let now = now_ms(&audit);
-                        match audit.sweep(&store, now).await {
-                            Ok(report) => Ok(ServerMessage::SweepReport(report)),
-                            Err(error) => Err(WireError::new(ErrorCode::Internal, error)),
+                        let now = now_ms(&context);
+                        match context.sweep(now).await {
+                            Ok(outcome) => Ok(ServerMessage::SweepReport(outcome.report_for(&org))),
+                            Err(error) => Err(WireError::new(
+                                ErrorCode::Internal,
+                                format!("the retention sweep failed: {error}"),
+                            )),
                         }
                     })),
                     None,
                 );
             }
-            ClientRequest::VerifyAccessLog => durable(
-                relay
-                    .require(&who, Permission::ReadAuditLog)
-                    .and_then(|_| context.audit.verify().map_err(audit_unavailable))
-                    .map(ServerMessage::AccessLogStatus),
-            ),
+            ClientRequest::VerifyAccessLog => {
+                if let Err(error) = relay.require(&who, Permission::ReadAuditLog) {
+                    return (Reply::Now(Err(error)), None);
+                }
+                let context = context.clone();
+                return (
+                    Reply::Later(Box::pin(async move {
+                        context
+                            .verify_access_log()
+                            .await
+                            .map(ServerMessage::AccessLogStatus)
+                            .map_err(audit_unavailable)
+                    })),
+                    None,
+                );
+            }
             ClientRequest::ExportAccessLog(filter) => durable(
                 relay
                     .require(&who, Permission::ExportAuditLog)

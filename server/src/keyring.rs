@@ -116,7 +116,7 @@ pub enum KeyringError {
 const MAGIC: &[u8; 8] = b"MRKEYRG1";
 const WRAP_LABEL: &[u8] = b"medrelay-keyring-wrap-v1\0";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct WrappedKey {
     id: KeyId,
     scope: Scope,
@@ -135,6 +135,8 @@ struct State {
     next_id: KeyId,
     by_id: BTreeMap<KeyId, (Scope, DataKey)>,
     by_scope: BTreeMap<Scope, KeyId>,
+    /// Each key as wrapped in the file, so adding one key wraps only that one.
+    wrapped: BTreeMap<KeyId, WrappedKey>,
 }
 
 /// The master key and the data keys it wraps.
@@ -143,6 +145,8 @@ pub struct Keyring {
     master_path: PathBuf,
     master: Zeroizing<[u8; 32]>,
     state: RwLock<State>,
+    created: bool,
+    created_master: bool,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -210,6 +214,7 @@ impl Keyring {
     /// Opens the keyring at `path` under the master key at `master_path`; when neither exists
     /// yet, creates both (a fresh data directory).
     pub fn open(path: &Path, master_path: &Path) -> Result<Keyring, KeyringError> {
+        let mut created_master = false;
         let master = match read_master(master_path)? {
             Some(master) => master,
             None if path.exists() => {
@@ -225,21 +230,47 @@ impl Keyring {
                 }
                 write_atomically(master_path, Zeroizing::new(hex::encode(*key)).as_bytes())
                     .map_err(|e| io_error(master_path, e))?;
+                created_master = true;
                 key
             }
         };
+        let created = !path.exists();
         let keyring = Keyring {
             path: path.to_owned(),
             master_path: master_path.to_owned(),
             master,
             state: RwLock::new(State::default()),
+            created,
+            created_master,
         };
-        if path.exists() {
-            keyring.load()?;
-        } else {
+        if created {
             keyring.persist(&State::default())?;
+        } else {
+            keyring.load()?;
         }
         Ok(keyring)
+    }
+
+    /// Whether this open created the keyring (a fresh data directory; or, for a database that
+    /// already holds sealed records, a lost keyring, which the store refuses).
+    pub fn was_created(&self) -> bool {
+        self.created
+    }
+
+    /// Removes the files this open created (when the store refuses them), so the next start
+    /// finds the directory as the operator left it.
+    pub fn discard_created(&self) {
+        if self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        if self.created_master {
+            let _ = std::fs::remove_file(&self.master_path);
+        }
+    }
+
+    /// The id the next new key gets: every id below it was handed out once.
+    pub fn next_id(&self) -> KeyId {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).next_id
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {
@@ -254,8 +285,10 @@ impl Keyring {
         let body: FileBody =
             postcard::from_bytes(body).map_err(|_| io_error(&self.path, "damaged keyring"))?;
         let cipher = self.cipher();
+        // Ids are never reused, whatever `next_id` says.
+        let past_ids = body.keys.iter().map(|k| k.id.saturating_add(1)).max();
         let mut state = State {
-            next_id: body.next_id,
+            next_id: body.next_id.max(past_ids.unwrap_or(0)),
             ..State::default()
         };
         for wrapped in body.keys {
@@ -282,37 +315,38 @@ impl Keyring {
                 .by_id
                 .insert(wrapped.id, (wrapped.scope, Arc::new(Zeroizing::new(key))));
             state.by_scope.insert(wrapped.scope, wrapped.id);
+            state.wrapped.insert(wrapped.id, wrapped);
         }
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
         Ok(())
     }
 
+    fn wrap(&self, id: KeyId, scope: Scope, key: &DataKey) -> Result<WrappedKey, KeyringError> {
+        let mut nonce = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let aad = wrap_aad(id, &scope);
+        let wrapped = self
+            .cipher()
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: key.as_slice(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| io_error(&self.path, "could not wrap a key"))?;
+        Ok(WrappedKey {
+            id,
+            scope,
+            nonce,
+            wrapped,
+        })
+    }
+
     fn persist(&self, state: &State) -> Result<(), KeyringError> {
-        let cipher = self.cipher();
-        let mut keys = Vec::with_capacity(state.by_id.len());
-        for (id, (scope, key)) in &state.by_id {
-            let mut nonce = [0u8; 24];
-            rand::rngs::OsRng.fill_bytes(&mut nonce);
-            let aad = wrap_aad(*id, scope);
-            let wrapped = cipher
-                .encrypt(
-                    XNonce::from_slice(&nonce),
-                    Payload {
-                        msg: key.as_slice(),
-                        aad: &aad,
-                    },
-                )
-                .map_err(|_| io_error(&self.path, "could not wrap a key"))?;
-            keys.push(WrappedKey {
-                id: *id,
-                scope: *scope,
-                nonce,
-                wrapped,
-            });
-        }
         let body = FileBody {
             next_id: state.next_id,
-            keys,
+            keys: state.wrapped.values().cloned().collect(),
         };
         let mut bytes = MAGIC.to_vec();
         bytes
@@ -340,12 +374,21 @@ impl Keyring {
         rand::rngs::OsRng.fill_bytes(key.as_mut_slice());
         let key: DataKey = Arc::new(key);
         let id = state.next_id;
-        state.next_id = id.saturating_add(1);
+        if id == KeyId::MAX || state.by_id.contains_key(&id) {
+            return Err(io_error(
+                &self.path,
+                "no key id left; the keyring is damaged",
+            ));
+        }
+        let wrapped = self.wrap(id, scope, &key)?;
+        state.next_id = id + 1;
         state.by_id.insert(id, (scope, key.clone()));
         state.by_scope.insert(scope, id);
+        state.wrapped.insert(id, wrapped);
         if let Err(error) = self.persist(&state) {
             state.by_id.remove(&id);
             state.by_scope.remove(&scope);
+            state.wrapped.remove(&id);
             return Err(error);
         }
         Ok((id, key))
@@ -377,7 +420,8 @@ impl Keyring {
                 if scope.day().is_some() {
                     state.by_id.remove(id);
                     state.by_scope.remove(&scope);
-                    removed.push((*id, scope, key));
+                    let wrapped = state.wrapped.remove(id);
+                    removed.push((*id, scope, key, wrapped));
                 }
             }
         }
@@ -385,9 +429,12 @@ impl Keyring {
             return Ok(0);
         }
         if let Err(error) = self.persist(&state) {
-            for (id, scope, key) in removed {
+            for (id, scope, key, wrapped) in removed {
                 state.by_id.insert(id, (scope, key));
                 state.by_scope.insert(scope, id);
+                if let Some(wrapped) = wrapped {
+                    state.wrapped.insert(id, wrapped);
+                }
             }
             return Err(error);
         }

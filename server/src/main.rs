@@ -142,6 +142,11 @@ enum AuditCommand {
         /// The master key file (default: DIR/master.key).
         #[arg(long)]
         master_key: Option<PathBuf>,
+        /// The checkpoint public key recorded when the server was set up (64 hex digits);
+        /// default DIR/access-log.pub. Give it: a copy kept off the server is what an
+        /// attacker who can write the data directory cannot change.
+        #[arg(long, value_name = "HEX")]
+        public_key: Option<String>,
     },
     /// Print entries as JSON lines or CSV, optionally filtered.
     Export {
@@ -316,6 +321,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 store.database(),
                 store.codec().clone(),
                 access_log::load_or_create_key(data.root())?,
+                Some(data.root().join(access_log::HEAD_FILE)),
+                clock.now_ms(),
             )?);
             if !store.is_initialised()? {
                 let report = data.initialise(&store, &relay, &org, &hostnames).await?;
@@ -366,6 +373,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 limits: Default::default(),
                 audit: access_log.clone(),
                 audit_days: audit_retention_days,
+                sweeping: tokio::sync::Mutex::new(()),
             });
             let admin = admin_socket::bind(&data.admin_socket())
                 .with_context(|| format!("could not bind {}", data.admin_socket().display()))?;
@@ -399,7 +407,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `medrelay audit ...`: offline, on a stopped server's data directory.
 async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     let data_dir = match &command {
-        AuditCommand::Verify { data, master_key }
+        AuditCommand::Verify {
+            data, master_key, ..
+        }
         | AuditCommand::Export {
             data, master_key, ..
         } => DataDir::new(data).with_master_key(master_key.clone()),
@@ -419,15 +429,23 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     let keyring = Arc::new(data_dir.open_keyring()?);
     let store = SledStore::open(&data_dir.db(), keyring)?;
     match command {
-        AuditCommand::Verify { .. } => {
-            if !data_dir.root().join("access-log.pub").exists() {
+        AuditCommand::Verify { public_key, .. } => {
+            if !data_dir.root().join("access-log.key").exists() {
                 bail!(
                     "{} has no access log yet: `medrelay serve` has not run on it",
                     data_dir.root().display()
                 );
             }
-            let public_key = access_log::load_public_key(data_dir.root())?;
-            match access_log::verify(store.database(), store.codec(), &public_key) {
+            let public_key = match public_key {
+                Some(hex_key) => hex::decode(hex_key.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                    .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+                    .ok_or_else(|| anyhow!("--public-key must be 64 hexadecimal digits"))?,
+                None => access_log::load_public_key(data_dir.root())?,
+            };
+            let head = access_log::read_head(data_dir.root()).map_err(|e| anyhow!(e))?;
+            match access_log::verify(store.database(), store.codec(), &public_key, head.as_ref()) {
                 Ok(verified) => {
                     println!("{}", serde_json::to_string(&verified)?);
                     Ok(())

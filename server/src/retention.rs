@@ -6,20 +6,23 @@
 //! then destroy the epoch keys nothing needs any more ([`Store::shred`]). A crash before the
 //! last step leaves keys the next sweep destroys; never a live record without its key.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use medrelay_proto::limits::MAX_FRAME_BYTES;
 use medrelay_proto::{
-    ArchiveItem, ArchivePage, ConversationId, ErrorCode, Permission, Retention, SweepReport,
+    ArchiveItem, ArchivePage, ConversationId, ErrorCode, OrgId, Permission, Retention, SweepReport,
     WireError, X25519PublicKey,
 };
 
 use crate::audit::AuditSink;
 use crate::relay::{internal, not_found, AuthedDevice, Relay};
-use crate::store::{HoldRecord, RetentionRecord, Store};
+use crate::store::{ExpiredCounts, HoldRecord, RetentionRecord, Store};
 
 /// Bytes of archive items one export page carries at most, well inside a frame.
 const ARCHIVE_PAGE_BYTES: usize = MAX_FRAME_BYTES / 2;
+/// Most archive rows one export request reads.
+const ARCHIVE_SCAN_ROWS: usize = 20_000;
 
 impl Relay {
     /// The org's retention settings, holds and archive key.
@@ -54,28 +57,30 @@ impl Relay {
             .map_err(internal)
     }
 
-    /// Sets how long mail and the archive are kept, and the org-wide legal hold.
+    /// Sets how long mail and the archive are kept.
     pub fn set_retention(
         &self,
         who: &AuthedDevice,
         mail_days: u32,
         archive_days: u32,
-        legal_hold: bool,
     ) -> Result<(), WireError> {
         self.update_retention(who, |r| {
             r.mail_days = mail_days;
             r.archive_days = archive_days;
-            r.legal_hold = legal_hold;
         })
     }
 
-    /// Places or lifts a legal hold on one conversation of the caller's org.
+    /// Places or lifts a legal hold: on one conversation of the caller's org, or (`None`) on
+    /// the whole org.
     pub fn set_hold(
         &self,
         who: &AuthedDevice,
-        conversation: &ConversationId,
+        conversation: Option<&ConversationId>,
         held: bool,
     ) -> Result<(), WireError> {
+        let Some(conversation) = conversation else {
+            return self.update_retention(who, |r| r.legal_hold = held);
+        };
         self.require(who, Permission::ChangePolicy)?;
         let exists = self
             .store
@@ -111,12 +116,15 @@ impl Relay {
         }
     }
 
-    /// Enables the org archive with the privacy officer's public key, or disables it.
+    /// Enables the org archive with the privacy officer's public key, or disables it. Only a
+    /// privacy officer may: whoever sets the key chooses who can read every archived message
+    /// (clients pin the key and refuse a changed one until their user accepts it).
     pub fn set_archive_key(
         &self,
         who: &AuthedDevice,
         public_key: Option<X25519PublicKey>,
     ) -> Result<(), WireError> {
+        self.require(who, Permission::PrivacyOfficer)?;
         self.update_retention(who, |r| {
             r.archive_public_key = public_key.map(|k| *k.as_bytes());
         })
@@ -145,19 +153,21 @@ impl Relay {
     ) -> Result<ArchivePage, WireError> {
         self.require(who, Permission::ExportAuditLog)?;
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let records = self
+        let scan = self
             .store
-            .archive_after(&who.org, after_seq, since_ms, limit.saturating_add(1))
+            .archive_after(&who.org, after_seq, since_ms, limit, ARCHIVE_SCAN_ROWS)
             .map_err(internal)?;
-        let mut done = records.len() <= limit;
         let mut items = Vec::new();
         let mut bytes = 0usize;
-        for (seq, record) in records.into_iter().take(limit) {
+        let mut next_after_seq = scan.scanned_through.unwrap_or(after_seq);
+        let mut done = scan.done;
+        for (seq, record) in scan.items {
             bytes += record.sealed.len() + 128;
             if bytes > ARCHIVE_PAGE_BYTES && !items.is_empty() {
                 done = false;
                 break;
             }
+            next_after_seq = seq;
             items.push(ArchiveItem {
                 seq,
                 conversation_id: record.conversation,
@@ -168,32 +178,99 @@ impl Relay {
                 sealed: record.sealed.into(),
             });
         }
-        Ok(ArchivePage { items, done })
+        if !done && items.len() < limit && bytes <= ARCHIVE_PAGE_BYTES {
+            // Stopped by the scan bound, not the page: resume after the last row read.
+            next_after_seq = scan.scanned_through.unwrap_or(next_after_seq);
+        }
+        Ok(ArchivePage {
+            items,
+            done,
+            next_after_seq,
+        })
+    }
+}
+
+/// What one sweep did: per org, and for the server-wide access log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepOutcome {
+    /// When it ran.
+    pub at_ms: u64,
+    /// Per org: its records and keys.
+    pub orgs: BTreeMap<OrgId, OrgSweep>,
+    /// Access-log entries trimmed (the log is one server-wide chain).
+    pub access_log_entries_deleted: u64,
+    /// Access-log day keys destroyed.
+    pub access_log_keys_shredded: u64,
+}
+
+/// One org's part of a sweep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrgSweep {
+    /// What was deleted or kept.
+    pub counts: ExpiredCounts,
+    /// The org's epoch keys destroyed.
+    pub keys_shredded: u64,
+}
+
+impl SweepOutcome {
+    /// The report an org's admin sees: the org's counts and the access log's.
+    pub fn report_for(&self, org: &OrgId) -> SweepReport {
+        let mine = self.orgs.get(org).copied().unwrap_or_default();
+        SweepReport {
+            at_ms: self.at_ms,
+            envelopes_deleted: mine.counts.envelopes,
+            archive_items_deleted: mine.counts.archive_items,
+            access_log_entries_deleted: self.access_log_entries_deleted,
+            // The org's day keys, and the shared access log's.
+            keys_shredded: mine.keys_shredded + self.access_log_keys_shredded,
+            kept_by_hold: mine.counts.kept_by_hold,
+        }
     }
 }
 
 /// Runs one sweep now: expire, make durable, shred. `audit_days` is the access log's retention.
+/// The scans run on a blocking thread, off the async workers.
 pub async fn sweep(
-    store: &Arc<dyn Store>,
-    log: &dyn AuditSink,
+    store: Arc<dyn Store>,
+    log: Arc<dyn AuditSink>,
     now_ms: u64,
     audit_days: u32,
-) -> Result<SweepReport, String> {
-    let expired = store.expire(now_ms).map_err(|e| e.to_string())?;
-    let audit_cutoff = now_ms.saturating_sub(u64::from(audit_days) * crate::keyring::DAY_MS);
-    let (audit_deleted, audit_keys) = log
-        .expire_before(audit_cutoff, now_ms)
-        .map_err(|e| e.to_string())?;
+) -> Result<SweepOutcome, String> {
+    let (expired, audit) = {
+        let store = store.clone();
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || {
+            let expired = store.expire(now_ms).map_err(|e| e.to_string())?;
+            let cutoff = now_ms.saturating_sub(u64::from(audit_days) * crate::keyring::DAY_MS);
+            let audit = log
+                .expire_before(cutoff, now_ms)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((expired, audit))
+        })
+        .await
+        .map_err(|e| e.to_string())??
+    };
     store.sync().await.map_err(|e| e.to_string())?;
-    let mut keys = expired.unneeded_keys;
-    keys.extend(audit_keys);
-    let shredded = store.shred(&keys).map_err(|e| e.to_string())?;
-    Ok(SweepReport {
+    let mut outcome = SweepOutcome {
         at_ms: now_ms,
-        envelopes_deleted: expired.envelopes,
-        archive_items_deleted: expired.archive_items,
-        access_log_entries_deleted: audit_deleted,
-        keys_shredded: shredded,
-        kept_by_hold: expired.kept_by_hold,
-    })
+        access_log_entries_deleted: audit.0,
+        ..SweepOutcome::default()
+    };
+    // Every org gets its line, zeros included: a sweep that found nothing says so.
+    for org in store.orgs().map_err(|e| e.to_string())? {
+        outcome.orgs.entry(org.id).or_default();
+    }
+    for (org, counts) in &expired.counts {
+        outcome.orgs.entry(*org).or_default().counts = *counts;
+    }
+    let mut by_org: BTreeMap<OrgId, Vec<crate::keyring::KeyId>> = BTreeMap::new();
+    for (key, org) in &expired.unneeded_keys {
+        by_org.entry(*org).or_default().push(*key);
+    }
+    for (org, keys) in by_org {
+        outcome.orgs.entry(org).or_default().keys_shredded =
+            store.shred(&keys).map_err(|e| e.to_string())?;
+    }
+    outcome.access_log_keys_shredded = store.shred(&audit.1).map_err(|e| e.to_string())?;
+    Ok(outcome)
 }

@@ -43,6 +43,8 @@ pub struct Context {
     pub audit: Arc<dyn AuditSink>,
     /// How long the access log keeps entries, in days.
     pub audit_days: u32,
+    /// Held by a retention sweep (one at a time); policy changes wait for it.
+    pub sweeping: tokio::sync::Mutex<()>,
 }
 
 /// The server's rate limiters.
@@ -74,46 +76,78 @@ impl Context {
         }
     }
 
-    /// Runs one retention sweep and records what it did, in counts, in the access log.
-    pub async fn sweep(
-        &self,
-        store: &Arc<dyn crate::store::Store>,
-        now_ms: u64,
-    ) -> Result<medrelay_proto::SweepReport, String> {
-        let result = crate::retention::sweep(store, &*self.audit, now_ms, self.audit_days).await;
-        let (objects, outcome) = match &result {
-            Ok(report) => (
-                vec![
-                    format!("envelopes_deleted={}", report.envelopes_deleted),
-                    format!("archive_items_deleted={}", report.archive_items_deleted),
-                    format!(
-                        "access_log_entries_deleted={}",
-                        report.access_log_entries_deleted
-                    ),
-                    format!("keys_shredded={}", report.keys_shredded),
-                    format!("kept_by_hold={}", report.kept_by_hold),
-                ],
-                crate::audit::Outcome::Allowed,
-            ),
-            Err(_) => (
-                Vec::new(),
-                crate::audit::Outcome::Denied(medrelay_proto::ErrorCode::Internal),
-            ),
-        };
-        self.audit
-            .record(&AuditEvent {
-                at_ms: now_ms,
-                actor: None,
-                action: "retention_sweep",
-                objects,
-                outcome,
-                source: IpAddr::from([127, 0, 0, 1]),
-            })
-            .map_err(|e| e.to_string())?;
-        if let Ok(report) = &result {
-            tracing::info!(?report, "retention sweep");
+    /// Runs one retention sweep (one at a time) and records what it did, in counts, in the
+    /// access log: one entry per org, and one for the server-wide access log.
+    pub async fn sweep(&self, now_ms: u64) -> Result<crate::retention::SweepOutcome, String> {
+        let _one_at_a_time = self.sweeping.lock().await;
+        self.audit.ready().map_err(|e| e.to_string())?;
+        let store = self.relay.store().clone();
+        let result =
+            crate::retention::sweep(store, self.audit.clone(), now_ms, self.audit_days).await;
+        let source = IpAddr::from([127, 0, 0, 1]);
+        match &result {
+            Ok(outcome) => {
+                for (org, part) in &outcome.orgs {
+                    self.audit
+                        .record(&AuditEvent {
+                            at_ms: now_ms,
+                            actor: None,
+                            action: "retention_sweep",
+                            objects: vec![
+                                format!("org={org}"),
+                                format!("envelopes_deleted={}", part.counts.envelopes),
+                                format!("archive_items_deleted={}", part.counts.archive_items),
+                                format!("kept_by_hold={}", part.counts.kept_by_hold),
+                                format!("unreadable={}", part.counts.unreadable),
+                                format!("keys_shredded={}", part.keys_shredded),
+                            ],
+                            outcome: crate::audit::Outcome::Allowed,
+                            source,
+                        })
+                        .map_err(|e| e.to_string())?;
+                }
+                self.audit
+                    .record(&AuditEvent {
+                        at_ms: now_ms,
+                        actor: None,
+                        action: "retention_sweep",
+                        objects: vec![
+                            format!(
+                                "access_log_entries_deleted={}",
+                                outcome.access_log_entries_deleted
+                            ),
+                            format!("keys_shredded={}", outcome.access_log_keys_shredded),
+                        ],
+                        outcome: crate::audit::Outcome::Allowed,
+                        source,
+                    })
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(orgs = outcome.orgs.len(), "retention sweep done");
+            }
+            Err(error) => {
+                tracing::error!(%error, "retention sweep failed");
+                self.record(AuditEvent {
+                    at_ms: now_ms,
+                    actor: None,
+                    action: "retention_sweep",
+                    objects: Vec::new(),
+                    outcome: crate::audit::Outcome::Denied(medrelay_proto::ErrorCode::Internal),
+                    source,
+                });
+            }
         }
         result
+    }
+
+    /// Verifies the access log, never during a sweep (a trim in progress is not tampering).
+    pub async fn verify_access_log(
+        &self,
+    ) -> Result<medrelay_proto::AccessLogStatus, crate::audit::AuditError> {
+        let _one_at_a_time = self.sweeping.lock().await;
+        let audit = self.audit.clone();
+        tokio::task::spawn_blocking(move || audit.verify())
+            .await
+            .map_err(|e| crate::audit::AuditError(e.to_string()))?
     }
 }
 
@@ -130,12 +164,14 @@ pub async fn sweeper(context: Arc<Context>, interval_ms: u64) {
             _ = shutdown.changed() => return,
         }
         let now = context.clock.now_ms();
+        if let Err(error) = context.audit.seal_idle(now) {
+            tracing::error!(%error, "could not seal the access log's quiet tail");
+        }
         if now.saturating_sub(last) < interval_ms {
             continue;
         }
         last = now;
-        let store = context.relay.store().clone();
-        if let Err(error) = context.sweep(&store, now).await {
+        if let Err(error) = context.sweep(now).await {
             tracing::error!(%error, "retention sweep failed; the next one retries");
         }
     }

@@ -158,6 +158,50 @@ async fn the_access_log_verifies_and_any_tampering_is_named() {
     assert_eq!(report["entry"], entries, "{report}");
     assert!(report["reason"].as_str().unwrap().contains("truncated"));
 
+    // The tail cut off together with the checkpoints that sealed it: the database is
+    // consistent again, but it no longer reaches the checkpoint kept outside it.
+    let cut = scratch.path().join("cut");
+    copy_dir(&data, &cut);
+    {
+        let db = sled::open(cut.join("db")).unwrap();
+        let log = db.open_tree("access_log").unwrap();
+        for seq in 10..=entries {
+            log.remove(key(seq)).unwrap();
+        }
+        let checkpoints = db.open_tree("access_log_checkpoints").unwrap();
+        for item in checkpoints.iter().keys() {
+            let k = item.unwrap();
+            if u64::from_be_bytes(k.as_ref().try_into().unwrap()) >= 10 {
+                checkpoints.remove(k).unwrap();
+            }
+        }
+        db.flush().unwrap();
+    }
+    let (ok, report) = verify(&cut);
+    assert!(!ok);
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("access-log.head"),
+        "{report}"
+    );
+
+    // Everything deleted: an empty log is a deleted one.
+    let emptied = scratch.path().join("emptied");
+    copy_dir(&data, &emptied);
+    std::fs::remove_file(emptied.join("access-log.head")).unwrap();
+    {
+        let db = sled::open(emptied.join("db")).unwrap();
+        for tree in ["access_log", "access_log_checkpoints", "access_log_meta"] {
+            db.open_tree(tree).unwrap().clear().unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let (ok, report) = verify(&emptied);
+    assert!(!ok);
+    assert_eq!(report["entry"], 1, "{report}");
+
     // The original still verifies.
     assert!(verify(&data).0);
 }
@@ -188,7 +232,6 @@ async fn a_failure_to_write_the_access_log_fails_the_request_and_changes_nothing
         .request(ClientRequest::SetRetention {
             mail_days: 7,
             archive_days: 7,
-            legal_hold: true,
         })
         .await
         .unwrap();

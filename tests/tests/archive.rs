@@ -56,6 +56,23 @@ fn archived_messages_open_offline_with_the_officers_key_only() {
         .unwrap();
     patient.accept_consent().unwrap();
 
+    // Only a privacy officer may set the archive key: whoever sets it decides who can read.
+    let refused = admin
+        .run(&["admin", "archive", "enable", "--public-key", &public_key])
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("privacy_officer"), "{refused}");
+    let me = admin.json(&["whoami"]).unwrap();
+    let handle = me["handle"].as_str().unwrap().to_owned();
+    admin
+        .json(&[
+            "permissions",
+            "--handle",
+            &handle,
+            "--grant",
+            "privacy_officer",
+        ])
+        .unwrap();
     let enabled = admin
         .json(&["admin", "archive", "enable", "--public-key", &public_key])
         .unwrap();
@@ -121,6 +138,40 @@ fn archived_messages_open_offline_with_the_officers_key_only() {
     ]);
     assert!(!refused.status.success());
     assert!(refused.stdout.is_empty());
+
+    // A swapped archive key is refused by the clients until their user accepts it.
+    let other_public = {
+        let made = medrelay(&[
+            "archive",
+            "keygen",
+            "--out",
+            &officer.path().join("new.key").display().to_string(),
+        ]);
+        let made: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
+        made["public_key"].as_str().unwrap().to_owned()
+    };
+    admin
+        .json(&["admin", "archive", "enable", "--public-key", &other_public])
+        .unwrap();
+    let blocked = patient
+        .run(&["send", "--to", "dr.lee", "not sent"])
+        .unwrap_err()
+        .to_string();
+    assert!(blocked.contains("archive key changed"), "{blocked}");
+    let shown = patient.json(&["archive-key", "show"]).unwrap();
+    assert_eq!(shown["trusted"], false);
+    assert_eq!(shown["public_key"], other_public.as_str());
+    patient.json(&["archive-key", "accept"]).unwrap();
+    assert_eq!(
+        patient.json(&["archive-key", "show"]).unwrap()["trusted"],
+        true
+    );
+    patient.send("dr.lee", "sent after accepting").unwrap();
+    assert_eq!(
+        staff.recv(5).unwrap().len(),
+        1,
+        "only the message sent after accepting arrived"
+    );
 
     // The server holds the archive sealed only.
     assert!(server.terminate().unwrap().success());
@@ -205,16 +256,22 @@ fn the_admin_cli_sets_retention_and_holds_and_reads_the_access_log() {
     assert!(lines[0].starts_with("seq,at_ms,user"), "{csv}");
     assert_eq!(
         lines.len(),
-        4,
-        "header, then 14 days, hold on, hold off: {csv}"
+        2,
+        "header, then the one retention change: {csv}"
     );
     assert!(lines[1].contains("mail_days=14"));
+    let holds = admin
+        .json_lines(&["admin", "audit", "export", "--action", "set_hold"])
+        .unwrap();
+    assert_eq!(holds.len(), 2, "on, then off: {holds:?}");
     let sweeps = admin
         .json_lines(&["admin", "audit", "export", "--action", "retention_sweep"])
         .unwrap();
-    assert_eq!(sweeps.len(), 1);
-    assert!(sweeps[0]["objects"]
-        .as_array()
-        .unwrap()
-        .contains(&serde_json::json!("envelopes_deleted=0")));
+    assert!(
+        sweeps.iter().any(|s| s["objects"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("envelopes_deleted=0"))),
+        "{sweeps:?}"
+    );
 }

@@ -139,6 +139,16 @@ fn allowed_before_login(request: &ClientRequest) -> bool {
 }
 
 /// The session-binding address of a device of a user.
+/// The fingerprint of an archive key people compare: SHA-256, first 16 bytes, hex.
+pub fn archive_key_fingerprint(key: &X25519PublicKey) -> String {
+    use sha2::Digest;
+    hex::encode(
+        sha2::Sha256::digest(key.as_bytes())
+            .get(..16)
+            .unwrap_or_default(),
+    )
+}
+
 fn peer_address(user: &UserId, device: &DeviceId) -> PeerAddress {
     PeerAddress {
         user_id: *user.as_bytes(),
@@ -230,6 +240,8 @@ impl<K: KeyStore> Client<K> {
             processed: Default::default(),
             seen_client_messages: Default::default(),
             pending: Vec::new(),
+            // Trust on first use: the archive key the org has when this device enrols.
+            archive_key: auth_ok.archive_public_key,
         };
         let blob = profile.to_bytes()?;
         store.apply(&StoreUpdate {
@@ -766,25 +778,23 @@ impl<K: KeyStore> Client<K> {
         }
     }
 
-    /// Sets how long undelivered mail and the org archive are kept, and the org-wide hold.
+    /// Sets how long undelivered mail and the org archive are kept.
     pub async fn set_retention(
         &mut self,
         mail_days: u32,
         archive_days: u32,
-        legal_hold: bool,
     ) -> Result<(), TransportError> {
         let request = ClientRequest::SetRetention {
             mail_days,
             archive_days,
-            legal_hold,
         };
         self.done(request, true).await
     }
 
-    /// Places (`held`) or lifts a legal hold on one conversation.
+    /// Places (`held`) or lifts a legal hold on one conversation, or (`None`) on the org.
     pub async fn set_hold(
         &mut self,
-        conversation_id: ConversationId,
+        conversation_id: Option<ConversationId>,
         held: bool,
     ) -> Result<(), TransportError> {
         let request = ClientRequest::SetHold {
@@ -1040,10 +1050,16 @@ impl<K: KeyStore> Client<K> {
         let mut retries = 0u32;
         let mut archive_refreshed = false;
         loop {
+            // Checked before anything is encrypted: a changed key stops the send whole.
+            let archive_key = self.pinned_archive_key()?;
             let envelopes = self
                 .encrypt_for(&conversation, plaintext.expose_secret())
                 .await?;
-            let archive_item = self.archive_item(&content)?;
+            // The archived copy is padded like the message itself, so its length leaks as
+            // little.
+            let padded = content::decode(plaintext.expose_secret())
+                .map_err(|e| TransportError::Crypto(e.to_string()))?;
+            let archive_item = self.archive_item(archive_key.as_ref(), &padded)?;
             let request = ClientRequest::Send(SendRequest {
                 conversation_id,
                 client_message_id,
@@ -1096,10 +1112,58 @@ impl<K: KeyStore> Client<K> {
         }
     }
 
-    /// When the org archives (its key came with `AuthOk`), the message sealed to the archive
-    /// key as an `ArchiveRecord`: the privacy officer's offline key alone opens it.
-    fn archive_item(&self, content: &Content) -> Result<Option<Bytes>, TransportError> {
+    /// The org archive key to seal to, if the org archives: the one pinned on this device
+    /// (pinned now if this is the first), or [`TransportError::ArchiveKeyChanged`].
+    fn pinned_archive_key(&mut self) -> Result<Option<X25519PublicKey>, TransportError> {
         let Some(key) = self.auth_ok().and_then(|ok| ok.archive_public_key) else {
+            return Ok(None);
+        };
+        match self.profile.archive_key {
+            Some(pinned) if pinned == key => Ok(Some(key)),
+            Some(_) => Err(TransportError::ArchiveKeyChanged {
+                fingerprint: archive_key_fingerprint(&key),
+            }),
+            None => {
+                self.profile.archive_key = Some(key);
+                self.save_profile()?;
+                Ok(Some(key))
+            }
+        }
+    }
+
+    /// The org archive key the server announces now and its fingerprint (to compare with the
+    /// privacy officer's), and whether it is the one this device pinned. Connects if needed.
+    pub async fn archive_key(
+        &mut self,
+    ) -> Result<Option<(X25519PublicKey, String, bool)>, TransportError> {
+        self.ensure_connected().await?;
+        Ok(self
+            .auth_ok()
+            .and_then(|ok| ok.archive_public_key)
+            .map(|key| {
+                let pinned = self.profile.archive_key == Some(key);
+                (key, archive_key_fingerprint(&key), pinned)
+            }))
+    }
+
+    /// Accepts (pins) the org archive key the server announces now, after the user checked
+    /// its fingerprint with the clinic's privacy officer. Returns the fingerprint.
+    pub async fn accept_archive_key(&mut self) -> Result<Option<String>, TransportError> {
+        self.ensure_connected().await?;
+        let key = self.auth_ok().and_then(|ok| ok.archive_public_key);
+        self.profile.archive_key = key;
+        self.save_profile()?;
+        Ok(key.as_ref().map(archive_key_fingerprint))
+    }
+
+    /// When the org archives, the message sealed to the archive key as an `ArchiveRecord`:
+    /// the privacy officer's offline key alone opens it.
+    fn archive_item(
+        &self,
+        key: Option<&X25519PublicKey>,
+        content: &Content,
+    ) -> Result<Option<Bytes>, TransportError> {
+        let Some(key) = key else {
             return Ok(None);
         };
         let record = medrelay_proto::e2e::ArchiveRecord {

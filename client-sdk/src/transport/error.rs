@@ -65,6 +65,16 @@ pub enum TransportError {
     /// A caller-supplied argument was invalid (e.g. an unknown conversation, a handle).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The org's archive key is not the one this device pinned: nothing is sent until the
+    /// user has checked the new key with the clinic's privacy officer and accepted it.
+    #[error(
+        "the clinic's archive key changed (new key fingerprint {fingerprint}); nothing was sent. \
+         Check the fingerprint with your clinic's privacy officer, then accept it"
+    )]
+    ArchiveKeyChanged {
+        /// SHA-256 of the new key, first 16 bytes, hex.
+        fingerprint: String,
+    },
 }
 
 impl TransportError {

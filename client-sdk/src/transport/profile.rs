@@ -193,6 +193,11 @@ pub struct Profile {
     /// Recently shown `(sender device, client message id)` pairs.
     #[serde(default)]
     pub seen_client_messages: SeenClientMessages,
+    /// The org archive key this device seals to, pinned when first seen: a different key from
+    /// the server is refused until the user accepts it ([`crate::transport::Client::accept_archive_key`]),
+    /// so a swapped key cannot silently receive copies of every message.
+    #[serde(default)]
+    pub archive_key: Option<medrelay_proto::X25519PublicKey>,
     /// Messages returned and not yet acked (see [`MAX_PENDING_MESSAGES`]).
     #[serde(default)]
     pub pending: Vec<ReceivedMessage>,
@@ -286,6 +291,7 @@ mod tests {
             processed: ProcessedIds::default(),
             seen_client_messages: SeenClientMessages::default(),
             pending: Vec::new(),
+            archive_key: None,
         }
     }
 

@@ -240,14 +240,15 @@ pub trait Store: Send + Sync + 'static {
     /// Lifts a hold; returns whether there was one.
     fn remove_hold(&self, org: &OrgId, conversation: &ConversationId) -> Result<bool, StoreError>;
     /// Up to `limit` archive items of the org after position `after`, stored at or after
-    /// `since_ms`, oldest first.
+    /// `since_ms`, oldest first, reading at most `scan` rows.
     fn archive_after(
         &self,
         org: &OrgId,
         after: u64,
         since_ms: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, ArchiveItemRecord)>, StoreError>;
+        scan: usize,
+    ) -> Result<ArchiveScan, StoreError>;
     /// Deletes what is past retention at `now_ms` (mail and archive, each org by its own
     /// settings and holds) and returns the counts and the epoch keys nothing needs any more.
     /// Deletion is applied but not yet durable: [`Store::sync`], then [`Store::shred`].
@@ -256,15 +257,35 @@ pub trait Store: Send + Sync + 'static {
     fn shred(&self, keys: &[crate::keyring::KeyId]) -> Result<u64, StoreError>;
 }
 
-/// What [`Store::expire`] deleted, and the keys it left unneeded.
+/// A bounded read of the org archive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiveScan {
+    /// The items found, with their positions.
+    pub items: Vec<(u64, ArchiveItemRecord)>,
+    /// The last position read (the resume point when the scan bound stopped the read).
+    pub scanned_through: Option<u64>,
+    /// Nothing follows.
+    pub done: bool,
+}
+
+/// What [`Store::expire`] did, per org, and the keys it left unneeded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expired {
+    /// Per org: what was deleted or kept.
+    pub counts: std::collections::BTreeMap<OrgId, ExpiredCounts>,
+    /// Epoch keys past retention that no record still needs, with their org.
+    pub unneeded_keys: Vec<(crate::keyring::KeyId, OrgId)>,
+}
+
+/// One org's part of a sweep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpiredCounts {
     /// Envelopes deleted.
     pub envelopes: u64,
     /// Archive items deleted.
     pub archive_items: u64,
     /// Records past retention kept by a legal hold.
     pub kept_by_hold: u64,
-    /// Epoch keys past retention that no record still needs.
-    pub unneeded_keys: Vec<crate::keyring::KeyId>,
+    /// Records past retention that could not be read, kept and reported.
+    pub unreadable: u64,
 }

@@ -22,7 +22,7 @@ use sled::{Db, Transactional, Tree};
 use super::codec::key_id_of;
 use super::codec::{decode_legacy, Codec, LEGACY_VERSION};
 use super::{
-    ArchiveItemRecord, BreakGlassRecord, CareRecord, ConversationRecord, DeviceRecord,
+    ArchiveItemRecord, ArchiveScan, BreakGlassRecord, CareRecord, ConversationRecord, DeviceRecord,
     EnvelopeRecord, Expired, HoldRecord, InviteRecord, MailboxItem, OneTimePrekey, OrgRecord,
     RetentionRecord, SendRecord, Store, StoreError, StoreSendOutcome, SyncFuture, TeamRecord,
     UserRecord,
@@ -87,6 +87,20 @@ fn tx_error(error: TransactionError<StoreError>) -> StoreError {
 
 fn abort(error: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(error)
+}
+
+/// What a stored row's key says about the row, at sweep time.
+enum Row<'a> {
+    /// Not past retention (or its key is newer than the sweep's view of the keyring).
+    Live,
+    /// Past its org's retention.
+    Past {
+        org: OrgId,
+        org_hold: bool,
+        held: &'a BTreeSet<ConversationId>,
+    },
+    /// Its key was destroyed already.
+    Orphan,
 }
 
 /// `a || b` as a key.
@@ -196,6 +210,14 @@ impl SledStore {
     fn migrate(&self) -> Result<(), StoreError> {
         let format = self.meta.get(META_FORMAT).map_err(db_error)?;
         if format.as_deref() == Some(&[FORMAT_SEALED][..]) {
+            if self.codec.keyring().was_created() {
+                self.codec.keyring().discard_created();
+                return Err(StoreError::Keyring(
+                    "the keyring file is missing but the database holds sealed records: \
+                     restore the keyring (DIR/keyring) from your key backup; nothing was changed"
+                        .to_owned(),
+                ));
+            }
             return Ok(());
         }
         if self.is_initialised()? {
@@ -900,7 +922,10 @@ impl Store for SledStore {
         };
         let end = key2(device.as_bytes(), &u64::MAX.to_be_bytes());
         let mut items = Vec::new();
-        for entry in self.mailbox.range(start..=end).take(limit) {
+        for entry in self.mailbox.range(start..=end) {
+            if items.len() >= limit {
+                break;
+            }
             let (key, value) = entry.map_err(db_error)?;
             let seq = id_suffix::<8>(&key, 16)
                 .map(u64::from_be_bytes)
@@ -974,15 +999,23 @@ impl Store for SledStore {
         after: u64,
         since_ms: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, ArchiveItemRecord)>, StoreError> {
+        scan: usize,
+    ) -> Result<ArchiveScan, StoreError> {
         let Some(next) = after.checked_add(1) else {
-            return Ok(Vec::new());
+            return Ok(ArchiveScan {
+                done: true,
+                ..ArchiveScan::default()
+            });
         };
         let start = key2(org.as_bytes(), &next.to_be_bytes());
         let end = key2(org.as_bytes(), &u64::MAX.to_be_bytes());
-        let mut items = Vec::new();
-        for entry in self.archive.range(start..=end) {
-            if items.len() >= limit {
+        let mut out = ArchiveScan {
+            done: true,
+            ..ArchiveScan::default()
+        };
+        for (read, entry) in self.archive.range(start..=end).enumerate() {
+            if out.items.len() >= limit || read >= scan {
+                out.done = false;
                 break;
             }
             let (key, value) = entry.map_err(db_error)?;
@@ -992,16 +1025,17 @@ impl Store for SledStore {
                     kind: "archive",
                     reason: "short key".to_owned(),
                 })?;
+            out.scanned_through = Some(seq);
             let item: ArchiveItemRecord = match self.unseal("archive", &key, &value) {
                 Ok(item) => item,
                 Err(StoreError::Shredded { .. }) => continue,
                 Err(error) => return Err(error),
             };
             if item.server_time_ms >= since_ms {
-                items.push((seq, item));
+                out.items.push((seq, item));
             }
         }
-        Ok(items)
+        Ok(out)
     }
 
     fn expire(&self, now_ms: u64) -> Result<Expired, StoreError> {
@@ -1013,21 +1047,48 @@ impl Store for SledStore {
             policies.insert(org.id, (self.retention(&org.id)?, holds.collect()));
         }
         let default_policy = (RetentionRecord::default(), BTreeSet::new());
-        let scopes: HashMap<KeyId, Scope> = self.codec.keyring().scopes().into_iter().collect();
-        // Past retention: the org's policy, if the scope is an expiring one and its day is over.
-        let past = |scope: &Scope| -> Option<&(RetentionRecord, BTreeSet<ConversationId>)> {
-            let (org, day, days) = match scope {
+        let keyring = self.codec.keyring();
+        let scopes: HashMap<KeyId, Scope> = keyring.scopes().into_iter().collect();
+        let next_id = keyring.next_id();
+        // What a row's key says about it. A key created after the snapshot above (a send of a
+        // new day or a new org while this sweep runs) is live; only a key gone from the
+        // keyring itself makes a row an orphan.
+        let classify = |key_id: KeyId| -> Row<'_> {
+            let scope = match scopes.get(&key_id) {
+                Some(scope) => *scope,
+                None => match keyring.key(key_id) {
+                    Some(_) => return Row::Live,
+                    // Handed out once and gone since: shredded.
+                    None if key_id < next_id => return Row::Orphan,
+                    // Never handed out by this keyring: it is older than the data (restored
+                    // from an old backup?). Keep the row; never guess.
+                    None => {
+                        tracing::error!(key_id, "a record's key is unknown to the keyring");
+                        return Row::Live;
+                    }
+                },
+            };
+            let (org, day, policy) = match scope {
                 Scope::Mail { org, day } => {
-                    let policy = policies.get(org).unwrap_or(&default_policy);
-                    (org, *day, policy.0.mail_days)
+                    let policy = policies.get(&org).unwrap_or(&default_policy);
+                    (org, day, policy.0.mail_days)
                 }
                 Scope::Archive { org, day } => {
-                    let policy = policies.get(org).unwrap_or(&default_policy);
-                    (org, *day, policy.0.archive_days)
+                    let policy = policies.get(&org).unwrap_or(&default_policy);
+                    (org, day, policy.0.archive_days)
                 }
-                _ => return None,
+                _ => return Row::Live,
             };
-            (today > day.saturating_add(days)).then(|| policies.get(org).unwrap_or(&default_policy))
+            if today > day.saturating_add(policy) {
+                let (retention, held) = policies.get(&org).unwrap_or(&default_policy);
+                Row::Past {
+                    org,
+                    org_hold: retention.legal_hold,
+                    held,
+                }
+            } else {
+                Row::Live
+            }
         };
         let mut expired = Expired::default();
         let mut in_use: HashSet<KeyId> = HashSet::new();
@@ -1040,33 +1101,51 @@ impl Store for SledStore {
             let Some(key_id) = key_id_of(&value) else {
                 continue;
             };
-            let scope = scopes.get(&key_id);
-            if let Some(scope) = scope {
-                let Some((policy, held)) = past(scope) else {
-                    in_use.insert(key_id);
-                    continue;
-                };
-                let envelope: EnvelopeRecord = self.unseal("envelope", &key, &value)?;
-                if policy.legal_hold || held.contains(&envelope.conversation) {
-                    expired.kept_by_hold += 1;
+            let device = key.get(..16).unwrap_or_default();
+            let org = match classify(key_id) {
+                Row::Live => {
                     in_use.insert(key_id);
                     continue;
                 }
-                let device = key.get(..16).unwrap_or_default();
-                ids_batch.remove(key2(device, envelope.message_id.as_bytes()));
-            } else {
-                // Its key is gone already: drop the row and whatever indexes it.
-                let device = key.get(..16).unwrap_or_default();
-                let seq = key.get(16..).unwrap_or_default();
-                for id_entry in self.mailbox_ids.scan_prefix(device) {
-                    let (id_key, id_seq) = id_entry.map_err(db_error)?;
-                    if id_seq.as_ref() == seq {
-                        ids_batch.remove(id_key);
+                Row::Past {
+                    org,
+                    org_hold,
+                    held,
+                } => {
+                    let envelope: EnvelopeRecord = match self.unseal("envelope", &key, &value) {
+                        Ok(envelope) => envelope,
+                        Err(error) => {
+                            // Keep it (and its key), report it, and go on with the others.
+                            tracing::error!(%error, "an expired envelope could not be read");
+                            expired.counts.entry(org).or_default().unreadable += 1;
+                            in_use.insert(key_id);
+                            continue;
+                        }
+                    };
+                    if org_hold || held.contains(&envelope.conversation) {
+                        expired.counts.entry(org).or_default().kept_by_hold += 1;
+                        in_use.insert(key_id);
+                        continue;
                     }
+                    ids_batch.remove(key2(device, envelope.message_id.as_bytes()));
+                    Some(org)
                 }
-            }
+                Row::Orphan => {
+                    // Its key is gone already: drop the row and whatever indexes it.
+                    let seq = key.get(16..).unwrap_or_default();
+                    for id_entry in self.mailbox_ids.scan_prefix(device) {
+                        let (id_key, id_seq) = id_entry.map_err(db_error)?;
+                        if id_seq.as_ref() == seq {
+                            ids_batch.remove(id_key);
+                        }
+                    }
+                    None
+                }
+            };
             mailbox_batch.remove(key);
-            expired.envelopes += 1;
+            if let Some(org) = org {
+                expired.counts.entry(org).or_default().envelopes += 1;
+            }
         }
         self.mailbox.apply_batch(mailbox_batch).map_err(db_error)?;
         self.mailbox_ids.apply_batch(ids_batch).map_err(db_error)?;
@@ -1078,14 +1157,11 @@ impl Store for SledStore {
             let Some(key_id) = key_id_of(&value) else {
                 continue;
             };
-            match scopes.get(&key_id).map(&past) {
-                Some(None) => {
+            match classify(key_id) {
+                Row::Live | Row::Past { org_hold: true, .. } => {
                     in_use.insert(key_id);
                 }
-                Some(Some((policy, _))) if policy.legal_hold => {
-                    in_use.insert(key_id);
-                }
-                _ => sent_batch.remove(key),
+                Row::Past { .. } | Row::Orphan => sent_batch.remove(key),
             }
         }
         self.sent.apply_batch(sent_batch).map_err(db_error)?;
@@ -1097,28 +1173,53 @@ impl Store for SledStore {
             let Some(key_id) = key_id_of(&value) else {
                 continue;
             };
-            if let Some(scope) = scopes.get(&key_id) {
-                let Some((policy, held)) = past(scope) else {
-                    in_use.insert(key_id);
-                    continue;
-                };
-                let item: ArchiveItemRecord = self.unseal("archive", &key, &value)?;
-                if policy.legal_hold || held.contains(&item.conversation) {
-                    expired.kept_by_hold += 1;
+            match classify(key_id) {
+                Row::Live => {
                     in_use.insert(key_id);
                     continue;
                 }
+                Row::Past {
+                    org,
+                    org_hold,
+                    held,
+                } => {
+                    let item: ArchiveItemRecord = match self.unseal("archive", &key, &value) {
+                        Ok(item) => item,
+                        Err(error) => {
+                            tracing::error!(%error, "an expired archive item could not be read");
+                            expired.counts.entry(org).or_default().unreadable += 1;
+                            in_use.insert(key_id);
+                            continue;
+                        }
+                    };
+                    if org_hold || held.contains(&item.conversation) {
+                        expired.counts.entry(org).or_default().kept_by_hold += 1;
+                        in_use.insert(key_id);
+                        continue;
+                    }
+                    expired.counts.entry(org).or_default().archive_items += 1;
+                }
+                Row::Orphan => {}
             }
             archive_batch.remove(key);
-            expired.archive_items += 1;
         }
         self.archive.apply_batch(archive_batch).map_err(db_error)?;
 
-        expired.unneeded_keys = scopes
-            .iter()
-            .filter(|(id, scope)| past(scope).is_some() && !in_use.contains(id))
-            .map(|(id, _)| *id)
-            .collect();
+        // Keys past retention that nothing needs. An org on legal hold keeps all of its keys:
+        // what they open may still lie in backups, and a hold must preserve that too.
+        for id in scopes.keys() {
+            if in_use.contains(id) {
+                continue;
+            }
+            if let Row::Past {
+                org,
+                org_hold: false,
+                ..
+            } = classify(*id)
+            {
+                expired.unneeded_keys.push((*id, org));
+            }
+        }
         expired.unneeded_keys.sort_unstable();
         Ok(expired)
     }

@@ -211,9 +211,7 @@ async fn retention(home: &Path, action: RetentionAction) -> Result<()> {
             let current = client.get_retention().await?;
             let mail_days = args.mail_days.unwrap_or(current.mail_days);
             let archive_days = args.archive_days.unwrap_or(current.archive_days);
-            client
-                .set_retention(mail_days, archive_days, current.legal_hold)
-                .await?;
+            client.set_retention(mail_days, archive_days).await?;
             print_line(&json!({ "mail_days": mail_days, "archive_days": archive_days }))
         }
     }
@@ -237,14 +235,11 @@ async fn hold(home: &Path, action: HoldAction) -> Result<()> {
         HoldAction::Remove(args) => (args, false),
     };
     if args.org {
-        let current = client.get_retention().await?;
-        client
-            .set_retention(current.mail_days, current.archive_days, held)
-            .await?;
+        client.set_hold(None, held).await?;
         return print_line(&json!({ "org": held }));
     }
     let id = conversation_id(args.conversation.as_deref().unwrap_or_default())?;
-    client.set_hold(id, held).await?;
+    client.set_hold(Some(id), held).await?;
     print_line(&json!({ "conversation": id.to_string(), "held": held }))
 }
 
@@ -319,12 +314,15 @@ async fn export_archive(home: &Path, args: ExportArgs) -> Result<()> {
                 sealed: hex::encode(&item.sealed),
             };
             writeln!(out, "{}", serde_json::to_string(&line)?)?;
-            after = item.seq;
             count += 1;
         }
-        if page.done || page.items.is_empty() {
+        if page.done {
             break;
         }
+        if page.next_after_seq <= after {
+            bail!("the server's archive pages did not advance; try again later");
+        }
+        after = page.next_after_seq;
         eprintln!("medrelay-client: {count} archived messages exported so far...");
     }
     out.flush()?;
@@ -386,11 +384,14 @@ async fn audit(home: &Path, action: AuditAction) -> Result<()> {
                 let page = client.export_access_log(filter.clone()).await?;
                 for entry in &page.entries {
                     write_entry(&mut out, entry, args.format)?;
-                    filter.after_seq = entry.seq;
                 }
-                if page.done || page.entries.is_empty() {
+                if page.done {
                     break;
                 }
+                if page.next_after_seq <= filter.after_seq {
+                    bail!("the server's access-log pages did not advance; try again later");
+                }
+                filter.after_seq = page.next_after_seq;
             }
             out.flush()?;
             Ok(())

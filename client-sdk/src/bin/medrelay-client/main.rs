@@ -123,6 +123,12 @@ enum Command {
     },
     /// Grant a staff member emergency access to a patient's conversation.
     BreakGlass(BreakGlassArgs),
+    /// The clinic's archive key this device seals every message to: show its fingerprint, or
+    /// accept a new one after checking it with the clinic's privacy officer.
+    ArchiveKey {
+        #[command(subcommand)]
+        action: ArchiveKeyAction,
+    },
     /// Admins: retention and legal hold, the org archive, the sweeper, the access log.
     Admin {
         #[command(subcommand)]
@@ -219,6 +225,15 @@ struct AssignArgs {
     /// Comma-separated team ids assigned.
     #[arg(long, value_name = "TEAM_ID,...", default_value = "")]
     team: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum ArchiveKeyAction {
+    /// Print the archive key the server announces, its fingerprint, and whether this device
+    /// trusts it.
+    Show,
+    /// Trust the archive key the server announces now (after checking its fingerprint).
+    Accept,
 }
 
 #[derive(Subcommand, Debug)]
@@ -434,6 +449,13 @@ fn describe(error: &anyhow::Error) -> String {
 }
 
 fn hint(error: &TransportError) -> Option<String> {
+    if let TransportError::ArchiveKeyChanged { .. } = error {
+        return Some(
+            "compare it with the fingerprint your privacy officer gives you (medrelay-client \
+             archive-key show), then: medrelay-client archive-key accept"
+                .into(),
+        );
+    }
     if let TransportError::LoginRequired {
         credentials_required: true,
     } = error
@@ -532,6 +554,26 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Policy { action } => policy(&home, action).await,
         Command::BreakGlass(args) => break_glass(&home, args).await,
         Command::Admin { command } => admin::run(&home, command).await,
+        Command::ArchiveKey { action } => {
+            let mut client = connect(&home).await?;
+            match action {
+                ArchiveKeyAction::Show => match client.archive_key().await? {
+                    Some((key, fingerprint, trusted)) => print_line(&json!({
+                        "archive": true,
+                        "public_key": hex::encode(key.as_bytes()),
+                        "fingerprint": fingerprint,
+                        "trusted": trusted,
+                    })),
+                    None => print_line(&json!({ "archive": false })),
+                },
+                ArchiveKeyAction::Accept => {
+                    let fingerprint = client.accept_archive_key().await?;
+                    print_line(
+                        &json!({ "archive": fingerprint.is_some(), "fingerprint": fingerprint }),
+                    )
+                }
+            }
+        }
     }
 }
 
