@@ -113,6 +113,16 @@ fn io_error(path: &Path, error: impl std::fmt::Display) -> ArchiveError {
 /// overwrite) and returns the public key, hex.
 pub fn keygen(path: &Path, rng: &mut (impl RngCore + CryptoRng)) -> Result<String, ArchiveError> {
     let keypair = ArchiveKeyPair::generate(rng);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(parent).map_err(|e| io_error(parent, e))?;
+    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
