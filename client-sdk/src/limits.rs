@@ -54,3 +54,6 @@ pub const MAX_ARGON2_ITERATIONS: u32 = 64;
 
 /// The largest Argon2id parallelism accepted from a key-store file header.
 pub const MAX_ARGON2_PARALLELISM: u32 = 16;
+
+/// Earlier sessions kept per peer device for messages still in flight under them.
+pub const MAX_ARCHIVED_SESSIONS: usize = 4;

@@ -214,7 +214,7 @@ fn owasp_params_by_default_in_the_header_and_changeable() {
     let mut store = FileKeyStore::create(&path, b"pw", OsRng).unwrap();
     assert_eq!(store.kdf_params(), KdfParams::OWASP);
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(&bytes[..6], b"MRKS\x02\x01");
+    assert_eq!(&bytes[..6], b"MRKS\x03\x01");
     assert_eq!(&bytes[6..10], &19_456u32.to_be_bytes());
     assert_eq!(&bytes[10..14], &2u32.to_be_bytes());
     assert_eq!(&bytes[14..18], &1u32.to_be_bytes());
@@ -270,22 +270,39 @@ fn apply_saves_identity_sessions_and_profile_in_one_write() {
     let (alice_id, alice, _bob_id, bob) = common::established(&mut rng);
     let mut store = FileKeyStore::create_with_params(&path, b"pw", TEST_KDF, OsRng).unwrap();
     store.save_session(&ALICE_DEV, &bob).unwrap();
+    let aside = [bob.clone()];
     store
         .apply(&medrelay_sdk::StoreUpdate {
             identity: Some(&alice_id),
             sessions: vec![(BOB_DEV, &alice)],
             deleted_sessions: vec![ALICE_DEV],
+            archived_sessions: vec![(BOB_DEV, &aside)],
             profile: Some(b"profile-v2"),
         })
         .unwrap();
     drop(store);
-    let reopened = FileKeyStore::open(&path, b"pw", OsRng).unwrap();
+    let mut reopened = FileKeyStore::open(&path, b"pw", OsRng).unwrap();
     assert_eq!(reopened.session_peers().unwrap(), vec![BOB_DEV]);
+    assert_eq!(reopened.load_archived_sessions(&BOB_DEV).unwrap().len(), 1);
+    // Deleting a peer's session deletes its archived ones too.
+    assert!(reopened.delete_session(&BOB_DEV).unwrap());
+    assert!(reopened
+        .load_archived_sessions(&BOB_DEV)
+        .unwrap()
+        .is_empty());
+    drop(reopened);
+    let reopened = FileKeyStore::open(&path, b"pw", OsRng).unwrap();
+    assert!(reopened
+        .load_archived_sessions(&BOB_DEV)
+        .unwrap()
+        .is_empty());
+    assert!(reopened.session_peers().unwrap().is_empty());
     assert!(reopened.load_identity().unwrap().is_some());
     assert_eq!(
         reopened.load_profile().unwrap().unwrap().expose_secret(),
         b"profile-v2"
     );
+    drop(reopened);
     let mut memory = MemoryKeyStore::new();
     memory
         .apply(&medrelay_sdk::StoreUpdate {

@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic "MRKS"
-//!      4     1  format version (2)
+//!      4     1  format version (3; 2 is read and rewritten as 3)
 //!      5     1  KDF id (1 = Argon2id, version 0x13)
 //!      6     4  Argon2 memory cost, KiB (u32 BE)
 //!     10     4  Argon2 time cost (u32 BE)
@@ -32,7 +32,8 @@
 //! those this store last read or wrote.
 //!
 //! Format version 1 files (no generation; older session and identity layouts) are refused with
-//! [`KeyStoreError::UnsupportedVersion`]`(1)`: enrol the device again.
+//! [`KeyStoreError::UnsupportedVersion`]`(1)`: enrol the device again. Version 2 files (no
+//! archived sessions) are read and written back as version 3.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -42,7 +43,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
-use super::{DeviceId, KeyStore, StoreState, StoreUpdate};
+use super::{DeviceId, KeyStore, StoreState, StoreStateV2, StoreUpdate};
 use crate::error::KeyStoreError;
 use crate::identity::DeviceIdentity;
 use crate::limits::{
@@ -54,8 +55,11 @@ use crate::session::Session;
 
 /// The first four bytes of a key-store file.
 pub const KEYSTORE_MAGIC: &[u8; 4] = b"MRKS";
-/// The file format version this build writes and reads (2: the header carries a generation).
-pub const KEYSTORE_FORMAT_VERSION: u8 = 2;
+/// The file format version this build writes (3: archived sessions kept beside the current
+/// one). Version 2 (the same header; a state without archived sessions) is read too.
+pub const KEYSTORE_FORMAT_VERSION: u8 = 3;
+/// The previous format, read and rewritten as [`KEYSTORE_FORMAT_VERSION`] on the next write.
+const KEYSTORE_FORMAT_V2: u8 = 2;
 const KDF_ARGON2ID_13: u8 = 1;
 const SALT_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
@@ -196,8 +200,14 @@ impl<R: RngCore + CryptoRng> FileKeyStore<R> {
         let aad = bytes.get(..HEADER_LEN).ok_or(KeyStoreError::NotAKeyStore)?;
         let plaintext = primitives::aead_open(&key, &header.nonce, aad, ciphertext)
             .map_err(|_| KeyStoreError::WrongPassphraseOrCorrupt)?;
-        let state: StoreState = postcard::from_bytes(plaintext.expose_secret())
-            .map_err(|_| KeyStoreError::StateDecode)?;
+        let state: StoreState = if header.version == KEYSTORE_FORMAT_V2 {
+            postcard::from_bytes::<StoreStateV2>(plaintext.expose_secret())
+                .map(StoreState::from)
+                .map_err(|_| KeyStoreError::StateDecode)?
+        } else {
+            postcard::from_bytes(plaintext.expose_secret())
+                .map_err(|_| KeyStoreError::StateDecode)?
+        };
         Ok(Self {
             path,
             params: header.params,
@@ -345,6 +355,7 @@ fn read_disk_header(path: &Path) -> Result<Option<(u64, [u8; NONCE_LEN])>, KeySt
 }
 
 struct FileHeader {
+    version: u8,
     params: KdfParams,
     salt: [u8; SALT_LEN],
     generation: u64,
@@ -361,8 +372,9 @@ fn parse_header(bytes: &[u8]) -> Result<(FileHeader, &[u8]), KeyStoreError> {
         return Err(KeyStoreError::NotAKeyStore);
     }
     let (version_kdf, rest) = rest.split_at(2);
+    let version = version_kdf.first().copied().unwrap_or_default();
     if let [version, kdf] = version_kdf {
-        if *version != KEYSTORE_FORMAT_VERSION {
+        if *version != KEYSTORE_FORMAT_VERSION && *version != KEYSTORE_FORMAT_V2 {
             return Err(KeyStoreError::UnsupportedVersion(*version));
         }
         if *kdf != KDF_ARGON2ID_13 {
@@ -381,6 +393,7 @@ fn parse_header(bytes: &[u8]) -> Result<(FileHeader, &[u8]), KeyStoreError> {
     };
     Ok((
         FileHeader {
+            version,
             params: KdfParams {
                 memory_kib: u32_be(m)?,
                 iterations: u32_be(t)?,
@@ -454,17 +467,23 @@ impl<R: RngCore + CryptoRng> KeyStore for FileKeyStore<R> {
     }
 
     fn delete_session(&mut self, peer: &DeviceId) -> Result<bool, KeyStoreError> {
-        if !self.state.sessions.contains_key(peer) {
+        if !self.state.sessions.contains_key(peer) && !self.state.archived.contains_key(peer) {
             return Ok(false);
         }
+        let had = self.state.sessions.contains_key(peer);
         self.update(|s| {
             s.sessions.remove(peer);
+            s.archived.remove(peer);
         })?;
-        Ok(true)
+        Ok(had)
     }
 
     fn session_peers(&self) -> Result<Vec<DeviceId>, KeyStoreError> {
         Ok(self.state.sessions.keys().copied().collect())
+    }
+
+    fn load_archived_sessions(&self, peer: &DeviceId) -> Result<Vec<Session>, KeyStoreError> {
+        Ok(self.state.archived.get(peer).cloned().unwrap_or_default())
     }
 
     fn load_profile(&self) -> Result<Option<SecretBytes>, KeyStoreError> {
@@ -489,5 +508,59 @@ impl<R: RngCore + CryptoRng> KeyStore for FileKeyStore<R> {
 
     fn apply(&mut self, update: &StoreUpdate<'_>) -> Result<(), KeyStoreError> {
         self.update(|s| update.apply_to(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use rand_core::OsRng;
+
+    const CHEAP: KdfParams = KdfParams {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    #[test]
+    fn a_format_2_file_is_read_and_written_back_as_format_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.mrks");
+        let mut store = FileKeyStore::create_with_params(&path, b"pw", CHEAP, OsRng).unwrap();
+        store.save_profile(b"kept").unwrap();
+        // Rewrite the file as format 2 would have: the same header, a state without archives.
+        let old_state = (
+            store.state.identity.clone(),
+            store.state.sessions.clone(),
+            store.state.profile.clone(),
+        );
+        let plaintext = postcard::to_allocvec(&old_state).unwrap();
+        let mut file = fs::read(&path).unwrap();
+        file.truncate(HEADER_LEN);
+        file[4] = KEYSTORE_FORMAT_V2;
+        let nonce: [u8; NONCE_LEN] = file[HEADER_LEN - NONCE_LEN..].try_into().unwrap();
+        let sealed = primitives::aead_seal(&store.key, &nonce, &file, &plaintext).unwrap();
+        file.extend_from_slice(&sealed);
+        drop(store);
+        fs::write(&path, &file).unwrap();
+
+        let mut reopened = FileKeyStore::open(&path, b"pw", OsRng).unwrap();
+        assert_eq!(
+            reopened.load_profile().unwrap().unwrap().expose_secret(),
+            b"kept"
+        );
+        assert!(reopened
+            .load_archived_sessions(&DeviceId([1; 16]))
+            .unwrap()
+            .is_empty());
+        reopened.save_profile(b"again").unwrap();
+        assert_eq!(fs::read(&path).unwrap()[4], KEYSTORE_FORMAT_VERSION);
+        drop(reopened);
+        let again = FileKeyStore::open(&path, b"pw", OsRng).unwrap();
+        assert_eq!(
+            again.load_profile().unwrap().unwrap().expose_secret(),
+            b"again"
+        );
     }
 }

@@ -39,11 +39,16 @@ impl KeyStore for MemoryKeyStore {
     }
 
     fn delete_session(&mut self, peer: &DeviceId) -> Result<bool, KeyStoreError> {
+        self.state.archived.remove(peer);
         Ok(self.state.sessions.remove(peer).is_some())
     }
 
     fn session_peers(&self) -> Result<Vec<DeviceId>, KeyStoreError> {
         Ok(self.state.sessions.keys().copied().collect())
+    }
+
+    fn load_archived_sessions(&self, peer: &DeviceId) -> Result<Vec<Session>, KeyStoreError> {
+        Ok(self.state.archived.get(peer).cloned().unwrap_or_default())
     }
 
     fn load_profile(&self) -> Result<Option<SecretBytes>, KeyStoreError> {

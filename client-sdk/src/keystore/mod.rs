@@ -39,6 +39,13 @@ pub trait KeyStore {
     fn delete_session(&mut self, peer: &DeviceId) -> Result<bool, KeyStoreError>;
     /// The peer devices with a stored session.
     fn session_peers(&self) -> Result<Vec<DeviceId>, KeyStoreError>;
+    /// Earlier sessions with a peer device, set aside but kept (at most
+    /// [`crate::limits::MAX_ARCHIVED_SESSIONS`], newest first) to decrypt messages still in
+    /// flight under them: when both sides start a session at once, one is set aside. A store
+    /// that keeps none returns none (and such messages are then lost).
+    fn load_archived_sessions(&self, _peer: &DeviceId) -> Result<Vec<Session>, KeyStoreError> {
+        Ok(Vec::new())
+    }
     /// The application's opaque profile blob, if saved.
     fn load_profile(&self) -> Result<Option<SecretBytes>, KeyStoreError>;
     /// Saves the application's opaque profile blob.
@@ -82,8 +89,10 @@ pub struct StoreUpdate<'a> {
     pub identity: Option<&'a DeviceIdentity>,
     /// Sessions to save, by peer device.
     pub sessions: Vec<(DeviceId, &'a Session)>,
-    /// Sessions to delete, by peer device.
+    /// Sessions to delete, by peer device (with their archived sessions).
     pub deleted_sessions: Vec<DeviceId>,
+    /// Replaces a peer device's archived sessions (newest first; empty removes them).
+    pub archived_sessions: Vec<(DeviceId, &'a [Session])>,
     /// The profile blob, when it changed.
     pub profile: Option<&'a [u8]>,
 }
@@ -94,6 +103,7 @@ impl core::fmt::Debug for StoreUpdate<'_> {
             .field("identity", &self.identity.is_some())
             .field("sessions", &self.sessions.len())
             .field("deleted_sessions", &self.deleted_sessions.len())
+            .field("archived_sessions", &self.archived_sessions.len())
             .field("profile_len", &self.profile.map(<[u8]>::len))
             .finish()
     }
@@ -107,6 +117,17 @@ impl StoreUpdate<'_> {
         }
         for peer in &self.deleted_sessions {
             state.sessions.remove(peer);
+            state.archived.remove(peer);
+        }
+        for (peer, archived) in &self.archived_sessions {
+            if archived.is_empty() {
+                state.archived.remove(peer);
+            } else {
+                let kept = archived.len().min(crate::limits::MAX_ARCHIVED_SESSIONS);
+                state
+                    .archived
+                    .insert(*peer, archived.iter().take(kept).cloned().collect());
+            }
         }
         if let Some(identity) = self.identity {
             state.identity = Some(identity.clone());
@@ -117,12 +138,33 @@ impl StoreUpdate<'_> {
     }
 }
 
-/// The whole stored state, as serialised (postcard) inside the encrypted file.
+/// The whole stored state, as serialised (postcard) inside the encrypted file (format 3).
 #[derive(Clone, Default, Serialize, Deserialize)]
 pub(crate) struct StoreState {
     pub(crate) identity: Option<DeviceIdentity>,
     pub(crate) sessions: BTreeMap<DeviceId, Session>,
     pub(crate) profile: Option<SecretBytes>,
+    /// Earlier sessions per peer device, newest first.
+    pub(crate) archived: BTreeMap<DeviceId, Vec<Session>>,
+}
+
+/// The state of format 2 files, read to migrate them.
+#[derive(Deserialize)]
+pub(crate) struct StoreStateV2 {
+    identity: Option<DeviceIdentity>,
+    sessions: BTreeMap<DeviceId, Session>,
+    profile: Option<SecretBytes>,
+}
+
+impl From<StoreStateV2> for StoreState {
+    fn from(old: StoreStateV2) -> Self {
+        StoreState {
+            identity: old.identity,
+            sessions: old.sessions,
+            profile: old.profile,
+            archived: BTreeMap::new(),
+        }
+    }
 }
 
 impl core::fmt::Debug for StoreState {

@@ -139,6 +139,18 @@ fn allowed_before_login(request: &ClientRequest) -> bool {
 }
 
 /// The session-binding address of a device of a user.
+/// What decrypting one delivery produced, and what to save with it (nothing is saved yet).
+struct Opened {
+    /// The decrypted content.
+    plaintext: crate::SecretBytes,
+    /// The peer's current session, when it changed.
+    session: Option<Session>,
+    /// The peer's archived sessions, when they changed (newest first).
+    archived: Option<Vec<Session>>,
+    /// The identity, when a one-time prekey was consumed or the replay cache grew.
+    identity: Option<DeviceIdentity>,
+}
+
 /// The fingerprint of an archive key people compare: SHA-256, first 16 bytes, hex.
 pub fn archive_key_fingerprint(key: &X25519PublicKey) -> String {
     use sha2::Digest;
@@ -1359,7 +1371,12 @@ impl<K: KeyStore> Client<K> {
         }
         let peer = convert::store_device_id(&delivery.sender_device_id);
         let opened = self.open_envelope(&delivery, &peer);
-        let (plaintext, session, identity) = match opened {
+        let Opened {
+            plaintext,
+            session,
+            archived,
+            identity,
+        } = match opened {
             Ok(x) => x,
             Err(error) => {
                 tracing::warn!(message = %id, %error, "a delivery could not be decrypted; acking it");
@@ -1389,6 +1406,10 @@ impl<K: KeyStore> Client<K> {
                 sessions: session
                     .as_ref()
                     .map(|s| vec![(peer, s)])
+                    .unwrap_or_default(),
+                archived_sessions: archived
+                    .as_deref()
+                    .map(|a| vec![(peer, a)])
                     .unwrap_or_default(),
                 profile: Some(&blob),
                 ..StoreUpdate::default()
@@ -1425,6 +1446,10 @@ impl<K: KeyStore> Client<K> {
                 .as_ref()
                 .map(|s| vec![(peer, s)])
                 .unwrap_or_default(),
+            archived_sessions: archived
+                .as_deref()
+                .map(|a| vec![(peer, a)])
+                .unwrap_or_default(),
             profile: Some(&blob),
             ..StoreUpdate::default()
         })?;
@@ -1444,28 +1469,66 @@ impl<K: KeyStore> Client<K> {
     /// server's label is what the message is shown under). A new session is bound to the
     /// delivery's sender (trust on first use). A replayed prekey message is refused by
     /// [`Session::accept`], so it can neither be shown again nor replace a session.
-    #[allow(clippy::type_complexity)]
     fn open_envelope(
         &self,
         delivery: &medrelay_proto::Delivery,
         peer: &crate::DeviceId,
-    ) -> Result<(crate::SecretBytes, Option<Session>, Option<DeviceIdentity>), TransportError> {
+    ) -> Result<Opened, TransportError> {
         let bytes = delivery.ciphertext.as_ref();
         let address = peer_address(&delivery.sender_user_id, &delivery.sender_device_id);
         let mut existing = self.store.load_session(peer)?;
         if let Some(session) = existing.as_mut() {
             session.bind_peer(address)?;
         }
+        let mut archived = self.store.load_archived_sessions(peer)?;
+        for session in &mut archived {
+            session.bind_peer(address)?;
+        }
+        // A message still in flight under a session set aside (both sides started one at
+        // once): that session decrypts it, and stays set aside.
+        let try_archived = |archived: &[Session]| -> Option<Opened> {
+            archived.iter().enumerate().find_map(|(i, session)| {
+                let mut session = session.clone();
+                let plaintext = session.decrypt(bytes, &mut OsRng).ok()?;
+                let mut updated = archived.to_vec();
+                if let Some(slot) = updated.get_mut(i) {
+                    *slot = session;
+                }
+                Some(Opened {
+                    plaintext,
+                    session: None,
+                    archived: Some(updated),
+                    identity: None,
+                })
+            })
+        };
         match session::inspect(bytes)? {
             IncomingKind::Ratchet => {
-                let mut session = existing.ok_or(crate::SessionError::DecryptionFailed)?;
-                let plaintext = session.decrypt(bytes, &mut OsRng)?;
-                Ok((plaintext, Some(session), None))
+                if let Some(mut session) = existing {
+                    let mut attempt = session.clone();
+                    if let Ok(plaintext) = attempt.decrypt(bytes, &mut OsRng) {
+                        session = attempt;
+                        return Ok(Opened {
+                            plaintext,
+                            session: Some(session),
+                            archived: None,
+                            identity: None,
+                        });
+                    }
+                }
+                try_archived(&archived).ok_or_else(|| crate::SessionError::DecryptionFailed.into())
             }
             IncomingKind::Prekey { sender, .. } => {
                 if let Some(mut session) = existing.clone() {
                     match session.decrypt(bytes, &mut OsRng) {
-                        Ok(plaintext) => return Ok((plaintext, Some(session), None)),
+                        Ok(plaintext) => {
+                            return Ok(Opened {
+                                plaintext,
+                                session: Some(session),
+                                archived: None,
+                                identity: None,
+                            })
+                        }
                         Err(crate::SessionError::NewSessionRequired) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -1475,6 +1538,9 @@ impl<K: KeyStore> Client<K> {
                         return Err(crate::SessionError::DecryptionFailed.into());
                     }
                 }
+                if let Some(opened) = try_archived(&archived) {
+                    return Ok(opened);
+                }
                 let mut identity = self.identity.clone();
                 let (mut session, plaintext) = Session::accept(&mut identity, bytes, &mut OsRng)?;
                 session.bind_peer(address)?;
@@ -1483,7 +1549,25 @@ impl<K: KeyStore> Client<K> {
                     &self.profile.device_id,
                     &delivery.sender_device_id,
                 );
-                Ok((plaintext, (!keep).then_some(session), Some(identity)))
+                // The session not kept is set aside, newest first, for what is still in
+                // flight under it.
+                let (current, aside) = if keep {
+                    (None, Some(session))
+                } else {
+                    (Some(session), existing)
+                };
+                let archived = aside.map(|aside| {
+                    let mut updated = vec![aside];
+                    updated.extend(archived);
+                    updated.truncate(crate::limits::MAX_ARCHIVED_SESSIONS);
+                    updated
+                });
+                Ok(Opened {
+                    plaintext,
+                    session: current,
+                    archived,
+                    identity: Some(identity),
+                })
             }
         }
     }
