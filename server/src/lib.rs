@@ -17,6 +17,7 @@ pub mod group_commit;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod permissions;
 pub mod rate_limit;
 pub mod relay;

@@ -41,6 +41,8 @@ pub struct Context {
     pub limits: Limiters,
     /// Where every decision goes.
     pub audit: Arc<dyn AuditSink>,
+    /// Counters for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The server's rate limiters.
