@@ -159,10 +159,17 @@ impl Tracker {
 
 /// Writes the header into `payload`.
 pub fn stamp(payload: &mut [u8], flow: u32, seq: u32, sent_ns: u64) {
-    if let Some(header) = payload.get_mut(..HEADER_LEN) {
-        header[..4].copy_from_slice(&flow.to_be_bytes());
-        header[4..8].copy_from_slice(&seq.to_be_bytes());
-        header[8..16].copy_from_slice(&sent_ns.to_be_bytes());
+    let mut header = [0u8; HEADER_LEN];
+    for (slot, byte) in header.iter_mut().zip(
+        flow.to_be_bytes()
+            .into_iter()
+            .chain(seq.to_be_bytes())
+            .chain(sent_ns.to_be_bytes()),
+    ) {
+        *slot = byte;
+    }
+    if let Some(start) = payload.get_mut(..HEADER_LEN) {
+        start.copy_from_slice(&header);
     }
 }
 

@@ -249,6 +249,7 @@ pub struct RelayFlow {
 
 /// Relay load: `flows` senders (each with `window` sends in flight), `receivers` online,
 /// `fan_out` deliveries per send, 1 KiB envelopes.
+#[allow(clippy::too_many_arguments)] // each is a different knob of one scenario
 pub async fn relay_load(
     target: &Target,
     flows: &[RelayFlow],

@@ -111,6 +111,8 @@ async fn connection(
     tcp.set_nodelay(true)?;
     let tls = acceptor.accept(tcp).await?;
     let mut path = String::new();
+    // The callback's error type is tungstenite's (an HTTP response), not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let ws = tokio_tungstenite::accept_hdr_async_with_config(
         tls,
         |request: &Request, response: Response| {
@@ -125,14 +127,13 @@ async fn connection(
     let (mut sink, mut stream) = ws.split();
     if is_sender {
         while let Some(message) = stream.next().await {
-            match message? {
-                Message::Binary(bytes) => {
-                    if queue.tx.send(bytes).await.is_err() {
-                        break;
-                    }
-                }
-                Message::Close(_) => break,
-                _ => {}
+            let go_on = match message? {
+                Message::Binary(bytes) => queue.tx.send(bytes).await.is_ok(),
+                Message::Close(_) => false,
+                _ => true,
+            };
+            if !go_on {
+                break;
             }
         }
         Ok(())
