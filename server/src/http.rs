@@ -1,10 +1,12 @@
-//! HTTP on the TLS port: `/healthz`, the WebSocket upgrade at `/v1/ws`, and nothing else yet.
+//! HTTP on the TLS port: `/healthz`, `/metrics` (counts only, no PHI), the WebSocket upgrade
+//! at `/v1/ws`, and nothing else yet.
 //!
 //! hyper parses the request; an upgrade hands the raw TLS stream to tokio-tungstenite with
 //! explicit buffer sizes and limits. No response here ever carries PHI.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -98,6 +100,14 @@ pub async fn route(
     let path = request.uri().path();
     if path == "/healthz" && request.method() == Method::GET {
         return Ok(respond(StatusCode::OK, "ok\n"));
+    }
+    if path == "/metrics" && request.method() == Method::GET {
+        let text = context
+            .metrics
+            .render(context.live_connections.load(Ordering::Relaxed));
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        add_security_headers(&mut response);
+        return Ok(response);
     }
     if path != WS_PATH {
         return Ok(respond(StatusCode::NOT_FOUND, "not found\n"));

@@ -19,6 +19,7 @@ pub mod http;
 pub mod hub;
 pub mod keyring;
 pub mod limits;
+pub mod metrics;
 pub mod permissions;
 pub mod rate_limit;
 pub mod relay;

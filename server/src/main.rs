@@ -14,6 +14,7 @@ use medrelay_server::admin_socket::{self, AdminRequest, AdminResponse};
 use medrelay_server::clock::{Clock, ManualClock, SystemClock};
 use medrelay_server::datadir::{DataDir, DEFAULT_ORG_NAME};
 use medrelay_server::hub::Hub;
+use medrelay_server::metrics::Metrics;
 use medrelay_server::relay::Relay;
 use medrelay_server::server::{self, Context};
 use medrelay_server::store::sled_store::SledStore;
@@ -374,6 +375,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 audit: access_log.clone(),
                 audit_days: audit_retention_days,
                 sweeping: tokio::sync::Mutex::new(()),
+                metrics: {
+                    let store = store.clone();
+                    Metrics::new(move || store.commit_stats())
+                },
             });
             let admin = admin_socket::bind(&data.admin_socket())
                 .with_context(|| format!("could not bind {}", data.admin_socket().display()))?;

@@ -45,6 +45,8 @@ pub struct Context {
     pub audit_days: u32,
     /// Held by a retention sweep (one at a time); policy changes wait for it.
     pub sweeping: tokio::sync::Mutex<()>,
+    /// Counters for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The server's rate limiters.

@@ -1,0 +1,185 @@
+//! `medrelay-bench`: runs medrelay, the transport-limit forwarder and the peers side by side on
+//! this machine and writes `results.json` and `RESULTS.md`. `bench/run` builds and installs
+//! everything and calls it; see bench/README.md.
+
+mod client;
+mod clinic;
+mod load;
+mod procfs;
+mod report;
+mod scenarios;
+mod server;
+mod transport;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use serde_json::{json, Value};
+
+use crate::client::Target;
+use crate::scenarios::{forwarder_load, relay_load, Probe, RelayFlow, Timing};
+
+#[derive(Debug, Parser)]
+#[command(about = "medrelay benchmarks: relay, transport limit and peers in one run")]
+struct Args {
+    /// The `medrelay` server binary.
+    #[arg(long)]
+    medrelay: PathBuf,
+    /// The `medrelay-forwarder` binary.
+    #[arg(long)]
+    forwarder: PathBuf,
+    /// Where to put data directories, logs and results.
+    #[arg(long)]
+    out: PathBuf,
+    /// Scenario (a) only, short phases: a smoke test.
+    #[arg(long)]
+    quick: bool,
+    /// Patient-staff pairs in the 1:1 scenario.
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
+    /// Messages in flight per pair at saturation.
+    #[arg(long, default_value_t = 32)]
+    window: u32,
+    /// Envelope (ciphertext) size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    payload: usize,
+    /// Measured seconds per phase (warm-up is a third of it).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// The command line to print in the report.
+    #[arg(long, default_value = "bench/run")]
+    command: String,
+    /// Findings (Markdown) to append to the report.
+    #[arg(long)]
+    findings: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.out)?;
+    let results = run(&args).await?;
+    let path = args.out.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+    let findings = match &args.findings {
+        Some(path) => std::fs::read_to_string(path)?,
+        None => String::new(),
+    };
+    let report_path = args.out.join("RESULTS.md");
+    std::fs::write(
+        &report_path,
+        report::markdown(&results, &args.command, &findings),
+    )?;
+    eprintln!("wrote {} and {}", path.display(), report_path.display());
+    Ok(())
+}
+
+async fn run(args: &Args) -> anyhow::Result<Value> {
+    let seconds = args.seconds.unwrap_or(if args.quick { 5 } else { 10 });
+    let timing = Timing {
+        warmup: Duration::from_secs(seconds.div_ceil(3).max(2)),
+        measure: Duration::from_secs(seconds),
+    };
+    let payload = Arc::new(load::payload_template(args.payload));
+    let work = args.out.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+
+    eprintln!("starting medrelay");
+    let mut relay = server::Relay::start(&args.medrelay, &work.join("relay/data"))?;
+    let target = Target::new(relay.addr, &relay.ca(), "/v1/ws")?;
+    let invite = relay
+        .admin_invite
+        .clone()
+        .context("the server printed no admin invite")?;
+    eprintln!("setting up the clinic: {} pairs", args.pairs);
+    let started = std::time::Instant::now();
+    let clinic = clinic::setup(&target, &invite, args.pairs).await?;
+    eprintln!("clinic ready in {:.1} s", started.elapsed().as_secs_f64());
+
+    let relay_probe = Probe {
+        pids: vec![relay.pid()?],
+        metrics: Some(target.clone()),
+    };
+    let flows: Vec<RelayFlow> = clinic
+        .pairs
+        .iter()
+        .map(|p| RelayFlow {
+            sender: p.patient.clone(),
+            conversation: p.conversation,
+        })
+        .collect();
+    let receivers: Vec<_> = clinic.pairs.iter().map(|p| p.staff.clone()).collect();
+    let relay_a = relay_load(
+        &target,
+        &flows,
+        &receivers,
+        args.window,
+        payload.clone(),
+        timing,
+        &relay_probe,
+        "relay 1:1",
+    )
+    .await?;
+
+    eprintln!("starting the forwarder");
+    let certs = work.join("relay/data/certs");
+    let forwarder = server::Forwarder::start(
+        &args.forwarder,
+        &certs.join("server.pem"),
+        &certs.join("server.key"),
+    )?;
+    let forwarder_target = Target::new(forwarder.addr, &relay.ca(), "/")?;
+    let forwarder_probe = Probe {
+        pids: vec![forwarder.pid()?],
+        metrics: None,
+    };
+    let transport = forwarder_load(
+        &forwarder_target,
+        &clinic,
+        args.window,
+        payload.clone(),
+        timing,
+        &forwarder_probe,
+    )
+    .await?;
+    drop(forwarder);
+    relay.stop()?;
+
+    let relay_msgs = relay_a.saturation.delivered_per_s;
+    let transport_msgs = transport.saturation.delivered_per_s;
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            (a / b * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        }
+    };
+    Ok(json!({
+        "quick": args.quick,
+        "machine": procfs::machine(),
+        "shape": {
+            "pairs": args.pairs,
+            "window_per_pair": args.window,
+            "payload_bytes": args.payload,
+            "measure_seconds": seconds,
+        },
+        "relay_msgs_per_s": relay_msgs,
+        "transport_msgs_per_s": transport_msgs,
+        "relay_vs_transport": ratio(relay_msgs, transport_msgs),
+        "p99_ms_half_load": relay_a.half_load.p99_ms,
+        "msgs_per_flush": relay_a.saturation.msgs_per_flush,
+        // Not measured by this version of the harness (see RESULTS.md): null, never a guess.
+        "bytes_per_idle_connection": Value::Null,
+        "vs_synapse": Value::Null,
+        "vs_nats_jetstream": Value::Null,
+        "server_cpu_us_per_msg": relay_a.saturation.server_cpu_us_per_msg,
+        "scenarios": {
+            "a_relay_1to1": relay_a,
+            "transport_forwarder": transport,
+        },
+    }))
+}

@@ -1,0 +1,167 @@
+//! `RESULTS.md` from the results: the machine, the command, the tables, the targets.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+fn num(value: &Value, digits: usize) -> String {
+    match value.as_f64() {
+        Some(x) => format!("{x:.digits$}"),
+        None => "not measured".to_owned(),
+    }
+}
+
+fn phase_row(out: &mut String, name: &str, phase: &Value) {
+    let _ = writeln!(
+        out,
+        "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+        num(&phase["delivered_per_s"], 0),
+        num(&phase["server_cpu_us_per_msg"], 2),
+        num(&phase["server_cores"], 2),
+        num(&phase["p50_ms"], 3),
+        num(&phase["p99_ms"], 3),
+        num(&phase["p999_ms"], 3),
+        num(&phase["msgs_per_flush"], 1),
+    );
+}
+
+fn target_row(
+    out: &mut String,
+    what: &str,
+    measured: &Value,
+    digits: usize,
+    target: &str,
+    met: Option<bool>,
+) {
+    let verdict = match met {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    };
+    let _ = writeln!(
+        out,
+        "| {what} | {} | {target} | {verdict} |",
+        num(measured, digits)
+    );
+}
+
+/// Renders the report.
+pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# medrelay benchmark results\n");
+    let _ = writeln!(
+        out,
+        "Written by `bench/run` from `bench/results.json` (same run). The machine is shared with \
+         other engineers' builds while these figures were taken, so they are noisy: rerun \
+         `bench/run` on a quiet machine for figures to quote. Ratios hold better than absolute \
+         numbers.\n"
+    );
+    let _ = writeln!(
+        out,
+        "- Machine: {}",
+        results["machine"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(out, "- Command: `{command}`");
+    let shape = &results["shape"];
+    let _ = writeln!(
+        out,
+        "- Load: {} pairs, at most {} messages in flight per pair at saturation, {}-byte \
+         envelopes, {} s measured per phase after a warm-up; load generator and servers share \
+         the cores.\n",
+        shape["pairs"], shape["window_per_pair"], shape["payload_bytes"], shape["measure_seconds"]
+    );
+
+    let _ = writeln!(out, "## Targets\n");
+    let _ = writeln!(out, "| figure | measured | target | |\n|---|---:|---|---|");
+    let ge = |v: &Value, t: f64| v.as_f64().map(|x| x >= t);
+    let le = |v: &Value, t: f64| v.as_f64().map(|x| x <= t);
+    target_row(
+        &mut out,
+        "relay / transport limit (delivered msgs/s)",
+        &results["relay_vs_transport"],
+        3,
+        ">= 0.5",
+        ge(&results["relay_vs_transport"], 0.5),
+    );
+    target_row(
+        &mut out,
+        "relay / NATS JetStream (durable msgs/s)",
+        &results["vs_nats_jetstream"],
+        3,
+        ">= 1",
+        ge(&results["vs_nats_jetstream"], 1.0),
+    );
+    target_row(
+        &mut out,
+        "server CPU per delivered message (µs)",
+        &results["server_cpu_us_per_msg"],
+        2,
+        "<= 10",
+        le(&results["server_cpu_us_per_msg"], 10.0),
+    );
+    target_row(
+        &mut out,
+        "relay / Synapse (delivered msgs/s)",
+        &results["vs_synapse"],
+        0,
+        ">= 1000",
+        ge(&results["vs_synapse"], 1000.0),
+    );
+    target_row(
+        &mut out,
+        "p99 send-to-deliver at half load (ms)",
+        &results["p99_ms_half_load"],
+        3,
+        "<= 5",
+        le(&results["p99_ms_half_load"], 5.0),
+    );
+    target_row(
+        &mut out,
+        "server memory per idle authenticated connection (bytes)",
+        &results["bytes_per_idle_connection"],
+        0,
+        "<= 32768",
+        le(&results["bytes_per_idle_connection"], 32768.0),
+    );
+    target_row(
+        &mut out,
+        "messages per storage flush at saturation",
+        &results["msgs_per_flush"],
+        1,
+        ">= 20",
+        ge(&results["msgs_per_flush"], 20.0),
+    );
+
+    let _ = writeln!(out, "\n## Throughput and latency\n");
+    let _ = writeln!(
+        out,
+        "| system, phase | delivered msgs/s | server CPU µs/msg | server cores | p50 ms | p99 ms | p99.9 ms | msgs/flush |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let scenarios = &results["scenarios"];
+    for (key, name) in [
+        ("a_relay_1to1", "(a) relay 1:1"),
+        ("transport_forwarder", "transport limit (forwarder)"),
+    ] {
+        let s = &scenarios[key];
+        if s.is_null() {
+            continue;
+        }
+        phase_row(&mut out, &format!("{name}, saturation"), &s["saturation"]);
+        phase_row(
+            &mut out,
+            &format!("{name}, half load (open loop)"),
+            &s["half_load"],
+        );
+    }
+    let _ = writeln!(out, "\nErrors during the run:\n");
+    for (key, s) in scenarios.as_object().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "- {key}: {} ({})",
+            s["errors"],
+            s["first_error"].as_str().unwrap_or("none")
+        );
+    }
+    let _ = writeln!(out, "\n## Findings\n\n{findings}");
+    out
+}

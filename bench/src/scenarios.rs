@@ -1,0 +1,357 @@
+//! The scenarios: how each system is loaded and what is measured.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::client::{Target, Ws};
+use crate::clinic::{recipients, Clinic, Device};
+use crate::load::{drive, FrameSink, Measured, Phase, Tracker};
+use crate::procfs;
+use crate::server::{metrics, CommitCounters};
+use crate::transport::{
+    forwarder_receiver, relay_receiver, relay_sender_replies, SendFrames, WsSink,
+};
+
+/// How long phases last.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Load before measuring.
+    pub warmup: Duration,
+    /// Measured time.
+    pub measure: Duration,
+}
+
+/// One measured phase, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    /// Deliveries per second.
+    pub delivered_per_s: f64,
+    /// Sends per second.
+    pub sent_per_s: f64,
+    /// Server CPU µs per delivered message.
+    pub server_cpu_us_per_msg: f64,
+    /// Server CPU use, in cores.
+    pub server_cores: f64,
+    /// Send-to-deliver latency, ms.
+    pub p50_ms: f64,
+    /// Send-to-deliver latency, ms.
+    pub p99_ms: f64,
+    /// Send-to-deliver latency, ms.
+    pub p999_ms: f64,
+    /// Send-to-deliver latency, ms.
+    pub max_ms: f64,
+    /// Messages made durable per storage flush (relay only).
+    pub msgs_per_flush: Option<f64>,
+    /// Storage flushes per second (relay only).
+    pub flushes_per_s: Option<f64>,
+}
+
+impl PhaseReport {
+    fn from(m: &Measured) -> PhaseReport {
+        let round = |x: f64, digits: i32| {
+            let f = 10f64.powi(digits);
+            (x * f).round() / f
+        };
+        PhaseReport {
+            delivered_per_s: round(m.delivered_per_s, 0),
+            sent_per_s: round(m.sent as f64 / m.seconds, 0),
+            server_cpu_us_per_msg: round(m.cpu_us_per_msg(), 2),
+            server_cores: round(m.server_cpu_us as f64 / 1e6 / m.seconds, 2),
+            p50_ms: round(m.latency_ms(0.5), 3),
+            p99_ms: round(m.latency_ms(0.99), 3),
+            p999_ms: round(m.latency_ms(0.999), 3),
+            max_ms: round(m.latency.max() as f64 / 1000.0, 3),
+            msgs_per_flush: match (m.syncs, m.flushes) {
+                (Some(s), Some(f)) if f > 0 => Some(round(s as f64 / f as f64, 1)),
+                _ => None,
+            },
+            flushes_per_s: m.flushes.map(|f| round(f as f64 / m.seconds, 0)),
+        }
+    }
+}
+
+/// Saturation and half-load results of one system.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// The highest sustained rate (every flow's window kept full).
+    pub saturation: PhaseReport,
+    /// Open loop at half the saturation rate.
+    pub half_load: PhaseReport,
+    /// Errors seen (and the first).
+    pub errors: u64,
+    /// The first error, if any.
+    pub first_error: Option<String>,
+}
+
+/// Where the counters of the system under test come from.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// Processes whose CPU time counts as the server's.
+    pub pids: Vec<u32>,
+    /// The relay's `/metrics` (address and TLS), for group-commit counters.
+    pub metrics: Option<Target>,
+}
+
+impl Probe {
+    async fn counters(&self) -> anyhow::Result<Option<CommitCounters>> {
+        match &self.metrics {
+            Some(target) => Ok(Some(metrics(target.addr, target.tls.clone()).await?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Runs one phase: warm up, then measure.
+pub async fn measure(
+    tracker: &Tracker,
+    phases: &watch::Sender<Phase>,
+    phase: Phase,
+    timing: Timing,
+    probe: &Probe,
+) -> anyhow::Result<Measured> {
+    phases.send_replace(phase);
+    tokio::time::sleep(timing.warmup).await;
+    let commit0 = probe.counters().await?;
+    let cpu0 = procfs::sample(&probe.pids)?;
+    let delivered0 = tracker.delivered_count();
+    let sent0 = tracker.sent_count();
+    tracker.start_recording();
+    tokio::time::sleep(timing.measure).await;
+    let delivered1 = tracker.delivered_count();
+    let sent1 = tracker.sent_count();
+    let cpu1 = procfs::sample(&probe.pids)?;
+    let latency = tracker.stop_recording();
+    let commit1 = probe.counters().await?;
+    let seconds = cpu1.at.duration_since(cpu0.at).as_secs_f64();
+    let delivered = delivered1 - delivered0;
+    Ok(Measured {
+        seconds,
+        delivered,
+        sent: sent1 - sent0,
+        delivered_per_s: delivered as f64 / seconds,
+        server_cpu_us: cpu1.cpu_us.saturating_sub(cpu0.cpu_us),
+        latency,
+        flushes: commit0
+            .zip(commit1)
+            .map(|(a, b)| b.flushes.saturating_sub(a.flushes)),
+        syncs: commit0
+            .zip(commit1)
+            .map(|(a, b)| b.syncs.saturating_sub(a.syncs)),
+    })
+}
+
+/// Stops the senders and waits until every message sent has been delivered (or `limit`).
+async fn settle(tracker: &Tracker, phases: &watch::Sender<Phase>, limit: Duration) {
+    phases.send_replace(Phase::Idle);
+    let deadline = Instant::now() + limit;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while tracker.delivered_count() < tracker.sent_count() * u64::from(tracker.fan_out)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let expected = tracker.sent_count() * u64::from(tracker.fan_out);
+    if tracker.delivered_count() < expected {
+        tracker.error(&format!(
+            "{} of {} messages not delivered when the load stopped",
+            expected - tracker.delivered_count(),
+            expected
+        ));
+    }
+}
+
+/// Saturation, then open loop at half of it: the shape every system is measured with.
+pub async fn saturate_then_half(
+    tracker: &Arc<Tracker>,
+    phases: &watch::Sender<Phase>,
+    flows: usize,
+    timing: Timing,
+    probe: &Probe,
+    label: &str,
+) -> anyhow::Result<(Measured, Measured)> {
+    eprintln!("[{label}] saturation");
+    let saturation = measure(tracker, phases, Phase::Saturate, timing, probe).await?;
+    eprintln!(
+        "[{label}] saturation: {:.0} delivered/s, {:.2} µs server CPU per message",
+        saturation.delivered_per_s,
+        saturation.cpu_us_per_msg()
+    );
+    settle(tracker, phases, Duration::from_secs(30)).await;
+    let sends_per_s = saturation.delivered_per_s / 2.0 / f64::from(tracker.fan_out);
+    let per_flow = sends_per_s / flows.max(1) as f64;
+    eprintln!("[{label}] open loop at half: {:.0} sends/s", sends_per_s);
+    let half = measure(tracker, phases, Phase::Rate(per_flow), timing, probe).await?;
+    eprintln!(
+        "[{label}] half load: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
+        half.latency_ms(0.5),
+        half.latency_ms(0.99),
+        half.latency_ms(0.999)
+    );
+    settle(tracker, phases, Duration::from_secs(30)).await;
+    Ok((saturation, half))
+}
+
+fn report(tracker: &Tracker, saturation: &Measured, half: &Measured) -> LoadReport {
+    let (errors, first_error) = tracker.errors();
+    LoadReport {
+        saturation: PhaseReport::from(saturation),
+        half_load: PhaseReport::from(half),
+        errors,
+        first_error,
+    }
+}
+
+/// Spawns the senders (sinks) and returns a join set yielding nothing useful: they run until
+/// [`Phase::Done`].
+fn spawn_senders<S: FrameSink>(
+    sinks: Vec<S>,
+    tracker: &Arc<Tracker>,
+    phases: &watch::Receiver<Phase>,
+    tasks: &mut JoinSet<()>,
+) {
+    let flows = sinks.len() as u32;
+    for (flow, sink) in sinks.into_iter().enumerate() {
+        let tracker = tracker.clone();
+        let phases = phases.clone();
+        tasks.spawn(async move {
+            drop(drive(sink, flow as u32, flows, tracker, phases).await);
+        });
+    }
+}
+
+async fn finish(tracker: &Tracker, phases: &watch::Sender<Phase>, mut tasks: JoinSet<()>) {
+    phases.send_replace(Phase::Done);
+    tracker.close_windows();
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => if next.is_none() { break },
+            () = &mut deadline => { tasks.abort_all(); break }
+        }
+    }
+}
+
+/// Flows for a relay load: a sender device, its conversation, the receivers.
+#[derive(Debug, Clone)]
+pub struct RelayFlow {
+    /// Who sends.
+    pub sender: Device,
+    /// Where.
+    pub conversation: medrelay_proto::ConversationId,
+}
+
+/// Relay load: `flows` senders (each with `window` sends in flight), `receivers` online,
+/// `fan_out` deliveries per send, 1 KiB envelopes.
+#[allow(clippy::too_many_arguments)] // each is a different knob of one scenario
+pub async fn relay_load(
+    target: &Target,
+    flows: &[RelayFlow],
+    receivers: &[Device],
+    window: u32,
+    payload: Arc<Vec<u8>>,
+    timing: Timing,
+    probe: &Probe,
+    label: &str,
+) -> anyhow::Result<LoadReport> {
+    let first = flows.first().ok_or_else(|| anyhow!("no flows"))?;
+    let mut conn = first.sender.connect(target, false).await?;
+    let fan_out = recipients(&mut conn, first.conversation, first.sender.id)
+        .await?
+        .len();
+    conn.close().await;
+    let tracker = Tracker::new(flows.len(), window, fan_out as u32)?;
+    let (phases_tx, phases) = watch::channel(Phase::Idle);
+    let mut tasks = JoinSet::new();
+    for device in receivers {
+        let conn = device.connect(target, false).await?;
+        let tracker = tracker.clone();
+        let phases = phases.clone();
+        tasks.spawn(async move {
+            relay_receiver(conn.ws, tracker, phases).await;
+        });
+    }
+    let mut sinks = Vec::with_capacity(flows.len());
+    for flow in flows {
+        let mut conn = flow.sender.connect(target, false).await?;
+        let devices = recipients(&mut conn, flow.conversation, flow.sender.id).await?;
+        if devices.len() != fan_out {
+            bail!("flows must have the same fan-out");
+        }
+        let (sink, stream) = conn.ws.split();
+        let replies_tracker = tracker.clone();
+        let replies_phases = phases.clone();
+        tasks.spawn(async move {
+            drop(relay_sender_replies(stream, replies_tracker, replies_phases).await);
+        });
+        sinks.push(WsSink {
+            sink,
+            frames: SendFrames::new(flow.conversation, devices, payload.clone(), 1 << 20),
+        });
+    }
+    spawn_senders(sinks, &tracker, &phases, &mut tasks);
+    let result = saturate_then_half(&tracker, &phases_tx, flows.len(), timing, probe, label).await;
+    finish(&tracker, &phases_tx, tasks).await;
+    let (saturation, half) = result?;
+    Ok(report(&tracker, &saturation, &half))
+}
+
+/// Forwarder load: the same frames, the same pairs, no authentication or storage.
+pub async fn forwarder_load(
+    target: &Target,
+    clinic: &Clinic,
+    window: u32,
+    payload: Arc<Vec<u8>>,
+    timing: Timing,
+    probe: &Probe,
+) -> anyhow::Result<LoadReport> {
+    let pairs = clinic.pairs.len();
+    let tracker = Tracker::new(pairs, window, 1)?;
+    let (phases_tx, phases) = watch::channel(Phase::Idle);
+    let mut tasks = JoinSet::new();
+    let mut sinks = Vec::with_capacity(pairs);
+    for (i, pair) in clinic.pairs.iter().enumerate() {
+        let mut path_target = target.clone();
+        path_target.path = format!("/fwd/{i}/recv");
+        let (ws, _) = crate::client::open(&path_target, pair.staff.source, false).await?;
+        let tracker_r = tracker.clone();
+        let phases_r = phases.clone();
+        tasks.spawn(async move {
+            drop(forwarder_receiver(ws, tracker_r, phases_r).await);
+        });
+        path_target.path = format!("/fwd/{i}/send");
+        let (ws, _): (Ws, _) =
+            crate::client::open(&path_target, pair.patient.source, false).await?;
+        let (sink, stream) = ws.split();
+        // Nothing comes back on a sender's socket; keep the half alive until the end.
+        let mut phases_s = phases.clone();
+        tasks.spawn(async move {
+            let _stream = stream;
+            while phases_s.changed().await.is_ok() {
+                if *phases_s.borrow() == Phase::Done {
+                    break;
+                }
+            }
+        });
+        sinks.push(WsSink {
+            sink,
+            frames: SendFrames::new(
+                pair.conversation,
+                vec![pair.staff.id],
+                payload.clone(),
+                1 << 20,
+            ),
+        });
+    }
+    spawn_senders(sinks, &tracker, &phases, &mut tasks);
+    let result = saturate_then_half(&tracker, &phases_tx, pairs, timing, probe, "forwarder").await;
+    finish(&tracker, &phases_tx, tasks).await;
+    let (saturation, half) = result?;
+    Ok(report(&tracker, &saturation, &half))
+}

@@ -1,0 +1,243 @@
+//! Running the systems under test as child processes: the `medrelay` server (on a fresh data
+//! directory) and the transport-limit forwarder. Both print one line naming their port.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A `medrelay serve` process.
+#[derive(Debug)]
+pub struct Relay {
+    binary: PathBuf,
+    data: PathBuf,
+    child: Option<Child>,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The first admin's invite, printed on first start.
+    pub admin_invite: Option<String>,
+}
+
+fn wait_for_listening(child: &mut Child) -> anyhow::Result<(SocketAddr, Option<String>)> {
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut invite = None;
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("the server did not report listening within 60 s")?;
+        if let Some(code) = line.strip_prefix("First admin invite (single use, valid 7 days): ") {
+            invite = Some(code.trim().to_owned());
+        }
+        if let Some(rest) = line
+            .strip_prefix("medrelay listening on ")
+            .or_else(|| line.strip_prefix("forwarder listening on "))
+        {
+            let addr = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .with_context(|| format!("unreadable listen line: {line}"))?;
+            return Ok((addr, invite));
+        }
+    }
+}
+
+impl Relay {
+    /// Starts `binary serve` on `data` (initialised on first start), logging warnings only to
+    /// `data/../server.log` (the benchmark measures the server, not its debug logging).
+    pub fn start(binary: &Path, data: &Path) -> anyhow::Result<Relay> {
+        let mut relay = Relay {
+            binary: binary.to_owned(),
+            data: data.to_owned(),
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_invite: None,
+        };
+        relay.spawn()?;
+        Ok(relay)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log_path = self
+            .data
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("server.log");
+        if let Some(parent) = log_path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let mut child = Command::new(&self.binary)
+            .arg("serve")
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.addr.port()))
+            .env(
+                "MEDRELAY_LOG",
+                std::env::var("MEDRELAY_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("could not start {}", self.binary.display()))?;
+        let (addr, invite) = wait_for_listening(&mut child)?;
+        self.addr = addr;
+        if invite.is_some() {
+            self.admin_invite = invite;
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .ok_or_else(|| anyhow!("not running"))
+    }
+
+    /// The development CA the server's certificate chains to.
+    pub fn ca(&self) -> PathBuf {
+        self.data.join("certs/ca.pem")
+    }
+
+    /// Stops the server with SIGTERM and waits for it.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = self.child.take() {
+            terminate(child)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// SIGTERM, then wait; SIGKILL after 20 s.
+fn terminate(mut child: Child) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("could not signal process {}", child.id());
+    }
+    for _ in 0..200 {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    child.wait()?;
+    Ok(())
+}
+
+/// The transport-limit forwarder process.
+#[derive(Debug)]
+pub struct Forwarder {
+    child: Option<Child>,
+    /// Its address.
+    pub addr: SocketAddr,
+}
+
+impl Forwarder {
+    /// Starts `binary` with the relay's certificate and key (same TLS stack, same certificate).
+    pub fn start(binary: &Path, cert: &Path, key: &Path) -> anyhow::Result<Forwarder> {
+        let mut child = Command::new(binary)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("could not start {}", binary.display()))?;
+        let (addr, _) = wait_for_listening(&mut child)?;
+        Ok(Forwarder {
+            child: Some(child),
+            addr,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .ok_or_else(|| anyhow!("not running"))
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Storage group-commit counters as the server reports them at `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitCounters {
+    /// Storage flushes so far.
+    pub flushes: u64,
+    /// Writers that waited for durability so far.
+    pub syncs: u64,
+}
+
+/// Reads `/metrics` over HTTPS.
+pub async fn metrics(
+    addr: SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> anyhow::Result<CommitCounters> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+    let mut stream = connector.connect(name, tcp).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = Vec::new();
+    // hyper closes after answering `Connection: close`; a missing TLS close_notify is fine.
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut body)).await;
+    let text = String::from_utf8_lossy(&body);
+    let value = |name: &str| -> anyhow::Result<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(str::trim))
+            .ok_or_else(|| anyhow!("/metrics has no {name}"))?
+            .parse()
+            .map_err(|e| anyhow!("/metrics {name}: {e}"))
+    };
+    Ok(CommitCounters {
+        flushes: value("medrelay_storage_flushes_total ")?,
+        syncs: value("medrelay_storage_syncs_total ")?,
+    })
+}
