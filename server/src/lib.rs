@@ -23,3 +23,4 @@ pub mod relay;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod web_assets;
