@@ -177,7 +177,7 @@ try {
 
   // ---------------------------------------------------------------- answer; the patient receives it
   const answer = "Yes, and it is all clear.";
-  await staff.getByLabel("Message").fill(answer);
+  await staff.getByLabel("Message", { exact: true }).fill(answer);
   await staff.keyboard.press("Control+Enter");
   await staff.locator("#messages .msg.out", { hasText: "Delivered to the server for 1 device" }).waitFor({ timeout: STEP_TIMEOUT });
   check(true, "the answer is stored by the server for the patient's device (delivery state shown)");
@@ -236,11 +236,11 @@ try {
   await admin.getByText("Timeouts saved.").waitFor({ timeout: STEP_TIMEOUT });
   await shot(admin, "admin-sessions");
   log("idle timeout set to 3 s; waiting for the staff session to end");
-  await staff.locator("#notice", { hasText: "logged off automatically" }).waitFor({ timeout: 20000 });
+  await staff.locator("#notice", { hasText: "Logged off to protect patient information" }).waitFor({ timeout: 20000 });
   check(await staff.getByRole("heading", { name: "Log in" }).isVisible(), "after the idle timeout the staff member is back at the login screen");
   check((await staff.locator("#messages .msg").count()) === 0, "no message stays on screen after the logoff");
   await shot(staff, "staff-logged-off");
-  await admin.locator("#notice", { hasText: "logged off automatically" }).waitFor({ timeout: 20000 });
+  await admin.locator("#notice", { hasText: "Logged off to protect patient information" }).waitFor({ timeout: 20000 });
   check(true, "the admin's console session ended the same way");
 
   // Logging in again (password, then a code of the next TOTP step: each code works once)

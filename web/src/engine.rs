@@ -216,6 +216,9 @@ impl Engine {
     /// The sealed key store, if it changed since the last call: persist it before sending
     /// [`Engine::take_outgoing`]'s frames.
     pub fn take_unsaved(&mut self) -> Option<Vec<u8>> {
+        // Nothing is worth keeping before the server accepted the enrolment: a refused invite
+        // must not leave a store without a device behind.
+        self.state.as_ref()?;
         self.store.take_unsaved()
     }
 
@@ -1270,4 +1273,175 @@ fn conversation_summary(state: &WebState, id: &ConversationId, c: &ConversationR
         "last_text": last.map(|m| m.text.clone()),
         "last_at_ms": last.map(|m| m.server_time_ms.max(m.sent_at_ms)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use ed25519_dalek::{Signature as EdSignature, VerifyingKey};
+    use medrelay_proto::{
+        decode_client_frame, encode_server_frame, Challenge, Handle, OrgId, ServerFrame,
+    };
+
+    use super::*;
+
+    const ORIGIN: &str = "https://clinic.example:8443";
+    const PASSWORD: &str = "a long staff password";
+    const CHEAP: KdfParams = KdfParams {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    fn push(message: ServerMessage) -> Vec<u8> {
+        encode_server_frame(&ServerFrame::push(message))
+    }
+
+    fn auth_ok(login_required: bool) -> AuthOk {
+        AuthOk {
+            org_id: OrgId::from_array([1; 16]),
+            user_id: UserId::from_array([2; 16]),
+            device_id: DeviceId::from_array([3; 16]),
+            role: Role::Staff,
+            handle: Handle::new("dr.lee").unwrap(),
+            one_time_prekeys_remaining: 100,
+            archive_public_key: None,
+            credentials_required: login_required,
+            login_required,
+            consent_required: false,
+            consent_text: None,
+        }
+    }
+
+    /// Enrols against a scripted server; returns the engine and the request id of the proof.
+    fn enrolled() -> Engine {
+        let mut engine = Engine::enroll(ORIGIN, "INVITE-123", PASSWORD, CHEAP, 1_000).unwrap();
+        assert!(
+            engine.take_unsaved().is_none(),
+            "nothing to keep before enrolment"
+        );
+        let nonce = [9u8; 32];
+        engine
+            .receive(
+                &push(ServerMessage::Challenge(Challenge {
+                    nonce,
+                    server_time_ms: 1_000,
+                })),
+                1_000,
+            )
+            .unwrap();
+        let frames = engine.take_outgoing();
+        assert_eq!(frames.len(), 1);
+        let frame = decode_client_frame(frames.first().unwrap()).unwrap();
+        let ClientRequest::Enroll(enroll) = frame.request else {
+            panic!("expected enroll");
+        };
+        // Bound to the origin, signed by the key being enrolled.
+        assert_eq!(
+            enroll.binding,
+            ChannelBinding::Origin(Origin::new(ORIGIN).unwrap())
+        );
+        let key = VerifyingKey::from_bytes(enroll.keys.identity.signing_key.as_bytes()).unwrap();
+        let transcript = enroll_transcript(
+            &nonce,
+            &Binding::Origin(Origin::new(ORIGIN).unwrap()),
+            &enroll.keys.identity.signing_key,
+        );
+        key.verify_strict(
+            &transcript,
+            &EdSignature::from_bytes(enroll.signature.as_bytes()),
+        )
+        .unwrap();
+        engine
+            .receive(
+                &encode_server_frame(&ServerFrame::reply(
+                    frame.request_id,
+                    ServerMessage::AuthOk(auth_ok(true)),
+                )),
+                1_000,
+            )
+            .unwrap();
+        engine
+    }
+
+    #[test]
+    fn enrolment_is_origin_bound_and_sealed_under_the_password() {
+        let mut engine = enrolled();
+        assert!(engine.is_ready() && engine.login_required());
+        let events = engine.take_events();
+        assert_eq!(events.first().unwrap()["type"], "authenticated");
+        assert!(
+            engine.take_outgoing().is_empty(),
+            "no prekey upload before login"
+        );
+        let sealed = engine
+            .take_unsaved()
+            .expect("the enrolled device is sealed");
+
+        let reopened = Engine::unlock(&sealed, PASSWORD).unwrap();
+        assert_eq!(reopened.whoami()["handle"], "dr.lee");
+        let wrong = Engine::unlock(&sealed, "not the password!").unwrap_err();
+        assert_eq!(wrong.code(), "WRONG_PASSWORD");
+    }
+
+    #[test]
+    fn a_refused_invite_leaves_nothing_to_keep() {
+        let mut engine = Engine::enroll(ORIGIN, "INVITE-123", PASSWORD, CHEAP, 1_000).unwrap();
+        engine
+            .receive(
+                &push(ServerMessage::Challenge(Challenge {
+                    nonce: [1; 32],
+                    server_time_ms: 0,
+                })),
+                0,
+            )
+            .unwrap();
+        let frame = decode_client_frame(engine.take_outgoing().first().unwrap()).unwrap();
+        let refusal = ServerMessage::Error(WireError::new(ErrorCode::InviteInvalid, "no"));
+        engine
+            .receive(
+                &encode_server_frame(&ServerFrame::reply(frame.request_id, refusal)),
+                0,
+            )
+            .unwrap();
+        assert_eq!(engine.take_events().first().unwrap()["type"], "auth_failed");
+        assert!(engine.take_unsaved().is_none());
+    }
+
+    #[test]
+    fn logoff_is_reported_and_a_lost_connection_fails_waiting_operations() {
+        let mut engine = enrolled();
+        engine.take_events();
+        let op = engine.login(PASSWORD, "123456").unwrap();
+        engine.connection_closed();
+        let events = engine.take_events();
+        let result = events.first().unwrap();
+        assert_eq!(result["op"], op);
+        assert_eq!(result["ok"], false);
+        assert_eq!(result["code"], "DISCONNECTED");
+        assert!(!engine.is_ready());
+
+        let notice = WireError::new(ErrorCode::LoggedOff, "idle timeout");
+        engine
+            .receive(&push(ServerMessage::Error(notice)), 0)
+            .unwrap();
+        assert_eq!(engine.take_events().first().unwrap()["type"], "logged_off");
+    }
+
+    #[test]
+    fn short_passwords_and_empty_messages_are_refused_before_anything_is_sent() {
+        assert_eq!(
+            Engine::enroll(ORIGIN, "INVITE-123", "short", CHEAP, 0)
+                .unwrap_err()
+                .code(),
+            "INVALID_INPUT"
+        );
+        let mut engine = enrolled();
+        engine.take_outgoing();
+        assert!(engine.login("short", "123456").is_err());
+        let id = ConversationId::from_array([4; 16]).to_string();
+        assert!(engine.send_text(&id, "   ", 0).is_err());
+        assert!(engine.take_outgoing().is_empty());
+    }
 }

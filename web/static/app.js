@@ -102,6 +102,28 @@ async function idbClear() {
   });
 }
 
+// ---------- one tab at a time: two tabs holding the key store would each advance their own
+// copy of the sessions, and the later write would make the next send reuse a message key.
+let releaseTabLock = null;
+function acquireTabLock() {
+  if (releaseTabLock || !navigator.locks) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    navigator.locks.request("medrelay-keystore", { ifAvailable: true }, (held) => {
+      if (!held) { resolve(false); return undefined; }
+      resolve(true);
+      return new Promise((release) => { releaseTabLock = release; });
+    });
+  });
+}
+function releaseLockOfTab() {
+  if (releaseTabLock) { releaseTabLock(); releaseTabLock = null; }
+}
+async function needTabLock() {
+  if (!(await acquireTabLock())) {
+    throw new Error("IN_USE|medrelay is already open in another tab of this browser: use that tab, or close it first.");
+  }
+}
+
 // ---------- the pump: sealed store first, then frames, then events
 function pump() {
   chain = chain.then(pumpOnce).catch((e) => fatal(e));
@@ -231,6 +253,7 @@ function lock() {
   for (const [, w] of waiters) w.reject(new Error("LOGGED_OFF|logged off"));
   waiters.clear();
   if (engine) { engine.free(); engine = null; }
+  releaseLockOfTab();
   me = null;
   currentConversation = null;
   $("inbox").replaceChildren();
@@ -245,9 +268,8 @@ function lock() {
 }
 
 function loggedOff(message) {
-  loggedOffNotice = "You were logged off automatically to protect patient information"
-    + (message ? ` (${message.replace(/[.]$/, "")})` : "")
-    + ". Log in again to continue.";
+  const reason = (message || "your session ended").replace(/[.]$/, "");
+  loggedOffNotice = `Logged off to protect patient information: ${reason}.`;
   lock();
   startLogin();
 }
@@ -278,6 +300,7 @@ async function enrol(ev) {
   button.disabled = true;
   err.textContent = "Generating this browser's keys…";
   try {
+    await needTabLock();
     await new Promise((r) => setTimeout(r, 30)); // let the status paint before the KDF runs
     engine = WebEngine.enroll(location.origin, code, pw);
     const auth = await connect();
@@ -332,6 +355,7 @@ async function unlockAndLogin(ev) {
   try {
     const record = await idbGet();
     if (!record) throw new Error("LOCAL|This browser holds no keys; set it up with an invite.");
+    await needTabLock();
     await new Promise((r) => setTimeout(r, 30));
     try {
       engine = WebEngine.unlock(record.sealed, pw);
