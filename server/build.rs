@@ -110,7 +110,6 @@ fn build_wasm(root: &Path, out_dir: &Path) -> Result<PathBuf, Box<dyn Error>> {
             "medrelay-web",
             "--lib",
             "--release",
-            "--locked",
             "--target",
             WASM_TARGET,
             "--target-dir",
