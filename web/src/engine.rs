@@ -1277,7 +1277,12 @@ fn conversation_summary(state: &WebState, id: &ConversationId, c: &ConversationR
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
 
     use ed25519_dalek::{Signature as EdSignature, VerifyingKey};
     use medrelay_proto::{
