@@ -50,7 +50,9 @@ pub use identity::{
     DeviceIdentity, OneTimePrekeyPublic, PqPrekeyPublic, PrekeyBundle, PublicDeviceKeys,
     PublicIdentity, SignedPrekeyPublic,
 };
-pub use keystore::{DeviceId, FileKeyStore, KdfParams, KeyStore, MemoryKeyStore, StoreUpdate};
+pub use keystore::{
+    DeviceId, FileKeyStore, KdfParams, KeyStore, MemoryKeyStore, SealedKeyStore, StoreUpdate,
+};
 pub use sealed_box::ArchiveKeyPair;
 pub use secret::SecretBytes;
 pub use session::{IncomingKind, PeerAddress, Role, Session};

@@ -1,5 +1,5 @@
 //! HTTP on the TLS port: `/healthz`, `/metrics` (counts only, no PHI), the WebSocket upgrade
-//! at `/v1/ws`, and nothing else yet.
+//! at `/v1/ws`, and the staff web client's embedded files at `/` ([`crate::web_assets`]).
 //!
 //! hyper parses the request; an upgrade hands the raw TLS stream to tokio-tungstenite with
 //! explicit buffer sizes and limits. No response here ever carries PHI.
@@ -22,6 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::connection;
 use crate::limits;
 use crate::server::Context;
+use crate::web_assets;
 
 /// The path of the WebSocket endpoint.
 pub const WS_PATH: &str = "/v1/ws";
@@ -49,12 +50,23 @@ pub fn ws_config() -> WebSocketConfig {
 fn respond(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
-    add_security_headers(&mut response);
+    add_security_headers(&mut response, "default-src 'none'; frame-ancestors 'none'");
     response
 }
 
-/// Headers every HTTP response carries.
-fn add_security_headers(response: &mut Response<Full<Bytes>>) {
+/// One of the web client's files, with its policy.
+fn asset(asset: web_assets::Asset) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(asset.bytes)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(asset.content_type),
+    );
+    add_security_headers(&mut response, web_assets::APP_CSP);
+    response
+}
+
+/// Headers every HTTP response carries, with its Content-Security-Policy.
+fn add_security_headers(response: &mut Response<Full<Bytes>>, csp: &'static str) {
     let headers = response.headers_mut();
     headers.insert(
         header::STRICT_TRANSPORT_SECURITY,
@@ -70,7 +82,20 @@ fn add_security_headers(response: &mut Response<Full<Bytes>>) {
     );
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        HeaderValue::from_static(csp),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(
+        header::HeaderName::from_static("permissions-policy"),
+        HeaderValue::from_static("camera=(), microphone=(), geolocation=()"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if !headers.contains_key(header::CONTENT_TYPE) {
@@ -106,8 +131,13 @@ pub async fn route(
             .metrics
             .render(context.live_connections.load(Ordering::Relaxed));
         let mut response = Response::new(Full::new(Bytes::from(text)));
-        add_security_headers(&mut response);
+        add_security_headers(&mut response, "default-src 'none'; frame-ancestors 'none'");
         return Ok(response);
+    }
+    if request.method() == Method::GET || request.method() == Method::HEAD {
+        if let Some(found) = web_assets::find(path) {
+            return Ok(asset(found));
+        }
     }
     if path != WS_PATH {
         return Ok(respond(StatusCode::NOT_FOUND, "not found\n"));

@@ -27,3 +27,4 @@ pub mod retention;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod web_assets;

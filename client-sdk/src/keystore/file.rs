@@ -61,7 +61,7 @@ pub const KEYSTORE_FORMAT_VERSION: u8 = 3;
 /// The previous format, read and rewritten as [`KEYSTORE_FORMAT_VERSION`] on the next write.
 const KEYSTORE_FORMAT_V2: u8 = 2;
 const KDF_ARGON2ID_13: u8 = 1;
-const SALT_LEN: usize = 16;
+pub(super) const SALT_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
 const HEADER_LEN: usize = 4 + 1 + 1 + 12 + SALT_LEN + 8 + NONCE_LEN;
 /// Appended to the store's file name to name its lock file.
@@ -98,7 +98,11 @@ impl KdfParams {
         Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
 
-    fn derive(&self, passphrase: &[u8], salt: &[u8; SALT_LEN]) -> Result<AeadKey, KeyStoreError> {
+    pub(super) fn derive(
+        &self,
+        passphrase: &[u8],
+        salt: &[u8; SALT_LEN],
+    ) -> Result<AeadKey, KeyStoreError> {
         let mut key = Zeroizing::new([0u8; 32]);
         self.argon2()?
             .hash_password_into(passphrase, salt, key.as_mut())
@@ -195,26 +199,14 @@ impl<R: RngCore + CryptoRng> FileKeyStore<R> {
             return Err(KeyStoreError::NotAKeyStore);
         }
         let bytes = fs::read(&path).map_err(not_found)?;
-        let (header, ciphertext) = parse_header(&bytes)?;
-        let key = header.params.derive(passphrase, &header.salt)?;
-        let aad = bytes.get(..HEADER_LEN).ok_or(KeyStoreError::NotAKeyStore)?;
-        let plaintext = primitives::aead_open(&key, &header.nonce, aad, ciphertext)
-            .map_err(|_| KeyStoreError::WrongPassphraseOrCorrupt)?;
-        let state: StoreState = if header.version == KEYSTORE_FORMAT_V2 {
-            postcard::from_bytes::<StoreStateV2>(plaintext.expose_secret())
-                .map(StoreState::from)
-                .map_err(|_| KeyStoreError::StateDecode)?
-        } else {
-            postcard::from_bytes(plaintext.expose_secret())
-                .map_err(|_| KeyStoreError::StateDecode)?
-        };
+        let opened = unseal(&bytes, passphrase)?;
         Ok(Self {
             path,
-            params: header.params,
-            salt: header.salt,
-            key,
-            state,
-            on_disk: Some((header.generation, header.nonce)),
+            params: opened.params,
+            salt: opened.salt,
+            key: opened.key,
+            state: opened.state,
+            on_disk: Some((opened.generation, opened.nonce)),
             rng,
             _lock: lock,
         })
@@ -284,29 +276,89 @@ impl<R: RngCore + CryptoRng> FileKeyStore<R> {
             .generation()
             .checked_add(1)
             .ok_or(KeyStoreError::Internal)?;
-        let plaintext =
-            Zeroizing::new(postcard::to_allocvec(state).map_err(|_| KeyStoreError::StateEncode)?);
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill_bytes(&mut nonce);
-        let mut file = Vec::with_capacity(HEADER_LEN + plaintext.len() + 16);
-        file.extend_from_slice(KEYSTORE_MAGIC);
-        file.push(KEYSTORE_FORMAT_VERSION);
-        file.push(KDF_ARGON2ID_13);
-        file.extend_from_slice(&self.params.memory_kib.to_be_bytes());
-        file.extend_from_slice(&self.params.iterations.to_be_bytes());
-        file.extend_from_slice(&self.params.parallelism.to_be_bytes());
-        file.extend_from_slice(&self.salt);
-        file.extend_from_slice(&generation.to_be_bytes());
-        file.extend_from_slice(&nonce);
-        let ciphertext = primitives::aead_seal(&self.key, &nonce, &file, &plaintext)
-            .map_err(|_| KeyStoreError::Internal)?;
-        file.extend_from_slice(&ciphertext);
+        let (file, nonce) = seal(
+            &self.params,
+            &self.salt,
+            &self.key,
+            generation,
+            state,
+            &mut self.rng,
+        )?;
         let mut suffix = [0u8; 8];
         self.rng.fill_bytes(&mut suffix);
         atomic_write(&self.path, &file, &hex::encode(suffix))?;
         self.on_disk = Some((generation, nonce));
         Ok(())
     }
+}
+
+/// Encrypts `state` into the key-store format (header, then the AEAD ciphertext with the
+/// header as associated data) under a fresh random nonce. Shared by [`FileKeyStore`] and
+/// [`super::SealedKeyStore`], so both write the same bytes.
+pub(super) fn seal(
+    params: &KdfParams,
+    salt: &[u8; SALT_LEN],
+    key: &AeadKey,
+    generation: u64,
+    state: &StoreState,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<(Vec<u8>, [u8; NONCE_LEN]), KeyStoreError> {
+    let plaintext =
+        Zeroizing::new(postcard::to_allocvec(state).map_err(|_| KeyStoreError::StateEncode)?);
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + 16);
+    out.extend_from_slice(KEYSTORE_MAGIC);
+    out.push(KEYSTORE_FORMAT_VERSION);
+    out.push(KDF_ARGON2ID_13);
+    out.extend_from_slice(&params.memory_kib.to_be_bytes());
+    out.extend_from_slice(&params.iterations.to_be_bytes());
+    out.extend_from_slice(&params.parallelism.to_be_bytes());
+    out.extend_from_slice(salt);
+    out.extend_from_slice(&generation.to_be_bytes());
+    out.extend_from_slice(&nonce);
+    let ciphertext = primitives::aead_seal(key, &nonce, &out, &plaintext)
+        .map_err(|_| KeyStoreError::Internal)?;
+    out.extend_from_slice(&ciphertext);
+    Ok((out, nonce))
+}
+
+/// What [`unseal`] recovers from key-store bytes.
+pub(super) struct Unsealed {
+    pub(super) params: KdfParams,
+    pub(super) salt: [u8; SALT_LEN],
+    pub(super) key: AeadKey,
+    pub(super) generation: u64,
+    pub(super) nonce: [u8; NONCE_LEN],
+    pub(super) state: StoreState,
+}
+
+/// Derives the key from `passphrase` and the header's parameters, and decrypts key-store
+/// bytes. A wrong passphrase or any modified byte is [`KeyStoreError::WrongPassphraseOrCorrupt`].
+pub(super) fn unseal(bytes: &[u8], passphrase: &[u8]) -> Result<Unsealed, KeyStoreError> {
+    if bytes.len() as u64 > MAX_KEYSTORE_FILE_BYTES {
+        return Err(KeyStoreError::NotAKeyStore);
+    }
+    let (header, ciphertext) = parse_header(bytes)?;
+    let key = header.params.derive(passphrase, &header.salt)?;
+    let aad = bytes.get(..HEADER_LEN).ok_or(KeyStoreError::NotAKeyStore)?;
+    let plaintext = primitives::aead_open(&key, &header.nonce, aad, ciphertext)
+        .map_err(|_| KeyStoreError::WrongPassphraseOrCorrupt)?;
+    let state: StoreState = if header.version == KEYSTORE_FORMAT_V2 {
+        postcard::from_bytes::<StoreStateV2>(plaintext.expose_secret())
+            .map(StoreState::from)
+            .map_err(|_| KeyStoreError::StateDecode)?
+    } else {
+        postcard::from_bytes(plaintext.expose_secret()).map_err(|_| KeyStoreError::StateDecode)?
+    };
+    Ok(Unsealed {
+        params: header.params,
+        salt: header.salt,
+        key,
+        generation: header.generation,
+        nonce: header.nonce,
+        state,
+    })
 }
 
 /// Opens (creating, mode 0600) `<path>.lock` and takes an exclusive lock on it without

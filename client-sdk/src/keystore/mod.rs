@@ -1,12 +1,14 @@
 //! Where a device keeps its secrets: the identity and prekey secrets, one session per peer
 //! device, and a small opaque profile blob for the application (the CLI's settings).
 //!
-//! [`KeyStore`] is the seam; [`MemoryKeyStore`] serves tests and [`FileKeyStore`] encrypts the
-//! whole state at rest under a passphrase (a browser store can implement the trait later).
-//! Every `save_*` is durable when it returns.
+//! [`KeyStore`] is the seam; [`MemoryKeyStore`] serves tests, [`FileKeyStore`] encrypts the
+//! whole state at rest under a passphrase, and [`SealedKeyStore`] writes the same encrypted
+//! format to bytes the caller persists (the browser's IndexedDB). Every `save_*` is durable
+//! when it returns ([`SealedKeyStore`]: once the caller stored its bytes).
 
 mod file;
 mod memory;
+mod sealed;
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use file::{FileKeyStore, KdfParams, KEYSTORE_FORMAT_VERSION, KEYSTORE_MAGIC};
 pub use memory::MemoryKeyStore;
+pub use sealed::SealedKeyStore;
 
 use crate::error::KeyStoreError;
 use crate::identity::DeviceIdentity;

@@ -1,0 +1,263 @@
+// The staff web client end to end, in headless Chromium (the system's, never a downloaded one)
+// against a real `medrelay serve`, driven by tests/tests/web_client.rs, which starts the server,
+// enrols a CLI admin and passes invites in the environment:
+//
+//   MEDRELAY_URL        https://127.0.0.1:PORT (the page's origin)
+//   MEDRELAY_WSS        wss://127.0.0.1:PORT (for the patient's CLI)
+//   MEDRELAY_CA         the dev CA (for the patient's CLI only: the browser ignores certificate
+//                       errors for this test's dev certificate)
+//   MEDRELAY_CLIENT     the medrelay-client binary (the patient)
+//   PATIENT_HOME        the patient's profile directory
+//   STAFF_INVITE        an invite for staff "dr.lee"
+//   ADMIN_INVITE        an invite for admin "admin2"
+//   SCREENSHOTS         where to save a screenshot of each main screen
+//
+// What it proves: a staff member enrols (invite, password, TOTP from the QR screen's secret) and
+// logs in; invites a patient; the patient (CLI) enrols, consents and messages; the staff member
+// sees it live and answers; the patient receives the answer; safety numbers show; an admin
+// enrols and uses the console (people, devices, teams, timeouts); the shortened idle timeout
+// logs the staff member off with the notice shown; the page's security headers are present,
+// nothing is fetched from another origin, and the console shows no errors.
+
+import { chromium } from "playwright-core";
+import { execFileSync } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set`);
+  return v;
+};
+const URL_ = env("MEDRELAY_URL");
+const SHOTS = env("SCREENSHOTS");
+mkdirSync(SHOTS, { recursive: true });
+const PASSWORD = "a long staff password 42";
+const ADMIN_PASSWORD = "a long admin password 42";
+const STEP_TIMEOUT = 30000;
+
+function log(...args) {
+  console.log("[web-e2e]", ...args);
+}
+
+function totp(secret, now = Date.now()) {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  let bits = "";
+  for (const c of secret.replace(/=+$/, "").toUpperCase()) {
+    const v = alphabet.indexOf(c);
+    if (v < 0) throw new Error("bad base32");
+    bits += v.toString(2).padStart(5, "0");
+  }
+  const bytes = [];
+  for (let i = 0; i + 8 <= bits.length; i += 8) bytes.push(parseInt(bits.slice(i, i + 8), 2));
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(now / 1000 / 30)));
+  const mac = createHmac("sha1", Buffer.from(bytes)).update(counter).digest();
+  const offset = mac[mac.length - 1] & 15;
+  const code = (mac.readUInt32BE(offset) & 0x7fffffff) % 1000000;
+  return String(code).padStart(6, "0");
+}
+
+function patient(...args) {
+  return execFileSync(env("MEDRELAY_CLIENT"), ["--home", env("PATIENT_HOME"), ...args], {
+    env: { ...process.env, MEDRELAY_PASSPHRASE: "patient passphrase for the test", MEDRELAY_TEST_WEAK_KDF: "1" },
+    stdio: ["ignore", "pipe", "pipe"],
+    encoding: "utf8",
+    timeout: 60000,
+  });
+}
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+  log("ok:", what);
+}
+
+const problems = [];
+function watch(page, name) {
+  const origin = new URL(URL_).origin;
+  page.on("console", (m) => {
+    if (m.type() === "error" || m.type() === "warning") problems.push(`${name} console ${m.type()}: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => problems.push(`${name} page error: ${e.message}`));
+  page.on("request", (r) => {
+    const u = r.url();
+    if (u.startsWith("data:")) return;
+    if (new URL(u).origin !== origin) problems.push(`${name} requested another origin: ${u}`);
+  });
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+  log("screenshot", name);
+}
+
+async function enrolAndLogin(page, invite, password, name) {
+  await page.getByLabel("Invite code").fill(invite);
+  await page.getByLabel("New password").fill(password);
+  await page.getByLabel("Repeat the password").fill(password);
+  await shot(page, `${name}-enrol`);
+  await page.getByRole("button", { name: "Set up" }).click();
+  await page.getByRole("heading", { name: "Add your authenticator" }).waitFor({ timeout: 60000 });
+  const secret = (await page.locator("#totp-secret").textContent()).trim();
+  check(secret.length >= 16, `${name}: the TOTP secret is shown`);
+  check((await page.locator("#totp-qr").getAttribute("src")).startsWith("data:image/svg+xml;base64,"), `${name}: the QR code is shown`);
+  check((await page.locator("#totp-recovery li").count()) > 0, `${name}: recovery codes are shown`);
+  await shot(page, `${name}-totp`);
+  await page.getByLabel("Six-digit code").fill(totp(secret));
+  await page.getByRole("button", { name: "Log in" }).click();
+  return secret;
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    // Only this test's development certificate; the server runs on a throwaway dev CA.
+    "--ignore-certificate-errors",
+  ],
+});
+
+try {
+  // ---------------------------------------------------------------- staff: enrol and log in
+  const staffCtx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1180, height: 820 } });
+  const staff = await staffCtx.newPage();
+  watch(staff, "staff");
+  const response = await staff.goto(`${URL_}/`);
+  const headers = response.headers();
+  const csp = headers["content-security-policy"] || "";
+  check(csp.includes("script-src 'self' 'wasm-unsafe-eval'"), "CSP allows scripts only from the origin (and wasm)");
+  check(!csp.includes("unsafe-inline"), "CSP has no unsafe-inline");
+  check(csp.includes("default-src 'none'") && csp.includes("frame-ancestors 'none'"), "CSP denies by default and forbids framing");
+  check(csp.includes("connect-src 'self'"), "CSP connects only back to the origin");
+  check((headers["strict-transport-security"] || "").includes("max-age="), "HSTS is set");
+  check(headers["referrer-policy"] === "no-referrer", "referrer policy is no-referrer");
+  check(headers["x-content-type-options"] === "nosniff", "nosniff is set");
+  check(headers["x-frame-options"] === "DENY", "X-Frame-Options is DENY");
+  const inline = await staff.evaluate(() => ({
+    scripts: [...document.scripts].filter((s) => !s.src).length,
+    styled: document.querySelectorAll("[style], style").length,
+  }));
+  check(inline.scripts === 0 && inline.styled === 0, "no inline scripts or styles in the page");
+
+  await staff.getByRole("heading", { name: "Set up this browser" }).waitFor({ timeout: STEP_TIMEOUT });
+  const staffSecret = await enrolAndLogin(staff, env("STAFF_INVITE"), PASSWORD, "staff");
+  await staff.getByRole("heading", { name: "Inbox" }).waitFor({ timeout: STEP_TIMEOUT });
+  check((await staff.locator("#who").textContent()).includes("dr.lee"), "staff is logged in as dr.lee");
+  await shot(staff, "staff-inbox-empty");
+
+  // ---------------------------------------------------------------- staff invites a patient
+  await staff.getByText("Invite a patient").click();
+  await staff.getByLabel("Patient handle").fill("alice");
+  await staff.getByRole("button", { name: "Create invite" }).click();
+  const code = (await staff.locator("#patient-invite-code").textContent({ timeout: STEP_TIMEOUT })).trim();
+  check(code.length > 0, "the patient invite code is shown");
+  patient("enroll", "--server", env("MEDRELAY_WSS"), "--ca", env("MEDRELAY_CA"), "--code", code);
+  patient("consent", "accept");
+  log("patient alice enrolled and consented (CLI)");
+
+  // ---------------------------------------------------------------- live receive
+  const question = "Is my biopsy back yet?";
+  patient("send", "--to", "dr.lee", question);
+  const row = staff.locator("#inbox button", { hasText: "alice" });
+  await row.waitFor({ timeout: STEP_TIMEOUT });
+  await staff.locator("#inbox .badge", { hasText: "1" }).waitFor({ timeout: STEP_TIMEOUT });
+  check((await row.getAttribute("aria-label")).includes("1 unread"), "the inbox shows one unread message from alice");
+  check((await row.textContent()).includes(question), "the inbox previews the message, received live");
+  await shot(staff, "staff-inbox");
+  await row.click();
+  await staff.locator("#messages .msg.in", { hasText: question }).waitFor({ timeout: STEP_TIMEOUT });
+  check((await staff.locator("#conv-consent").textContent()).includes("accepted"), "consent status is shown");
+  check((await row.getAttribute("aria-label")) === "alice", "opening the conversation marks it read");
+
+  // ---------------------------------------------------------------- answer; the patient receives it
+  const answer = "Yes, and it is all clear.";
+  await staff.getByLabel("Message", { exact: true }).fill(answer);
+  await staff.keyboard.press("Control+Enter");
+  await staff.locator("#messages .msg.out", { hasText: "Delivered to the server for 1 device" }).waitFor({ timeout: STEP_TIMEOUT });
+  check(true, "the answer is stored by the server for the patient's device (delivery state shown)");
+  await shot(staff, "staff-conversation");
+  const received = patient("recv", "--wait", "10").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l));
+  check(received.some((m) => m.text === answer && m.from === "dr.lee"), "the patient received the staff member's answer");
+
+  // A second message from the patient, while the conversation is open: shown live.
+  patient("send", "--to", "dr.lee", "Thank you!");
+  await staff.locator("#messages .msg.in", { hasText: "Thank you!" }).waitFor({ timeout: STEP_TIMEOUT });
+  check(true, "a message arriving in the open conversation is shown live");
+
+  // ---------------------------------------------------------------- safety numbers
+  await staff.getByRole("button", { name: "Safety numbers" }).click();
+  await staff.locator("#conv-safety-list code").first().waitFor({ timeout: STEP_TIMEOUT });
+  const webNumber = (await staff.locator("#conv-safety-list code").first().textContent()).replace(/\s+/g, "");
+  const cliNumber = patient("safety-number", "--handle", "dr.lee").trim().split("\n")[0].replace(/[^0-9]/g, "");
+  check(webNumber.length === 60, "the safety number has 60 digits");
+  check(cliNumber.endsWith(webNumber) || cliNumber.includes(webNumber), "the browser and the patient's CLI show the same safety number");
+  await shot(staff, "staff-safety-numbers");
+
+  // ---------------------------------------------------------------- narrow screen
+  await staff.setViewportSize({ width: 390, height: 780 });
+  await shot(staff, "staff-conversation-narrow");
+  await staff.getByRole("button", { name: "Back to inbox" }).click();
+  await shot(staff, "staff-inbox-narrow");
+  await staff.setViewportSize({ width: 1180, height: 820 });
+
+  // ---------------------------------------------------------------- admin console
+  const adminCtx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1180, height: 900 } });
+  const admin = await adminCtx.newPage();
+  watch(admin, "admin");
+  await admin.goto(`${URL_}/`);
+  await admin.getByRole("heading", { name: "Set up this browser" }).waitFor({ timeout: STEP_TIMEOUT });
+  await enrolAndLogin(admin, env("ADMIN_INVITE"), ADMIN_PASSWORD, "admin");
+  await admin.getByRole("heading", { name: "Admin console" }).waitFor({ timeout: STEP_TIMEOUT });
+  await admin.locator("td", { hasText: "alice" }).waitFor({ timeout: STEP_TIMEOUT });
+  check((await admin.locator("tbody tr").count()) >= 4, "the console lists the org's people");
+  await admin.getByRole("button", { name: "Devices of dr.lee" }).click();
+  await admin.locator("#devices-out td", { hasText: "web browser" }).waitFor({ timeout: STEP_TIMEOUT });
+  check(true, "the console lists dr.lee's browser device");
+  await shot(admin, "admin-people");
+  await admin.getByRole("tab", { name: "Care teams" }).click();
+  await admin.getByLabel("Team name").fill("Dermatology");
+  await admin.getByRole("button", { name: "Create team" }).click();
+  await admin.locator("li", { hasText: "Dermatology" }).waitFor({ timeout: STEP_TIMEOUT });
+  check(true, "a care team is created from the console");
+  await shot(admin, "admin-teams");
+  await admin.getByRole("tab", { name: "Retention and legal hold" }).click();
+  await shot(admin, "admin-retention-planned");
+
+  // ---------------------------------------------------------------- automatic logoff
+  await admin.getByRole("tab", { name: "Sessions and networks" }).click();
+  await admin.getByLabel("Idle timeout").fill("3");
+  await admin.getByRole("button", { name: "Save timeouts" }).click();
+  await admin.getByText("Timeouts saved.").waitFor({ timeout: STEP_TIMEOUT });
+  await shot(admin, "admin-sessions");
+  log("idle timeout set to 3 s; waiting for the staff session to end");
+  await staff.locator("#notice", { hasText: "Logged off to protect patient information" }).waitFor({ timeout: 20000 });
+  check(await staff.getByRole("heading", { name: "Log in" }).isVisible(), "after the idle timeout the staff member is back at the login screen");
+  check((await staff.locator("#messages .msg").count()) === 0, "no message stays on screen after the logoff");
+  await shot(staff, "staff-logged-off");
+  await admin.locator("#notice", { hasText: "Logged off to protect patient information" }).waitFor({ timeout: 20000 });
+  check(true, "the admin's console session ended the same way");
+
+  // Logging in again (password, then a code of the next TOTP step: each code works once)
+  // unlocks the same keys, and the history kept encrypted in IndexedDB is back.
+  await staff.getByLabel("Password", { exact: true }).fill(PASSWORD);
+  await staff.getByLabel("Authenticator code").fill(totp(staffSecret, Date.now() + 30000));
+  await staff.getByRole("button", { name: "Log in" }).click();
+  await staff.locator("#inbox button", { hasText: "Thank you!" }).waitFor({ timeout: STEP_TIMEOUT });
+  check(true, "after logging in again the conversation history is back (from the encrypted store)");
+  await staff.close();
+  await admin.close();
+
+  if (problems.length) throw new Error(`problems seen:\n${problems.join("\n")}`);
+  check(true, "no console errors, no requests to other origins");
+  await staffCtx.close();
+  await adminCtx.close();
+} finally {
+  await browser.close();
+}
+log("all checks passed; screenshots in", SHOTS);
