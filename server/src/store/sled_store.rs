@@ -36,6 +36,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 pub struct SledStore {
     db: Db,
     codec: Codec,
+    /// Held from taking a send's mailbox positions to committing it, so sends commit in the
+    /// order of their positions: a reader that saw position n never misses a smaller one
+    /// committed later (it would otherwise wait for the device's next connection).
+    send_order: std::sync::Mutex<()>,
     commit: Arc<GroupCommit>,
     orgs: Tree,
     invites: Tree,
@@ -176,6 +180,7 @@ impl SledStore {
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(db_error);
         let store = SledStore {
+            send_order: std::sync::Mutex::new(()),
             codec: Codec::new(keyring),
             commit: GroupCommit::start(Arc::new(DbFlush(db.clone()))),
             orgs: tree("orgs")?,
@@ -851,6 +856,9 @@ impl Store for SledStore {
             day: day_of(send.server_time_ms),
         };
         let send_bytes = self.codec.seal("send", scope, &sent_key, send)?;
+        // Positions are taken and committed in one order (each envelope is sealed under its
+        // row's key, which holds the position, so sealing is inside too).
+        let _in_order = self.send_order.lock().unwrap_or_else(|e| e.into_inner());
         let mut rows = Vec::with_capacity(envelopes.len());
         for (device, envelope) in &envelopes {
             let seq = self.db.generate_id().map_err(db_error)?;
