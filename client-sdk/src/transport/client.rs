@@ -151,15 +151,7 @@ struct Opened {
     identity: Option<DeviceIdentity>,
 }
 
-/// The fingerprint of an archive key people compare: SHA-256, first 16 bytes, hex.
-pub fn archive_key_fingerprint(key: &X25519PublicKey) -> String {
-    use sha2::Digest;
-    hex::encode(
-        sha2::Sha256::digest(key.as_bytes())
-            .get(..16)
-            .unwrap_or_default(),
-    )
-}
+pub use crate::archive::archive_key_fingerprint;
 
 fn peer_address(user: &UserId, device: &DeviceId) -> PeerAddress {
     PeerAddress {
@@ -1178,16 +1170,14 @@ impl<K: KeyStore> Client<K> {
         let Some(key) = key else {
             return Ok(None);
         };
-        let record = medrelay_proto::e2e::ArchiveRecord {
-            conversation_id: content.conversation_id.clone(),
-            sender_user_id: Bytes::copy_from_slice(self.profile.user_id.as_bytes()),
-            sender_device_id: Bytes::copy_from_slice(self.profile.device_id.as_bytes()),
-            content: Some(content.clone()),
-        };
-        let plain = zeroize::Zeroizing::new(prost::Message::encode_to_vec(&record));
-        let sealed = crate::sealed_box::seal(key.as_bytes(), &plain, &mut OsRng).map_err(|e| {
-            TransportError::Crypto(format!("could not seal to the archive key: {e}"))
-        })?;
+        let sealed = crate::archive::seal_record(
+            key,
+            self.profile.user_id.as_bytes(),
+            self.profile.device_id.as_bytes(),
+            content,
+            &mut OsRng,
+        )
+        .map_err(|e| TransportError::Crypto(format!("could not seal to the archive key: {e}")))?;
         Ok(Some(Bytes::from(sealed)))
     }
 
