@@ -1,7 +1,8 @@
 //! The staff web client in a real browser: `web/e2e/staff.mjs` drives headless Chromium (the
 //! system's `/usr/bin/chromium`, through `playwright-core`; nothing downloads a browser)
 //! against this test's `medrelay serve`. It proves enrolment with TOTP, login, live receive,
-//! answering, the patient receiving the answer, safety numbers, the admin console, automatic
+//! answering, the patient receiving the answer, safety numbers, the admin console (a retention
+//! change found in the access-log view, verify, export), automatic
 //! logoff with its notice, the security headers, and a console free of errors; screenshots of
 //! each main screen land in `target/<profile>/web-e2e/`.
 //!
@@ -109,6 +110,8 @@ fn staff_web_client_end_to_end_in_chromium() {
         "staff-logged-off",
         "admin-people",
         "admin-sessions",
+        "admin-retention",
+        "admin-access-log",
     ] {
         assert!(
             screenshots.join(format!("{name}.png")).exists(),

@@ -15,14 +15,16 @@
 // What it proves: a staff member enrols (invite, password, TOTP from the QR screen's secret) and
 // logs in; invites a patient; the patient (CLI) enrols, consents and messages; the staff member
 // sees it live and answers; the patient receives the answer; safety numbers show; an admin
-// enrols and uses the console (people, devices, teams, timeouts); the shortened idle timeout
+// enrols and uses the console (people, devices, teams, timeouts), changes the retention, runs a
+// sweep and finds the change in the access-log view (filtered by action, then by actor), verifies
+// the log and exports it as JSON lines and CSV; the shortened idle timeout
 // logs the staff member off with the notice shown; the page's security headers are present,
 // nothing is fetched from another origin, and the console shows no errors.
 
 import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 
 const env = (name) => {
@@ -74,7 +76,9 @@ function check(cond, what) {
 }
 
 const problems = [];
+const watched = [];
 function watch(page, name) {
+  watched.push([page, name]);
   const origin = new URL(URL_).origin;
   page.on("console", (m) => {
     if (m.type() === "error" || m.type() === "warning") problems.push(`${name} console ${m.type()}: ${m.text()}`);
@@ -226,8 +230,60 @@ try {
   await admin.locator("li", { hasText: "Dermatology" }).waitFor({ timeout: STEP_TIMEOUT });
   check(true, "a care team is created from the console");
   await shot(admin, "admin-teams");
+
+  // ---------------------------------------------------------------- retention, then the access log
   await admin.getByRole("tab", { name: "Retention and legal hold" }).click();
-  await shot(admin, "admin-retention-planned");
+  await admin.locator("#retention-mail").waitFor({ timeout: STEP_TIMEOUT });
+  check((await admin.locator("#retention-mail").textContent()) === "30 days", "the retention panel shows the default mail retention");
+  await admin.getByLabel("Undelivered messages (days").fill("14");
+  await admin.getByLabel("Org archive (days").fill("400");
+  await admin.getByRole("button", { name: "Save retention" }).click();
+  await admin.getByText("Retention saved: undelivered messages 14 days, org archive 400 days.").waitFor({ timeout: STEP_TIMEOUT });
+  await admin.getByRole("button", { name: "Run sweep" }).click();
+  await admin.getByText("Sweep done at").waitFor({ timeout: STEP_TIMEOUT });
+  check(true, "the admin changed the retention and ran a sweep from the console");
+  await shot(admin, "admin-retention");
+  // A fresh read from the server shows the change.
+  await admin.getByRole("tab", { name: "Care teams" }).click();
+  await admin.getByRole("tab", { name: "Retention and legal hold" }).click();
+  await admin.locator("#retention-mail", { hasText: "14 days" }).waitFor({ timeout: STEP_TIMEOUT });
+  check((await admin.locator("#retention-archive").textContent()) === "400 days", "the server reports the new retention");
+
+  await admin.getByRole("tab", { name: "Access log" }).click();
+  await admin.getByLabel("Action (e.g.").fill("set_retention");
+  await admin.getByRole("button", { name: "Show entries" }).click();
+  const changeRow = admin.locator("#log-rows tr", { hasText: "set_retention" });
+  await changeRow.first().waitFor({ timeout: STEP_TIMEOUT });
+  const changeText = await changeRow.first().textContent();
+  check(changeText.includes("admin2") && changeText.includes("allowed"), "the access-log view shows the admin's retention change (actor admin2, allowed)");
+  check((await admin.locator("#log-rows tr").count()) === (await changeRow.count()), "the action filter shows only set_retention entries");
+  await shot(admin, "admin-access-log");
+  // The actor filter: only admin2's entries.
+  await admin.getByLabel("Action (e.g.").fill("");
+  await admin.getByLabel("Actor").selectOption({ label: "admin2 (admin)" });
+  await admin.getByRole("button", { name: "Show entries" }).click();
+  await admin.locator("#log-status", { hasText: /match/ }).waitFor({ timeout: STEP_TIMEOUT });
+  const actors = await admin.locator("#log-rows tr td:nth-child(3)").allTextContents();
+  check(actors.length > 0 && actors.every((a) => a === "admin2"), "the actor filter shows only admin2's entries");
+  await admin.getByRole("button", { name: "Verify now" }).click();
+  await admin.locator("#log-verified").waitFor({ timeout: STEP_TIMEOUT });
+  check((await admin.locator("#log-verified").textContent()).startsWith("The access log verifies"), "the access log verifies from the console");
+  for (const format of ["jsonl", "csv"]) {
+    await admin.getByLabel("Format").selectOption(format);
+    const [download] = await Promise.all([
+      admin.waitForEvent("download", { timeout: STEP_TIMEOUT }),
+      admin.getByRole("button", { name: "Download export" }).click(),
+    ]);
+    const text = readFileSync(await download.path(), "utf8");
+    const lines = text.trim().split("\n");
+    if (format === "jsonl") {
+      const rows = lines.map((l) => JSON.parse(l));
+      check(rows.length > 0 && rows.some((r) => r.action === "set_retention" && r.outcome === "allowed"), "the JSON-lines export holds the retention change");
+    } else {
+      check(lines[0] === "seq,at_ms,user,device,role,action,objects,outcome,source,hash" && lines.some((l) => l.includes(",set_retention,")), "the CSV export has the header and the retention change");
+    }
+  }
+  await shot(admin, "admin-access-log-verified");
 
   // ---------------------------------------------------------------- automatic logoff
   await admin.getByRole("tab", { name: "Sessions and networks" }).click();
@@ -257,6 +313,13 @@ try {
   check(true, "no console errors, no requests to other origins");
   await staffCtx.close();
   await adminCtx.close();
+} catch (e) {
+  // What each page showed when the run failed, for the report.
+  for (const [page, name] of watched) {
+    try { await shot(page, `failure-${name}`); } catch (_) { /* closed already */ }
+  }
+  if (problems.length) log("problems seen:\n" + problems.join("\n"));
+  throw e;
 } finally {
   await browser.close();
 }
