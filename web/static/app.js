@@ -183,11 +183,44 @@ function onEvent(e) {
       if (currentConversation === e.conversation_id) renderConversation();
       renderInbox();
       return;
+    case "archive_key_changed":
+      showArchiveNotice(e.fingerprint);
+      return;
+    case "refresh_connection":
+      // The server wants the org archive's key on sends: a new connection's auth_ok carries
+      // it, and the engine repeats the send there (same client message id).
+      if (ws) ws.close(1000, "refresh");
+      return;
     case "undecryptable":
       setNotice("A message could not be decrypted and was discarded. Ask the sender to send it again.");
       return;
     default:
       return;
+  }
+}
+
+// The org archive key changed: nothing is sent until the staff member compares the new key's
+// fingerprint with the privacy officer's and accepts it (as the SDK's archive-key accept).
+let archiveFingerprint = null;
+function showArchiveNotice(fingerprint) {
+  archiveFingerprint = fingerprint;
+  $("archive-notice-text").textContent = `Your clinic's message archive key changed. Nothing is sent until you compare its fingerprint ` +
+    `${fingerprint} with the one your privacy officer gives you, and accept it only if they are the same.`;
+  $("archive-notice").hidden = false;
+}
+function hideArchiveNotice() {
+  archiveFingerprint = null;
+  $("archive-notice").hidden = true;
+}
+function acceptArchiveKey() {
+  if (!engine || !archiveFingerprint) return;
+  try {
+    engine.acceptArchiveKey(archiveFingerprint);
+    pump();
+    hideArchiveNotice();
+    setNotice("The new archive key is accepted; send your message again.");
+  } catch (e) {
+    setNotice(errorText(e));
   }
 }
 
@@ -262,6 +295,7 @@ function lock() {
   $("admin-panels").replaceChildren();
   $("admin-tabs").replaceChildren();
   $("conversation").hidden = true;
+  hideArchiveNotice();
   $("nav").hidden = true;
   $("who").textContent = "";
   for (const f of document.querySelectorAll("form")) f.reset();
@@ -1004,6 +1038,7 @@ async function main() {
   $("nav-admin").addEventListener("click", openAdmin);
   $("nav-logout").addEventListener("click", logout);
   $("forget-device").addEventListener("click", forgetDevice);
+  $("archive-accept").addEventListener("click", acceptArchiveKey);
   await init();
   await startLogin();
 }
