@@ -17,13 +17,15 @@
 // sees it live and answers; the patient receives the answer; safety numbers show; an admin
 // enrols and uses the console (people, devices, teams, timeouts), changes the retention, runs a
 // sweep and finds the change in the access-log view (filtered by action, then by actor), verifies
-// the log and exports it as JSON lines and CSV; the shortened idle timeout
+// the log and exports it as JSON lines and CSV; enables the org archive (a privacy officer) and
+// changes its key: the browser's send is refused (ARCHIVE_REQUIRED), repeated sealed, opened
+// offline with the officer's key, and the changed key is announced with its fingerprint; the shortened idle timeout
 // logs the staff member off with the notice shown; the page's security headers are present,
 // nothing is fetched from another origin, and the console shows no errors.
 
 import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
-import { createHmac } from "node:crypto";
+import { createHash, createHmac } from "node:crypto";
 import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 
@@ -69,6 +71,18 @@ function patient(...args) {
     timeout: 60000,
   });
 }
+
+function adminCli(...args) {
+  return execFileSync(env("MEDRELAY_CLIENT"), ["--home", env("ADMIN_CLI_HOME"), ...args], {
+    env: { ...process.env, MEDRELAY_PASSPHRASE: env("ADMIN_CLI_PASSPHRASE"), MEDRELAY_PASSWORD: env("ADMIN_CLI_PASSPHRASE"), MEDRELAY_TEST_WEAK_KDF: "1" },
+    stdio: ["ignore", "pipe", "pipe"],
+    encoding: "utf8",
+    timeout: 60000,
+  });
+}
+
+// The fingerprint people compare: SHA-256 of the archive public key, first 16 bytes, hex.
+const fingerprintOf = (hex) => createHash("sha256").update(Buffer.from(hex, "hex")).digest("hex").slice(0, 32);
 
 function check(cond, what) {
   if (!cond) throw new Error(`check failed: ${what}`);
@@ -285,6 +299,51 @@ try {
   }
   await shot(admin, "admin-access-log-verified");
 
+  // ---------------------------------------------------------------- the org archive
+  await admin.getByRole("tab", { name: "Retention and legal hold" }).click();
+  await admin.getByLabel("Archive public key").fill(env("ARCHIVE_KEY_A"));
+  await admin.getByRole("button", { name: "Enable archive with this key" }).click();
+  await admin.getByText("this needs the privacy_officer permission").waitFor({ timeout: STEP_TIMEOUT });
+  check(true, "without the privacy_officer permission the console refuses to set the archive key, and says why");
+  adminCli("permissions", "--handle", "admin2", "--grant", "privacy_officer");
+  await admin.getByRole("button", { name: "Enable archive with this key" }).click();
+  await admin.locator("#archive-fingerprint").waitFor({ timeout: STEP_TIMEOUT });
+  check((await admin.locator("#archive-fingerprint").textContent()) === fingerprintOf(env("ARCHIVE_KEY_A")),
+    "a privacy officer enables the archive; the console shows the key's fingerprint");
+  await shot(admin, "admin-archive-key");
+
+  // The staff page authenticated before the archive was on: the server refuses its next send
+  // (ARCHIVE_REQUIRED), the page reconnects, learns the key, pins it, seals and sends again.
+  await staff.locator("#inbox button", { hasText: "alice" }).click();
+  const archivedText = "This answer goes to the clinic's archive too.";
+  await staff.getByLabel("Message", { exact: true }).fill(archivedText);
+  await staff.keyboard.press("Control+Enter");
+  await staff.locator("#messages .msg.out").filter({ hasText: archivedText }).filter({ hasText: "Delivered to the server" })
+    .waitFor({ timeout: STEP_TIMEOUT });
+  const got = patient("recv", "--wait", "10").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l));
+  check(got.some((m) => m.text === archivedText), "after ARCHIVE_REQUIRED the browser reconnected and sent again; the patient received it");
+  // The access log shows the refused send and the repeat.
+  await admin.getByRole("tab", { name: "Access log" }).click();
+  await admin.getByLabel("Action (e.g.").fill("send");
+  await admin.getByLabel("Actor").selectOption({ label: "dr.lee (staff)" });
+  await admin.getByRole("button", { name: "Show entries" }).click();
+  await admin.locator("#log-rows tr", { hasText: "ARCHIVE_REQUIRED" }).first().waitFor({ timeout: STEP_TIMEOUT });
+  check(true, "the access log shows the browser's send refused with ARCHIVE_REQUIRED before the sealed repeat");
+  await admin.getByRole("tab", { name: "Retention and legal hold" }).click();
+  const exportPath = join(env("ARCHIVE_DIR"), "export.jsonl");
+  adminCli("admin", "archive", "export", "--since", "2000-01-01", "--out", exportPath);
+  check(!readFileSync(exportPath, "utf8").includes(archivedText), "the archive export is sealed");
+  const opened = execFileSync(env("MEDRELAY_SERVER_BIN"), ["archive", "open", "--key", env("ARCHIVE_SECRET_A"), "--in", exportPath], { encoding: "utf8" })
+    .trim().split("\n").filter(Boolean).map((l) => JSON.parse(l));
+  check(opened.some((m) => m.text === archivedText && m.sender_handle === "dr.lee"),
+    "the browser sealed its message to the archive key: the officer's key opens it offline, sender checked");
+
+  // The key changes: the staff page is told when it next authenticates (below).
+  await admin.getByLabel("Archive public key").fill(env("ARCHIVE_KEY_B"));
+  await admin.getByRole("button", { name: "Enable archive with this key" }).click();
+  await admin.locator("#archive-fingerprint", { hasText: fingerprintOf(env("ARCHIVE_KEY_B")) }).waitFor({ timeout: STEP_TIMEOUT });
+  check(true, "the archive key is changed from the console");
+
   // ---------------------------------------------------------------- automatic logoff
   await admin.getByRole("tab", { name: "Sessions and networks" }).click();
   await admin.getByLabel("Idle timeout").fill("3");
@@ -304,7 +363,15 @@ try {
   await staff.getByLabel("Password", { exact: true }).fill(PASSWORD);
   await staff.getByLabel("Authenticator code").fill(totp(staffSecret, Date.now() + 30000));
   await staff.getByRole("button", { name: "Log in" }).click();
-  await staff.locator("#inbox button", { hasText: "Thank you!" }).waitFor({ timeout: STEP_TIMEOUT });
+  // The org's archive key changed since this browser pinned it: a notice with the new
+  // fingerprint, and nothing is sent until the staff member accepts it.
+  const changed = staff.locator("#archive-notice");
+  await changed.waitFor({ timeout: STEP_TIMEOUT });
+  check((await changed.textContent()).includes(fingerprintOf(env("ARCHIVE_KEY_B"))), "the changed archive key is announced with its fingerprint");
+  await shot(staff, "staff-archive-key-changed");
+  await staff.getByRole("button", { name: /accept the new archive key/ }).click();
+  check(await changed.isHidden(), "the staff member accepts the new archive key");
+  await staff.locator("#inbox button", { hasText: archivedText }).waitFor({ timeout: STEP_TIMEOUT });
   check(true, "after logging in again the conversation history is back (from the encrypted store)");
   await staff.close();
   await admin.close();
