@@ -296,6 +296,9 @@ function lock() {
   $("admin-tabs").replaceChildren();
   $("conversation").hidden = true;
   hideArchiveNotice();
+  // An invite code shown before the logoff is not left on screen either.
+  $("patient-invite-result").replaceChildren();
+  $("patient-invite-error").textContent = "";
   $("nav").hidden = true;
   $("who").textContent = "";
   for (const f of document.querySelectorAll("form")) f.reset();
