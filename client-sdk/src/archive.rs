@@ -102,6 +102,37 @@ pub enum ArchiveError {
     },
 }
 
+/// The fingerprint of an archive key people compare (the privacy officer's against what a
+/// client pinned): SHA-256 of the key, first 16 bytes, hex.
+pub fn archive_key_fingerprint(key: &medrelay_proto::X25519PublicKey) -> String {
+    use sha2::Digest;
+    hex::encode(
+        sha2::Sha256::digest(key.as_bytes())
+            .get(..16)
+            .unwrap_or_default(),
+    )
+}
+
+/// A sent message's `ArchiveRecord` (conversation, sender user and device, the padded content
+/// as sent) sealed to the org archive key: what `send.archive_item` carries. Only the privacy
+/// officer's offline key opens it. Shared by the native transport and the web client.
+pub fn seal_record(
+    key: &medrelay_proto::X25519PublicKey,
+    sender_user_id: &[u8],
+    sender_device_id: &[u8],
+    content: &crate::content::Content,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<Vec<u8>, crate::SealedBoxError> {
+    let record = medrelay_proto::e2e::ArchiveRecord {
+        conversation_id: content.conversation_id.clone(),
+        sender_user_id: medrelay_proto::Bytes::copy_from_slice(sender_user_id),
+        sender_device_id: medrelay_proto::Bytes::copy_from_slice(sender_device_id),
+        content: Some(content.clone()),
+    };
+    let plain = Zeroizing::new(record.encode_to_vec());
+    sealed_box::seal(key.as_bytes(), &plain, rng)
+}
+
 fn io_error(path: &Path, error: impl std::fmt::Display) -> ArchiveError {
     ArchiveError::Io {
         path: path.display().to_string(),

@@ -15,6 +15,8 @@
 //! | [`session`] | [`Session`]: both of the above over the `medrelay.e2e.v1` wire format |
 //! | [`content`] | padded message plaintexts |
 //! | [`sealed_box`] | sealing to the org archive key |
+//! | [`archive`] | the org archive: key fingerprints, sealing a sent message's record, export files |
+//! | [`delivery`] | opening a delivery: session choice, simultaneous initiation, sessions set aside |
 //! | [`fingerprint`] | safety numbers |
 //! | [`keystore`] | [`KeyStore`], memory and encrypted-file stores |
 //! | [`primitives`] | the audited primitive wrappers the known-answer tests exercise |
@@ -27,6 +29,7 @@
 
 pub mod archive;
 pub mod content;
+pub mod delivery;
 pub mod error;
 pub mod fingerprint;
 pub mod identity;

@@ -1,7 +1,10 @@
 //! The staff web client in a real browser: `web/e2e/staff.mjs` drives headless Chromium (the
 //! system's `/usr/bin/chromium`, through `playwright-core`; nothing downloads a browser)
 //! against this test's `medrelay serve`. It proves enrolment with TOTP, login, live receive,
-//! answering, the patient receiving the answer, safety numbers, the admin console, automatic
+//! answering, the patient receiving the answer, safety numbers, the admin console (a retention
+//! change found in the access-log view, verify, export; the org archive enabled from the
+//! console, the browser's sends sealed to it and opened offline, a changed key announced with
+//! its fingerprint and accepted), automatic
 //! logoff with its notice, the security headers, and a console free of errors; screenshots of
 //! each main screen land in `target/<profile>/web-e2e/`.
 //!
@@ -19,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use medrelay_tests::{binary, Cli, Server};
+use medrelay_tests::{binary, Cli, Server, TEST_PASSWORD};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -70,6 +73,21 @@ fn staff_web_client_end_to_end_in_chromium() {
     let staff_invite = admin.invite("staff", "dr.lee").unwrap();
     let admin_invite = admin.invite("admin", "admin2").unwrap();
     let patient_home = tempfile::tempdir().unwrap();
+    // Two org archive keys, made as the privacy officer makes them (offline, with the server
+    // binary): the page enables the first, then changes to the second.
+    let officer = tempfile::tempdir().unwrap();
+    let mut archive_keys = Vec::new();
+    for name in ["archive-a.key", "archive-b.key"] {
+        let path = officer.path().join(name);
+        let made = Command::new(binary("medrelay"))
+            .args(["archive", "keygen", "--out"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        let made: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
+        archive_keys.push((path, made["public_key"].as_str().unwrap().to_owned()));
+    }
     let screenshots = binary("medrelay")
         .parent()
         .unwrap()
@@ -87,6 +105,13 @@ fn staff_web_client_end_to_end_in_chromium() {
         .env("STAFF_INVITE", &staff_invite)
         .env("ADMIN_INVITE", &admin_invite)
         .env("SCREENSHOTS", &screenshots)
+        .env("MEDRELAY_SERVER_BIN", binary("medrelay"))
+        .env("ADMIN_CLI_HOME", admin.home())
+        .env("ADMIN_CLI_PASSPHRASE", TEST_PASSWORD)
+        .env("ARCHIVE_DIR", officer.path())
+        .env("ARCHIVE_KEY_A", &archive_keys[0].1)
+        .env("ARCHIVE_SECRET_A", &archive_keys[0].0)
+        .env("ARCHIVE_KEY_B", &archive_keys[1].1)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -109,6 +134,10 @@ fn staff_web_client_end_to_end_in_chromium() {
         "staff-logged-off",
         "admin-people",
         "admin-sessions",
+        "admin-retention",
+        "admin-access-log",
+        "admin-archive-key",
+        "staff-archive-key-changed",
     ] {
         assert!(
             screenshots.join(format!("{name}.png")).exists(),

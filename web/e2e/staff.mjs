@@ -15,14 +15,19 @@
 // What it proves: a staff member enrols (invite, password, TOTP from the QR screen's secret) and
 // logs in; invites a patient; the patient (CLI) enrols, consents and messages; the staff member
 // sees it live and answers; the patient receives the answer; safety numbers show; an admin
-// enrols and uses the console (people, devices, teams, timeouts); the shortened idle timeout
+// enrols and uses the console (people, devices, teams, timeouts), changes the retention, runs a
+// sweep and finds the change in the access-log view (filtered by action, then by actor), verifies
+// the log and exports it as JSON lines and CSV; enables the org archive (a privacy officer) and
+// changes its key: the browser's send is refused (ARCHIVE_REQUIRED), repeated sealed, opened
+// offline with the officer's key; the changed key is announced with its fingerprint at the next
+// login and nothing is sent until it is accepted; the shortened idle timeout
 // logs the staff member off with the notice shown; the page's security headers are present,
 // nothing is fetched from another origin, and the console shows no errors.
 
 import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
-import { createHmac } from "node:crypto";
-import { mkdirSync } from "node:fs";
+import { createHash, createHmac } from "node:crypto";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 
 const env = (name) => {
@@ -68,13 +73,27 @@ function patient(...args) {
   });
 }
 
+function adminCli(...args) {
+  return execFileSync(env("MEDRELAY_CLIENT"), ["--home", env("ADMIN_CLI_HOME"), ...args], {
+    env: { ...process.env, MEDRELAY_PASSPHRASE: env("ADMIN_CLI_PASSPHRASE"), MEDRELAY_PASSWORD: env("ADMIN_CLI_PASSPHRASE"), MEDRELAY_TEST_WEAK_KDF: "1" },
+    stdio: ["ignore", "pipe", "pipe"],
+    encoding: "utf8",
+    timeout: 60000,
+  });
+}
+
+// The fingerprint people compare: SHA-256 of the archive public key, first 16 bytes, hex.
+const fingerprintOf = (hex) => createHash("sha256").update(Buffer.from(hex, "hex")).digest("hex").slice(0, 32);
+
 function check(cond, what) {
   if (!cond) throw new Error(`check failed: ${what}`);
   log("ok:", what);
 }
 
 const problems = [];
+const watched = [];
 function watch(page, name) {
+  watched.push([page, name]);
   const origin = new URL(URL_).origin;
   page.on("console", (m) => {
     if (m.type() === "error" || m.type() === "warning") problems.push(`${name} console ${m.type()}: ${m.text()}`);
@@ -92,6 +111,7 @@ async function shot(page, name) {
   log("screenshot", name);
 }
 
+const recoveryCodes = {};
 async function enrolAndLogin(page, invite, password, name) {
   await page.getByLabel("Invite code").fill(invite);
   await page.getByLabel("New password").fill(password);
@@ -103,6 +123,7 @@ async function enrolAndLogin(page, invite, password, name) {
   check(secret.length >= 16, `${name}: the TOTP secret is shown`);
   check((await page.locator("#totp-qr").getAttribute("src")).startsWith("data:image/svg+xml;base64,"), `${name}: the QR code is shown`);
   check((await page.locator("#totp-recovery li").count()) > 0, `${name}: recovery codes are shown`);
+  recoveryCodes[name] = (await page.locator("#totp-recovery li").first().textContent()).trim();
   await shot(page, `${name}-totp`);
   await page.getByLabel("Six-digit code").fill(totp(secret));
   await page.getByRole("button", { name: "Log in" }).click();
@@ -226,8 +247,127 @@ try {
   await admin.locator("li", { hasText: "Dermatology" }).waitFor({ timeout: STEP_TIMEOUT });
   check(true, "a care team is created from the console");
   await shot(admin, "admin-teams");
+
+  // ---------------------------------------------------------------- retention, then the access log
   await admin.getByRole("tab", { name: "Retention and legal hold" }).click();
-  await shot(admin, "admin-retention-planned");
+  await admin.locator("#retention-mail").waitFor({ timeout: STEP_TIMEOUT });
+  check((await admin.locator("#retention-mail").textContent()) === "30 days", "the retention panel shows the default mail retention");
+  await admin.getByLabel("Undelivered messages (days").fill("14");
+  await admin.getByLabel("Org archive (days").fill("400");
+  await admin.getByRole("button", { name: "Save retention" }).click();
+  await admin.getByText("Retention saved: undelivered messages 14 days, org archive 400 days.").waitFor({ timeout: STEP_TIMEOUT });
+  await admin.getByRole("button", { name: "Run sweep" }).click();
+  await admin.getByText("Sweep done at").waitFor({ timeout: STEP_TIMEOUT });
+  check(true, "the admin changed the retention and ran a sweep from the console");
+  await shot(admin, "admin-retention");
+  // A fresh read from the server shows the change.
+  await admin.getByRole("tab", { name: "Care teams" }).click();
+  await admin.getByRole("tab", { name: "Retention and legal hold" }).click();
+  await admin.locator("#retention-mail", { hasText: "14 days" }).waitFor({ timeout: STEP_TIMEOUT });
+  check((await admin.locator("#retention-archive").textContent()) === "400 days", "the server reports the new retention");
+
+  await admin.getByRole("tab", { name: "Access log" }).click();
+  await admin.getByLabel("Action (e.g.").fill("set_retention");
+  await admin.getByRole("button", { name: "Show entries" }).click();
+  const changeRow = admin.locator("#log-rows tr", { hasText: "set_retention" });
+  await changeRow.first().waitFor({ timeout: STEP_TIMEOUT });
+  const changeText = await changeRow.first().textContent();
+  check(changeText.includes("admin2") && changeText.includes("allowed"), "the access-log view shows the admin's retention change (actor admin2, allowed)");
+  check((await admin.locator("#log-rows tr").count()) === (await changeRow.count()), "the action filter shows only set_retention entries");
+  await shot(admin, "admin-access-log");
+  // The actor filter: only admin2's entries.
+  await admin.getByLabel("Action (e.g.").fill("");
+  await admin.getByLabel("Actor").selectOption({ label: "admin2 (admin)" });
+  await admin.getByRole("button", { name: "Show entries" }).click();
+  await admin.locator("#log-status", { hasText: /match/ }).waitFor({ timeout: STEP_TIMEOUT });
+  const actors = await admin.locator("#log-rows tr td:nth-child(3)").allTextContents();
+  check(actors.length > 0 && actors.every((a) => a === "admin2"), "the actor filter shows only admin2's entries");
+  await admin.getByRole("button", { name: "Verify now" }).click();
+  await admin.locator("#log-verified").waitFor({ timeout: STEP_TIMEOUT });
+  check((await admin.locator("#log-verified").textContent()).startsWith("The access log verifies"), "the access log verifies from the console");
+  for (const format of ["jsonl", "csv"]) {
+    await admin.getByLabel("Format").selectOption(format);
+    const [download] = await Promise.all([
+      admin.waitForEvent("download", { timeout: STEP_TIMEOUT }),
+      admin.getByRole("button", { name: "Download export" }).click(),
+    ]);
+    const text = readFileSync(await download.path(), "utf8");
+    const lines = text.trim().split("\n");
+    if (format === "jsonl") {
+      const rows = lines.map((l) => JSON.parse(l));
+      check(rows.length > 0 && rows.some((r) => r.action === "set_retention" && r.outcome === "allowed"), "the JSON-lines export holds the retention change");
+    } else {
+      check(lines[0] === "seq,at_ms,user,device,role,action,objects,outcome,source,hash" && lines.some((l) => l.includes(",set_retention,")), "the CSV export has the header and the retention change");
+    }
+  }
+  await shot(admin, "admin-access-log-verified");
+
+  // ---------------------------------------------------------------- the org archive
+  await admin.getByRole("tab", { name: "Retention and legal hold" }).click();
+  await admin.getByLabel("Archive public key").fill(env("ARCHIVE_KEY_A"));
+  await admin.getByRole("button", { name: "Enable archive with this key" }).click();
+  await admin.getByText("this needs the privacy_officer permission").waitFor({ timeout: STEP_TIMEOUT });
+  check(true, "without the privacy_officer permission the console refuses to set the archive key, and says why");
+  adminCli("permissions", "--handle", "admin2", "--grant", "privacy_officer");
+  await admin.getByRole("button", { name: "Enable archive with this key" }).click();
+  await admin.locator("#archive-fingerprint").waitFor({ timeout: STEP_TIMEOUT });
+  check((await admin.locator("#archive-fingerprint").textContent()) === fingerprintOf(env("ARCHIVE_KEY_A")),
+    "a privacy officer enables the archive; the console shows the key's fingerprint");
+  await shot(admin, "admin-archive-key");
+
+  // The staff page authenticated before the archive was on: the server refuses its next send
+  // (ARCHIVE_REQUIRED), the page reconnects, learns the key, pins it, seals and sends again.
+  await staff.locator("#inbox button", { hasText: "alice" }).click();
+  const archivedText = "This answer goes to the clinic's archive too.";
+  await staff.getByLabel("Message", { exact: true }).fill(archivedText);
+  await staff.keyboard.press("Control+Enter");
+  await staff.locator("#messages .msg.out").filter({ hasText: archivedText }).filter({ hasText: "Delivered to the server" })
+    .waitFor({ timeout: STEP_TIMEOUT });
+  const got = patient("recv", "--wait", "10").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l));
+  check(got.some((m) => m.text === archivedText), "after ARCHIVE_REQUIRED the browser reconnected and sent again; the patient received it");
+  // The access log shows the refused send and the repeat.
+  await admin.getByRole("tab", { name: "Access log" }).click();
+  await admin.getByLabel("Action (e.g.").fill("send");
+  await admin.getByLabel("Actor").selectOption({ label: "dr.lee (staff)" });
+  await admin.getByRole("button", { name: "Show entries" }).click();
+  await admin.locator("#log-rows tr", { hasText: "ARCHIVE_REQUIRED" }).first().waitFor({ timeout: STEP_TIMEOUT });
+  check(true, "the access log shows the browser's send refused with ARCHIVE_REQUIRED before the sealed repeat");
+  await admin.getByRole("tab", { name: "Retention and legal hold" }).click();
+  const exportPath = join(env("ARCHIVE_DIR"), "export.jsonl");
+  adminCli("admin", "archive", "export", "--since", "2000-01-01", "--out", exportPath);
+  check(!readFileSync(exportPath, "utf8").includes(archivedText), "the archive export is sealed");
+  const opened = execFileSync(env("MEDRELAY_SERVER_BIN"), ["archive", "open", "--key", env("ARCHIVE_SECRET_A"), "--in", exportPath], { encoding: "utf8" })
+    .trim().split("\n").filter(Boolean).map((l) => JSON.parse(l));
+  check(opened.some((m) => m.text === archivedText && m.sender_handle === "dr.lee"),
+    "the browser sealed its message to the archive key: the officer's key opens it offline, sender checked");
+
+  // The key changes: the staff page is told when it next authenticates, and sends nothing
+  // until the staff member accepts the new key.
+  await admin.getByLabel("Archive public key").fill(env("ARCHIVE_KEY_B"));
+  await admin.getByRole("button", { name: "Enable archive with this key" }).click();
+  await admin.locator("#archive-fingerprint", { hasText: fingerprintOf(env("ARCHIVE_KEY_B")) }).waitFor({ timeout: STEP_TIMEOUT });
+  check(true, "the archive key is changed from the console");
+  await staff.getByRole("button", { name: "Log out" }).click();
+  await staff.getByRole("heading", { name: "Log in" }).waitFor({ timeout: STEP_TIMEOUT });
+  await staff.getByLabel("Password", { exact: true }).fill(PASSWORD);
+  await staff.getByLabel("Authenticator code").fill(recoveryCodes.staff); // each TOTP step works once
+  await staff.getByRole("button", { name: "Log in" }).click();
+  const changed = staff.locator("#archive-notice");
+  await changed.waitFor({ timeout: STEP_TIMEOUT });
+  check((await changed.textContent()).includes(fingerprintOf(env("ARCHIVE_KEY_B"))), "the changed archive key is announced with its fingerprint");
+  await staff.locator("#inbox button", { hasText: "alice" }).click();
+  const blocked = "Sent only after the new key is accepted.";
+  await staff.getByLabel("Message", { exact: true }).fill(blocked);
+  await staff.keyboard.press("Control+Enter");
+  await staff.locator("#messages .msg.out").filter({ hasText: blocked }).filter({ hasText: "Not sent" }).waitFor({ timeout: STEP_TIMEOUT });
+  check((await staff.locator("#compose-error").textContent()).includes("archive key changed"), "nothing is sent under a changed archive key, and the page says why");
+  await shot(staff, "staff-archive-key-changed");
+  await staff.getByRole("button", { name: /accept the new archive key/ }).click();
+  await changed.waitFor({ state: "hidden", timeout: STEP_TIMEOUT });
+  await staff.getByRole("button", { name: "Send", exact: true }).click();
+  await staff.locator("#messages .msg.out").filter({ hasText: blocked }).filter({ hasText: "Delivered to the server" }).waitFor({ timeout: STEP_TIMEOUT });
+  const after = patient("recv", "--wait", "10").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l));
+  check(after.some((m) => m.text === blocked), "once the staff member accepts the new key, the message is sent and received");
 
   // ---------------------------------------------------------------- automatic logoff
   await admin.getByRole("tab", { name: "Sessions and networks" }).click();
@@ -248,7 +388,7 @@ try {
   await staff.getByLabel("Password", { exact: true }).fill(PASSWORD);
   await staff.getByLabel("Authenticator code").fill(totp(staffSecret, Date.now() + 30000));
   await staff.getByRole("button", { name: "Log in" }).click();
-  await staff.locator("#inbox button", { hasText: "Thank you!" }).waitFor({ timeout: STEP_TIMEOUT });
+  await staff.locator("#inbox button", { hasText: blocked }).waitFor({ timeout: STEP_TIMEOUT });
   check(true, "after logging in again the conversation history is back (from the encrypted store)");
   await staff.close();
   await admin.close();
@@ -257,6 +397,13 @@ try {
   check(true, "no console errors, no requests to other origins");
   await staffCtx.close();
   await adminCtx.close();
+} catch (e) {
+  // What each page showed when the run failed, for the report.
+  for (const [page, name] of watched) {
+    try { await shot(page, `failure-${name}`); } catch (_) { /* closed already */ }
+  }
+  if (problems.length) log("problems seen:\n" + problems.join("\n"));
+  throw e;
 } finally {
   await browser.close();
 }

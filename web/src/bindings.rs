@@ -147,6 +147,19 @@ impl WebEngine {
         self.inner.safety_numbers(user).map_err(js_error)
     }
 
+    /// The org archive key announced on this connection (JSON: fingerprint, whether pinned,
+    /// the pinned one's fingerprint), `null` when the org does not archive.
+    #[wasm_bindgen(js_name = archiveKey)]
+    pub fn archive_key(&self) -> String {
+        self.inner.archive_key().to_string()
+    }
+
+    /// Accepts (pins) the announced archive key whose fingerprint the staff member compared.
+    #[wasm_bindgen(js_name = acceptArchiveKey)]
+    pub fn accept_archive_key(&mut self, fingerprint: &str) -> Result<(), JsError> {
+        self.inner.accept_archive_key(fingerprint).map_err(js_error)
+    }
+
     /// A console request by wire name with JSON arguments.
     pub fn console(&mut self, kind: &str, args_json: &str) -> Result<u32, JsError> {
         let args: serde_json::Value = serde_json::from_str(args_json)

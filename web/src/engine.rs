@@ -28,12 +28,12 @@ use medrelay_proto::{
     AuthOk, AuthProof, Binding, Bytes, ChannelBinding, ClientFrame, ClientMessageId, ClientRequest,
     Conversation, ConversationId, Delivery, DeviceId, DeviceLabel, EnrollRequest, Envelope,
     ErrorCode, InviteCode, ListConversations, MessageId, Origin, Role, SendRequest, ServerMessage,
-    Signature, UploadPrekeys, UserId, WireError,
+    Signature, UploadPrekeys, UserId, WireError, X25519PublicKey,
 };
+use medrelay_sdk::archive::archive_key_fingerprint;
 use medrelay_sdk::content::{self, Content};
 use medrelay_sdk::identity::PublicIdentity;
 use medrelay_sdk::limits::{ONE_TIME_PREKEY_BATCH_SIZE, ONE_TIME_PREKEY_REPLENISH_THRESHOLD};
-use medrelay_sdk::session::{self, IncomingKind};
 use medrelay_sdk::{
     safety_number, DeviceIdentity, KdfParams, KeyStore, SealedKeyStore, SecretBytes, Session,
     StoreUpdate,
@@ -66,6 +66,8 @@ struct Outgoing {
     client_message_id: ClientMessageId,
     plaintext: SecretBytes,
     retries: u32,
+    /// Whether the connection was already refreshed after `ARCHIVE_REQUIRED` (once only).
+    archive_refreshed: bool,
 }
 
 /// What an answer to a request id continues.
@@ -127,6 +129,9 @@ pub struct Engine {
     pending: BTreeMap<u64, Pending>,
     outgoing: Vec<Vec<u8>>,
     events: Vec<Value>,
+    /// Sends refused with `ARCHIVE_REQUIRED`, to repeat (same client message id) once the
+    /// next connection has told the org's archive key.
+    resend: Vec<(u32, Outgoing)>,
 }
 
 impl core::fmt::Debug for Engine {
@@ -208,6 +213,7 @@ impl Engine {
             pending: BTreeMap::new(),
             outgoing: Vec::new(),
             events: Vec::new(),
+            resend: Vec::new(),
         }
     }
 
@@ -380,6 +386,8 @@ impl Engine {
                 conversations: BTreeMap::new(),
                 processed: Default::default(),
                 seen: Default::default(),
+                // Trust on first use: the archive key the org has when this device enrols.
+                archive_key: auth.archive_public_key,
             };
             let blob = serde_json::to_vec(&state).map_err(|_| EngineError::Local("encode"))?;
             let identity = self.identity.clone();
@@ -409,11 +417,87 @@ impl Engine {
             "login_required": auth.login_required,
         }));
         let blocked = auth.credentials_required || auth.login_required;
+        self.announce_archive_key(&auth);
         self.auth = Some(auth);
         if !blocked {
             self.maintain_prekeys(remaining, now_ms)?;
+            self.restart_resends();
         }
         Ok(())
+    }
+
+    /// Tells the page when the server announces an archive key other than the pinned one:
+    /// sending stops until the staff member compares its fingerprint and accepts it.
+    fn announce_archive_key(&mut self, auth: &AuthOk) {
+        let pinned = self.state.as_ref().and_then(|s| s.archive_key);
+        if let Some(key) = auth.archive_public_key {
+            if pinned.is_some_and(|p| p != key) {
+                self.events.push(json!({
+                    "type": "archive_key_changed",
+                    "fingerprint": archive_key_fingerprint(&key),
+                }));
+            }
+        }
+    }
+
+    /// The sends refused with `ARCHIVE_REQUIRED` start again (fresh members, same client
+    /// message id), now that this connection's `auth_ok` carries the archive key.
+    fn restart_resends(&mut self) {
+        for (op, send) in std::mem::take(&mut self.resend) {
+            let conversation_id = send.conversation_id;
+            self.request(
+                ClientRequest::GetConversation { conversation_id },
+                Pending::SendMembers { op, send },
+            );
+        }
+    }
+
+    /// The org archive key the server announces on this connection, its fingerprint (to
+    /// compare with the privacy officer's), and whether it is the pinned one. `null` when the
+    /// org does not archive.
+    pub fn archive_key(&self) -> Value {
+        let pinned = self.state.as_ref().and_then(|s| s.archive_key);
+        match self.auth.as_ref().and_then(|a| a.archive_public_key) {
+            Some(key) => json!({
+                "fingerprint": archive_key_fingerprint(&key),
+                "pinned": pinned == Some(key),
+                "pinned_fingerprint": pinned.as_ref().map(archive_key_fingerprint),
+            }),
+            None => Value::Null,
+        }
+    }
+
+    /// Accepts (pins) the org archive key this connection announces, after the staff member
+    /// compared its fingerprint with the privacy officer's. `fingerprint` must be the one they
+    /// were shown, so a key that changed again meanwhile is not accepted unseen.
+    pub fn accept_archive_key(&mut self, fingerprint: &str) -> Result<(), EngineError> {
+        let key = self.auth.as_ref().and_then(|a| a.archive_public_key);
+        if key.as_ref().map(archive_key_fingerprint).as_deref() != Some(fingerprint) {
+            return Err(EngineError::Invalid(
+                "the archive key changed again; compare the new fingerprint".into(),
+            ));
+        }
+        self.state_mut()?.archive_key = key;
+        self.save_state()
+    }
+
+    /// The archive key to seal a send to: `None` when the org does not archive; the pinned
+    /// key (pinned now if none was); or a refusal when the server announces another one.
+    fn pinned_archive_key(&mut self) -> Result<Option<X25519PublicKey>, EngineError> {
+        let Some(key) = self.auth.as_ref().and_then(|a| a.archive_public_key) else {
+            return Ok(None);
+        };
+        match self.state()?.archive_key {
+            Some(pinned) if pinned == key => Ok(Some(key)),
+            Some(_) => Err(EngineError::ArchiveKeyChanged {
+                fingerprint: archive_key_fingerprint(&key),
+            }),
+            None => {
+                self.state_mut()?.archive_key = Some(key);
+                self.save_state()?;
+                Ok(Some(key))
+            }
+        }
     }
 
     /// Who this device is: handle, role, ids (none before enrolment completes).
@@ -669,6 +753,7 @@ impl Engine {
             client_message_id,
             plaintext,
             retries: 0,
+            archive_refreshed: false,
         };
         self.request(
             ClientRequest::GetConversation { conversation_id },
@@ -719,6 +804,27 @@ impl Engine {
         conversation: &Conversation,
         bundles: &[medrelay_proto::PrekeyBundle],
     ) -> Result<(), EngineError> {
+        // Checked before anything is encrypted: a changed key stops the send whole.
+        let archive_key = self.pinned_archive_key()?;
+        let archive_item = match archive_key {
+            None => None,
+            Some(key) => {
+                // The archived copy is the padded content as sent, so its length leaks as
+                // little as the message's.
+                let padded = content::decode(send.plaintext.expose_secret())
+                    .map_err(|_| EngineError::Local("could not read back the message"))?;
+                let state = self.state()?;
+                let sealed = medrelay_sdk::archive::seal_record(
+                    &key,
+                    state.user_id.as_bytes(),
+                    state.device_id.as_bytes(),
+                    &padded,
+                    &mut OsRng,
+                )
+                .map_err(|_| EngineError::Local("could not seal to the archive key"))?;
+                Some(Bytes::from(sealed))
+            }
+        };
         let own = self.state()?.device_id;
         let recipients = wire::recipients(conversation, &own);
         let mut sessions: BTreeMap<DeviceId, Session> = BTreeMap::new();
@@ -769,7 +875,7 @@ impl Engine {
                 conversation_id: send.conversation_id,
                 client_message_id: send.client_message_id,
                 envelopes,
-                archive_item: None,
+                archive_item,
             }),
             Pending::SendSubmit { op, send, devices },
         );
@@ -892,17 +998,23 @@ impl Engine {
             return Ok(());
         }
         let peer = wire::store_device_id(&delivery.sender_device_id);
-        let opened = self.open_envelope(&delivery, &peer);
-        let decoded =
-            opened.ok().and_then(|(plaintext, session, identity)| {
-                match content::decode(plaintext.expose_secret()) {
-                    Ok(c) if c.conversation_id.as_ref() == delivery.conversation_id.as_bytes() => {
-                        Some((c, session, identity))
-                    }
-                    _ => None,
+        let own = self.state()?.device_id;
+        let opened = medrelay_sdk::delivery::open_envelope(
+            &self.store,
+            &self.identity,
+            &own,
+            &delivery,
+            &mut OsRng,
+        );
+        let decoded = opened.ok().and_then(|opened| {
+            match content::decode(opened.plaintext.expose_secret()) {
+                Ok(c) if c.conversation_id.as_ref() == delivery.conversation_id.as_bytes() => {
+                    Some((c, opened.session, opened.archived, opened.identity))
                 }
-            });
-        let Some((content, session, identity)) = decoded else {
+                _ => None,
+            }
+        });
+        let Some((content, session, archived, identity)) = decoded else {
             // Acked and reported without content, so it never blocks the queue.
             self.state_mut()?.processed.insert(id_hex);
             self.save_state()?;
@@ -944,6 +1056,10 @@ impl Engine {
                 .as_ref()
                 .map(|s| vec![(peer, s)])
                 .unwrap_or_default(),
+            archived_sessions: archived
+                .as_deref()
+                .map(|a| vec![(peer, a)])
+                .unwrap_or_default(),
             profile: Some(&blob),
             ..StoreUpdate::default()
         })?;
@@ -960,52 +1076,6 @@ impl Engine {
             }));
         }
         Ok(())
-    }
-
-    /// Decrypts a delivery (as the SDK's transport does): the session found by the sending
-    /// device must be bound to the delivery's sender; a new session is bound on first use;
-    /// a replayed prekey message is refused by [`Session::accept`]. Changes nothing.
-    #[allow(clippy::type_complexity)]
-    fn open_envelope(
-        &self,
-        delivery: &Delivery,
-        peer: &medrelay_sdk::DeviceId,
-    ) -> Result<(SecretBytes, Option<Session>, Option<DeviceIdentity>), EngineError> {
-        let bytes = delivery.ciphertext.as_ref();
-        let address = wire::peer_address(&delivery.sender_user_id, &delivery.sender_device_id);
-        let mut existing = self.store.load_session(peer)?;
-        if let Some(session) = existing.as_mut() {
-            session.bind_peer(address)?;
-        }
-        match session::inspect(bytes)? {
-            IncomingKind::Ratchet => {
-                let mut session = existing.ok_or(medrelay_sdk::SessionError::DecryptionFailed)?;
-                let plaintext = session.decrypt(bytes, &mut OsRng)?;
-                Ok((plaintext, Some(session), None))
-            }
-            IncomingKind::Prekey { sender, .. } => {
-                if let Some(mut session) = existing.clone() {
-                    match session.decrypt(bytes, &mut OsRng) {
-                        Ok(plaintext) => return Ok((plaintext, Some(session), None)),
-                        Err(medrelay_sdk::SessionError::NewSessionRequired) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                    if session.peer_identity() != &sender {
-                        return Err(medrelay_sdk::SessionError::DecryptionFailed.into());
-                    }
-                }
-                let mut identity = self.identity.clone();
-                let (mut session, plaintext) = Session::accept(&mut identity, bytes, &mut OsRng)?;
-                session.bind_peer(address)?;
-                let own = self.state()?.device_id;
-                let keep = wire::keep_existing_session(
-                    existing.as_ref(),
-                    &own,
-                    &delivery.sender_device_id,
-                );
-                Ok((plaintext, (!keep).then_some(session), Some(identity)))
-            }
-        }
     }
 
     // ---- answers
@@ -1090,6 +1160,17 @@ impl Engine {
             (Pending::SendMembers { op, send }, ServerMessage::Conversation(conversation)) => {
                 self.state_mut()?.remember(&conversation);
                 self.save_state()?;
+                if let Err(e) = self.pinned_archive_key() {
+                    // Nothing was encrypted or sent: the message is marked not sent.
+                    self.mark_sent(&send, None)?;
+                    if let EngineError::ArchiveKeyChanged { fingerprint } = &e {
+                        self.events.push(json!({
+                            "type": "archive_key_changed", "fingerprint": fingerprint,
+                        }));
+                    }
+                    self.failure(op, &e);
+                    return Ok(());
+                }
                 if let Err(e) = self.send_plan(op, send, conversation) {
                     self.failure(op, &e);
                 }
@@ -1203,6 +1284,16 @@ impl Engine {
                     ClientRequest::GetConversation { conversation_id },
                     Pending::SendMembers { op, send },
                 );
+            }
+            Pending::SendSubmit { op, mut send, .. }
+                if error.code == ErrorCode::ArchiveRequired && !send.archive_refreshed =>
+            {
+                // The org archives now (or its key changed) since this connection
+                // authenticated: the next connection's auth_ok carries the key; the send is
+                // repeated there with the same client message id.
+                send.archive_refreshed = true;
+                self.resend.push((op, send));
+                self.events.push(json!({ "type": "refresh_connection" }));
             }
             other => self.fail_pending(other, &EngineError::Server(error)),
         }
@@ -1321,6 +1412,10 @@ mod tests {
 
     /// Enrols against a scripted server; returns the engine and the request id of the proof.
     fn enrolled() -> Engine {
+        enrolled_with(auth_ok(true))
+    }
+
+    fn enrolled_with(answer: AuthOk) -> Engine {
         let mut engine = Engine::enroll(ORIGIN, "INVITE-123", PASSWORD, CHEAP, 1_000).unwrap();
         assert!(
             engine.take_unsaved().is_none(),
@@ -1362,7 +1457,7 @@ mod tests {
             .receive(
                 &encode_server_frame(&ServerFrame::reply(
                     frame.request_id,
-                    ServerMessage::AuthOk(auth_ok(true)),
+                    ServerMessage::AuthOk(answer),
                 )),
                 1_000,
             )
@@ -1448,5 +1543,174 @@ mod tests {
         let id = ConversationId::from_array([4; 16]).to_string();
         assert!(engine.send_text(&id, "   ", 0).is_err());
         assert!(engine.take_outgoing().is_empty());
+    }
+
+    /// The one frame out, decoded.
+    fn next_request(engine: &mut Engine) -> ClientFrame {
+        let frames = engine.take_outgoing();
+        assert_eq!(frames.len(), 1, "one frame out");
+        decode_client_frame(frames.first().unwrap()).unwrap()
+    }
+
+    fn answer(engine: &mut Engine, request_id: u64, message: ServerMessage) {
+        engine
+            .receive(
+                &encode_server_frame(&ServerFrame::reply(request_id, message)),
+                1_000,
+            )
+            .unwrap();
+    }
+
+    /// Answers `get_conversation` with a conversation of this device alone (so a send needs
+    /// no session).
+    fn answer_members(engine: &mut Engine, conversation: ConversationId) {
+        let frame = next_request(engine);
+        assert!(matches!(
+            frame.request,
+            ClientRequest::GetConversation { .. }
+        ));
+        let me = medrelay_proto::Member {
+            user_id: UserId::from_array([2; 16]),
+            handle: Handle::new("dr.lee").unwrap(),
+            role: Role::Staff,
+            devices: vec![DeviceId::from_array([3; 16])],
+            consent: medrelay_proto::ConsentState::NotApplicable,
+        };
+        answer(
+            engine,
+            frame.request_id,
+            ServerMessage::Conversation(Conversation {
+                id: conversation,
+                members: vec![me],
+            }),
+        );
+    }
+
+    /// The send's frame once the members are known.
+    fn members(engine: &mut Engine, conversation: ConversationId) -> ClientFrame {
+        answer_members(engine, conversation);
+        next_request(engine)
+    }
+
+    fn opens_to(keys: &medrelay_sdk::ArchiveKeyPair, item: &Bytes, text: &str) {
+        let plain = medrelay_sdk::sealed_box::open(keys, item).unwrap();
+        let record: medrelay_proto::e2e::ArchiveRecord =
+            prost::Message::decode(plain.expose_secret()).unwrap();
+        assert_eq!(record.sender_user_id.as_ref(), &[2; 16]);
+        assert_eq!(record.sender_device_id.as_ref(), &[3; 16]);
+        assert_eq!(record.content.unwrap().text, text);
+    }
+
+    #[test]
+    fn sends_are_sealed_to_the_pinned_archive_key_and_a_changed_key_is_refused_until_accepted() {
+        let key_a = medrelay_sdk::ArchiveKeyPair::generate(&mut OsRng);
+        let key_b = medrelay_sdk::ArchiveKeyPair::generate(&mut OsRng);
+        let public =
+            |k: &medrelay_sdk::ArchiveKeyPair| X25519PublicKey::from_array(*k.public_key());
+        // The org does not archive yet when the device enrols.
+        let mut engine = enrolled_with(auth_ok(false));
+        engine.take_outgoing();
+        engine.take_events();
+        let conversation = ConversationId::from_array([4; 16]);
+        let id = conversation.to_string();
+
+        // The org starts archiving after this connection authenticated: the server refuses the
+        // send, the engine asks for a new connection and repeats the send there, sealed.
+        let op = engine.send_text(&id, "first", 1_000).unwrap();
+        let send = members(&mut engine, conversation);
+        let ClientRequest::Send(request) = &send.request else {
+            panic!("expected send")
+        };
+        assert!(request.archive_item.is_none());
+        let client_message_id = request.client_message_id;
+        answer(
+            &mut engine,
+            send.request_id,
+            ServerMessage::Error(WireError::new(ErrorCode::ArchiveRequired, "archive")),
+        );
+        assert!(engine
+            .take_events()
+            .iter()
+            .any(|e| e["type"] == "refresh_connection"));
+        engine.connection_closed();
+        assert!(
+            engine.take_events().iter().all(|e| e["op"] != op),
+            "the send survives the reconnection"
+        );
+        engine
+            .receive(
+                &push(ServerMessage::Challenge(Challenge {
+                    nonce: [5; 32],
+                    server_time_ms: 0,
+                })),
+                1_000,
+            )
+            .unwrap();
+        let hello = next_request(&mut engine);
+        let mut archiving = auth_ok(false);
+        archiving.archive_public_key = Some(public(&key_a));
+        answer(
+            &mut engine,
+            hello.request_id,
+            ServerMessage::AuthOk(archiving.clone()),
+        );
+        let send = members(&mut engine, conversation);
+        let ClientRequest::Send(request) = &send.request else {
+            panic!("expected send")
+        };
+        assert_eq!(
+            request.client_message_id, client_message_id,
+            "the same message"
+        );
+        opens_to(&key_a, request.archive_item.as_ref().unwrap(), "first");
+        assert_eq!(
+            engine.state().unwrap().archive_key,
+            Some(public(&key_a)),
+            "pinned on first use"
+        );
+
+        // Another key on a later connection: announced, and nothing is sent until accepted.
+        engine.connection_closed();
+        engine.take_events();
+        engine
+            .receive(
+                &push(ServerMessage::Challenge(Challenge {
+                    nonce: [6; 32],
+                    server_time_ms: 0,
+                })),
+                1_000,
+            )
+            .unwrap();
+        let hello = next_request(&mut engine);
+        let mut changed = archiving;
+        changed.archive_public_key = Some(public(&key_b));
+        answer(
+            &mut engine,
+            hello.request_id,
+            ServerMessage::AuthOk(changed),
+        );
+        let fingerprint = archive_key_fingerprint(&public(&key_b));
+        let events = engine.take_events();
+        assert!(events.iter().any(
+            |e| e["type"] == "archive_key_changed" && e["fingerprint"] == fingerprint.as_str()
+        ));
+        assert_eq!(engine.archive_key()["pinned"], false);
+        let op = engine.send_text(&id, "second", 1_000).unwrap();
+        answer_members(&mut engine, conversation);
+        assert!(engine.take_outgoing().is_empty(), "nothing sent");
+        let events = engine.take_events();
+        let result = events.iter().find(|e| e["op"] == op).unwrap();
+        assert_eq!(result["code"], "ARCHIVE_KEY_CHANGED");
+        assert!(
+            engine.accept_archive_key("0000").is_err(),
+            "only the key shown"
+        );
+        engine.accept_archive_key(&fingerprint).unwrap();
+        engine.send_text(&id, "third", 1_000).unwrap();
+        let send = members(&mut engine, conversation);
+        let ClientRequest::Send(request) = &send.request else {
+            panic!("expected send")
+        };
+        opens_to(&key_b, request.archive_item.as_ref().unwrap(), "third");
     }
 }

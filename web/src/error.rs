@@ -26,6 +26,14 @@ pub enum EngineError {
     /// The connection ended before the answer came.
     #[error("the connection to the server was lost")]
     Disconnected,
+    /// The server announces another org archive key than the one this device pinned: nothing
+    /// is sent until the staff member compares the new key's fingerprint with the privacy
+    /// officer's and accepts it.
+    #[error("the clinic's archive key changed (new fingerprint {fingerprint}); nothing was sent. Compare the fingerprint with your privacy officer's, then accept the new key")]
+    ArchiveKeyChanged {
+        /// The new key's fingerprint.
+        fingerprint: String,
+    },
     /// A local failure (a bug or an impossible state).
     #[error("{0}")]
     Local(&'static str),
@@ -42,6 +50,7 @@ impl EngineError {
             Self::Invalid(_) => "INVALID_INPUT",
             Self::Protocol(_) => "PROTOCOL",
             Self::Disconnected => "DISCONNECTED",
+            Self::ArchiveKeyChanged { .. } => "ARCHIVE_KEY_CHANGED",
             Self::Local(_) => "LOCAL",
         }
     }

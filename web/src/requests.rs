@@ -5,11 +5,15 @@
 
 use std::str::FromStr;
 
-use medrelay_proto::{
-    Cidr, ClientRequest, ConsentText, DeviceId, DeviceLabel, Handle, InviteSpec, Password,
-    Permission, Reason, RecoveryCode, Role, RoleAllowList, SecondFactor, ServerMessage, TeamId,
-    TeamName, TotpCode, UserId,
+use medrelay_proto::limits::{
+    MAX_ACCESS_LOG_PAGE, MAX_ARCHIVE_DAYS, MAX_AUDIT_TEXT_LEN, MAX_MAIL_DAYS,
 };
+use medrelay_proto::{
+    AccessLogFilter, Cidr, ClientRequest, ConsentText, ConversationId, DeviceId, DeviceLabel,
+    Handle, InviteSpec, Password, Permission, Reason, RecoveryCode, Role, RoleAllowList,
+    SecondFactor, ServerMessage, TeamId, TeamName, TotpCode, UserId, X25519PublicKey,
+};
+use medrelay_sdk::archive::archive_key_fingerprint;
 use serde_json::{json, Value};
 
 use crate::error::EngineError;
@@ -48,6 +52,31 @@ fn number(args: &Value, name: &str) -> Result<u64, EngineError> {
         _ => None,
     }
     .ok_or_else(|| EngineError::Invalid(format!("{name} must be a whole number")))
+}
+
+/// A whole number of days in `1..=max`.
+fn days(args: &Value, name: &str, max: u32) -> Result<u32, EngineError> {
+    u32::try_from(number(args, name)?)
+        .ok()
+        .filter(|d| (1..=max).contains(d))
+        .ok_or_else(|| EngineError::Invalid(format!("{name} must be between 1 and {max} days")))
+}
+
+/// An optional whole number: absent, null or blank is `None`.
+fn optional_number(args: &Value, name: &str) -> Result<Option<u64>, EngineError> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(_) => number(args, name).map(Some),
+    }
+}
+
+/// An optional string: absent, null or blank is `None`.
+fn optional_text<'a>(args: &'a Value, name: &str) -> Option<&'a str> {
+    args.get(name)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 /// Parses a role by its wire name (`PATIENT`, `STAFF`, `ADMIN`; any case).
@@ -155,6 +184,57 @@ pub fn build(kind: &str, args: &Value) -> Result<ClientRequest, EngineError> {
                 .map_err(|e| EngineError::Invalid(format!("reason {e}")))?,
             duration_ms: number(args, "duration_ms")?,
         },
+        "get_retention" => ClientRequest::GetRetention,
+        "set_retention" => ClientRequest::SetRetention {
+            mail_days: days(args, "mail_days", MAX_MAIL_DAYS)?,
+            archive_days: days(args, "archive_days", MAX_ARCHIVE_DAYS)?,
+        },
+        "set_hold" => ClientRequest::SetHold {
+            conversation_id: optional_text(args, "conversation_id")
+                .map(|c| parse::<ConversationId>("conversation_id", c))
+                .transpose()?,
+            held: args
+                .get("held")
+                .and_then(Value::as_bool)
+                .ok_or_else(|| EngineError::Invalid("held must be true or false".into()))?,
+        },
+        "set_archive_key" => ClientRequest::SetArchiveKey {
+            public_key: optional_text(args, "public_key")
+                .map(|k| parse::<X25519PublicKey>("the archive public key", k))
+                .transpose()?,
+        },
+        "run_sweep" => ClientRequest::RunSweep,
+        "verify_access_log" => ClientRequest::VerifyAccessLog,
+        "export_access_log" => {
+            let action = optional_text(args, "action").map(str::to_owned);
+            if action
+                .as_ref()
+                .is_some_and(|a| a.len() > MAX_AUDIT_TEXT_LEN)
+            {
+                return Err(EngineError::Invalid(format!(
+                    "action must be at most {MAX_AUDIT_TEXT_LEN} bytes"
+                )));
+            }
+            let limit = optional_number(args, "limit")?.unwrap_or(MAX_ACCESS_LOG_PAGE as u64);
+            let limit = u32::try_from(limit)
+                .ok()
+                .filter(|l| (1..=MAX_ACCESS_LOG_PAGE as u32).contains(l))
+                .ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "limit must be between 1 and {MAX_ACCESS_LOG_PAGE}"
+                    ))
+                })?;
+            ClientRequest::ExportAccessLog(AccessLogFilter {
+                since_ms: optional_number(args, "since_ms")?.filter(|t| *t != 0),
+                until_ms: optional_number(args, "until_ms")?.filter(|t| *t != 0),
+                action,
+                actor_user_id: optional_text(args, "actor_user_id")
+                    .map(|u| parse::<UserId>("actor_user_id", u))
+                    .transpose()?,
+                after_seq: optional_number(args, "after_seq")?.unwrap_or(0),
+                limit,
+            })
+        }
         "change_password" => ClientRequest::ChangePassword {
             current: password(field(args, "current")?)?,
             new: password(field(args, "new")?)?,
@@ -226,6 +306,47 @@ pub fn answer(message: &ServerMessage) -> Value {
         ServerMessage::BreakGlassGranted { expires_at_ms } => {
             json!({ "expires_at_ms": expires_at_ms })
         }
+        ServerMessage::Retention(r) => json!({
+            "mail_days": r.mail_days,
+            "archive_days": r.archive_days,
+            "audit_days": r.audit_days,
+            "legal_hold": r.legal_hold,
+            "held_conversations": r.held_conversations.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "archive_public_key": r.archive_public_key.map(|k| k.to_string()),
+            "archive_key_fingerprint": r.archive_public_key.as_ref().map(archive_key_fingerprint),
+        }),
+        ServerMessage::SweepReport(report) => json!({
+            "at_ms": report.at_ms,
+            "envelopes_deleted": report.envelopes_deleted,
+            "archive_items_deleted": report.archive_items_deleted,
+            "access_log_entries_deleted": report.access_log_entries_deleted,
+            "keys_shredded": report.keys_shredded,
+            "kept_by_hold": report.kept_by_hold,
+        }),
+        ServerMessage::AccessLogStatus(status) => json!({
+            "ok": status.broken.is_none(),
+            "entries": status.entries,
+            "checkpoints": status.checkpoints,
+            "unsealed": status.unsealed,
+            "broken_entry": status.broken.as_ref().map(|b| b.0),
+            "reason": status.broken.as_ref().map(|b| b.1.clone()),
+        }),
+        ServerMessage::AccessLogPage(page) => json!({
+            "entries": page.entries.iter().map(|e| json!({
+                "seq": e.seq,
+                "at_ms": e.at_ms,
+                "user_id": e.user_id.map(|u| u.to_string()),
+                "device_id": e.device_id.map(|d| d.to_string()),
+                "role": e.role.map(Role::as_str),
+                "action": e.action,
+                "objects": e.objects,
+                "outcome": e.outcome,
+                "source": e.source,
+                "hash": hex::encode(e.hash),
+            })).collect::<Vec<_>>(),
+            "done": page.done,
+            "next_after_seq": page.next_after_seq,
+        }),
         other => json!({ "answer": other.name() }),
     }
 }
@@ -287,6 +408,59 @@ mod tests {
         )
         .is_ok());
         assert!(build("drop_tables", &json!({})).is_err());
+    }
+
+    #[test]
+    fn builds_the_admin_policy_requests() {
+        assert!(matches!(
+            build(
+                "set_retention",
+                &json!({"mail_days": "7", "archive_days": 365})
+            )
+            .unwrap(),
+            ClientRequest::SetRetention {
+                mail_days: 7,
+                archive_days: 365
+            }
+        ));
+        assert!(build("set_retention", &json!({"mail_days": 0, "archive_days": 1})).is_err());
+        assert!(build(
+            "set_retention",
+            &json!({"mail_days": 3651, "archive_days": 1})
+        )
+        .is_err());
+        assert!(matches!(
+            build("set_hold", &json!({"conversation_id": "", "held": true})).unwrap(),
+            ClientRequest::SetHold {
+                conversation_id: None,
+                held: true
+            }
+        ));
+        assert!(build("set_hold", &json!({"conversation_id": "zz", "held": true})).is_err());
+        assert!(matches!(
+            build("set_archive_key", &json!({"public_key": ""})).unwrap(),
+            ClientRequest::SetArchiveKey { public_key: None }
+        ));
+        assert!(matches!(
+            build("set_archive_key", &json!({"public_key": "ab".repeat(32)})).unwrap(),
+            ClientRequest::SetArchiveKey {
+                public_key: Some(_)
+            }
+        ));
+        assert!(build("set_archive_key", &json!({"public_key": "abcd"})).is_err());
+        let ClientRequest::ExportAccessLog(filter) = build(
+            "export_access_log",
+            &json!({"since_ms": "", "until_ms": 5, "action": "set_retention", "after_seq": 9}),
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(filter.since_ms, None);
+        assert_eq!(filter.until_ms, Some(5));
+        assert_eq!(filter.action.as_deref(), Some("set_retention"));
+        assert_eq!(filter.after_seq, 9);
+        assert_eq!(filter.limit as usize, MAX_ACCESS_LOG_PAGE);
+        assert!(build("export_access_log", &json!({"limit": 257})).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use medrelay_proto::{
     ConsentState, Conversation, ConversationId, DeviceId, Handle, MessageId, OrgId, Role, UserId,
+    X25519PublicKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -174,6 +175,11 @@ pub struct WebState {
     /// Recently shown `(sender device, client message id)` pairs.
     #[serde(default)]
     pub seen: RecentSet<MAX_SEEN_CLIENT_MESSAGES>,
+    /// The org archive key this device seals every sent message to, pinned at enrolment or
+    /// first use; a different key announced by the server is refused until the staff member
+    /// accepts it (as the SDK's `Profile.archive_key`).
+    #[serde(default)]
+    pub archive_key: Option<X25519PublicKey>,
 }
 
 impl WebState {

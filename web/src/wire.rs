@@ -1,11 +1,11 @@
 //! Pure glue between the crypto core and the wire, for the browser engine: key conversions and
 //! the fan-out decisions.
 //!
-//! These mirror `medrelay_sdk::transport::{convert, plan}`, which sit behind the SDK's
-//! `transport` feature (tokio, rustls: nothing that builds for a browser). They are key
-//! *encodings* and planning, not cryptography: every signature check, key agreement and
-//! encryption is the SDK's. Moving the two modules out of `transport` into an always-built
-//! module of the SDK would let both clients share them (see `web/README.md`).
+//! The key conversions and send planning mirror `medrelay_sdk::transport::{convert, plan}`,
+//! which sit behind the SDK's `transport` feature (tokio, rustls: nothing that builds for a
+//! browser). They are key *encodings* and planning, not cryptography: every signature check,
+//! key agreement and encryption is the SDK's. The receive side (session choice, simultaneous
+//! initiation, sessions set aside) is shared: `medrelay_sdk::delivery`, re-exported here.
 
 use medrelay_proto::{
     Conversation, DeviceId, DeviceKeys, Ed25519PublicKey, IdentityKeys, MlKemPublicKey,
@@ -15,23 +15,11 @@ use medrelay_sdk::identity::{
     OneTimePrekeyPublic, PqPrekeyPublic, PrekeyBundle, PublicDeviceKeys, PublicIdentity,
     SignedPrekeyPublic,
 };
-use medrelay_sdk::session::Role as SessionRole;
-use medrelay_sdk::{PeerAddress, Session};
 
 use crate::error::EngineError;
 
-/// The key store's peer id for a wire device id.
-pub fn store_device_id(id: &DeviceId) -> medrelay_sdk::DeviceId {
-    medrelay_sdk::DeviceId(*id.as_bytes())
-}
-
-/// The session-binding address of a device of a user.
-pub fn peer_address(user: &UserId, device: &DeviceId) -> PeerAddress {
-    PeerAddress {
-        user_id: *user.as_bytes(),
-        device_id: *device.as_bytes(),
-    }
-}
+// The receive side's shared pure helpers (one implementation with the native transport).
+pub use medrelay_sdk::delivery::{keep_existing_session, peer_address, store_device_id};
 
 /// The wire form of a signed X25519 prekey.
 pub fn signed_prekey(prekey: &SignedPrekeyPublic) -> SignedPrekey {
@@ -129,16 +117,4 @@ pub fn recipients(conversation: &Conversation, own_device: &DeviceId) -> Vec<Rec
     out.sort();
     out.dedup_by(|a, b| a.device == b.device);
     out
-}
-
-/// Whether to keep our session when a peer's prekey message starts a new one: only when both
-/// initiated at once and ours (from the lower device id) wins the tie-break.
-pub fn keep_existing_session(
-    existing: Option<&Session>,
-    own_device: &DeviceId,
-    sender_device: &DeviceId,
-) -> bool {
-    existing.is_some_and(|s| {
-        s.role() == SessionRole::Initiator && !s.is_acknowledged() && own_device < sender_device
-    })
 }

@@ -183,11 +183,44 @@ function onEvent(e) {
       if (currentConversation === e.conversation_id) renderConversation();
       renderInbox();
       return;
+    case "archive_key_changed":
+      showArchiveNotice(e.fingerprint);
+      return;
+    case "refresh_connection":
+      // The server wants the org archive's key on sends: a new connection's auth_ok carries
+      // it, and the engine repeats the send there (same client message id).
+      if (ws) ws.close(1000, "refresh");
+      return;
     case "undecryptable":
       setNotice("A message could not be decrypted and was discarded. Ask the sender to send it again.");
       return;
     default:
       return;
+  }
+}
+
+// The org archive key changed: nothing is sent until the staff member compares the new key's
+// fingerprint with the privacy officer's and accepts it (as the SDK's archive-key accept).
+let archiveFingerprint = null;
+function showArchiveNotice(fingerprint) {
+  archiveFingerprint = fingerprint;
+  $("archive-notice-text").textContent = `Your clinic's message archive key changed. Nothing is sent until you compare its fingerprint ` +
+    `${fingerprint} with the one your privacy officer gives you, and accept it only if they are the same.`;
+  $("archive-notice").hidden = false;
+}
+function hideArchiveNotice() {
+  archiveFingerprint = null;
+  $("archive-notice").hidden = true;
+}
+function acceptArchiveKey() {
+  if (!engine || !archiveFingerprint) return;
+  try {
+    engine.acceptArchiveKey(archiveFingerprint);
+    pump();
+    hideArchiveNotice();
+    setNotice("The new archive key is accepted; send your message again.");
+  } catch (e) {
+    setNotice(errorText(e));
   }
 }
 
@@ -262,6 +295,10 @@ function lock() {
   $("admin-panels").replaceChildren();
   $("admin-tabs").replaceChildren();
   $("conversation").hidden = true;
+  hideArchiveNotice();
+  // An invite code shown before the logoff is not left on screen either.
+  $("patient-invite-result").replaceChildren();
+  $("patient-invite-error").textContent = "";
   $("nav").hidden = true;
   $("who").textContent = "";
   for (const f of document.querySelectorAll("form")) f.reset();
@@ -548,23 +585,15 @@ async function invitePatient(ev) {
 }
 
 // ---------- admin console
-// Each panel is one entry: add a panel (retention, the access log) by adding one here.
+// Each panel is one entry: add a panel by adding one here.
 const ADMIN_PANELS = [
   { id: "people", label: "People and invites", render: renderPeople },
   { id: "teams", label: "Care teams", render: renderTeams },
   { id: "access", label: "Sessions and networks", render: renderAccess },
   { id: "breakglass", label: "Break-glass", render: renderBreakGlass },
-  { id: "retention", label: "Retention and legal hold", render: planned("Retention and legal hold",
-    "Setting how long undelivered messages and the org archive are kept, and legal holds, arrives with the server's retention API.") },
-  { id: "accesslog", label: "Access log", render: planned("Access log",
-    "Viewing, filtering, verifying and exporting the access log here arrives with the server's online access-log API. Until then: medrelay audit verify / export on the server.") },
+  { id: "retention", label: "Retention and legal hold", render: renderRetention },
+  { id: "accesslog", label: "Access log", render: renderAccessLog },
 ];
-
-function planned(title, text) {
-  return async (panel) => {
-    panel.append(h("section", {}, h("h2", { text: title }), h("p", { class: "planned", text })));
-  };
-}
 
 function openAdmin() {
   show("screen-admin");
@@ -775,6 +804,214 @@ async function renderBreakGlass(panel) {
   }));
 }
 
+// ---------- retention, legal hold, the org archive key, the sweeper
+function forbiddenHint(e, permission) {
+  return errorCode(e) === "FORBIDDEN" ? new Error(`FORBIDDEN|${errorText(e)} (this needs the ${permission} permission)`) : e;
+}
+
+async function renderRetention(panel) {
+  const r = await call("get_retention");
+  panel.append(h("section", {}, h("h2", { text: "Current settings" }),
+    h("dl", { class: "facts", id: "retention-current" },
+      h("dt", { text: "Undelivered messages kept" }), h("dd", { id: "retention-mail", text: `${r.mail_days} days` }),
+      h("dt", { text: "Org archive kept" }), h("dd", { id: "retention-archive", text: `${r.archive_days} days` }),
+      h("dt", { text: "Access log kept (server-wide)" }), h("dd", { text: `${r.audit_days} days` }),
+      h("dt", { text: "Org-wide legal hold" }), h("dd", { id: "retention-hold", text: r.legal_hold ? "on: nothing of this clinic expires" : "off" }),
+      h("dt", { text: "Conversations on hold" }), h("dd", { text: String(r.held_conversations.length) }),
+      h("dt", { text: "Org archive" }), h("dd", { id: "archive-status" }, r.archive_key_fingerprint
+        ? ["on; key fingerprint ", h("code", { text: r.archive_key_fingerprint })] : "off"))));
+
+  panel.append(actionForm("Retention", [
+    h("p", { text: "A record is deleted, and its encryption key destroyed, within a day after its retention ends, unless a legal hold keeps it." }),
+    ...formRow("Undelivered messages (days, 1 to 3650)", h("input", { id: "mail-days", inputmode: "numeric", value: String(r.mail_days) })),
+    ...formRow("Org archive (days, 1 to 36500)", h("input", { id: "archive-days", inputmode: "numeric", value: String(r.archive_days) })),
+  ], "Save retention", async () => {
+    const mail = $("mail-days").value.trim();
+    const archive = $("archive-days").value.trim();
+    await call("set_retention", { mail_days: mail, archive_days: archive });
+    $("retention-mail").textContent = `${mail} days`;
+    $("retention-archive").textContent = `${archive} days`;
+    return `Retention saved: undelivered messages ${mail} days, org archive ${archive} days.`;
+  }));
+
+  panel.append(actionForm("Org-wide legal hold", [
+    h("p", { text: r.legal_hold
+      ? "The whole clinic is on legal hold: nothing expires and no key is destroyed until it is lifted."
+      : "Place the whole clinic on legal hold: nothing expires and no key is destroyed until it is lifted." }),
+  ], r.legal_hold ? "Lift org-wide hold" : "Place org-wide hold", async () => {
+    const held = !r.legal_hold;
+    if (!confirm(held ? "Place the whole clinic on legal hold?" : "Lift the org-wide legal hold? Expired records are then deleted by the next sweep.")) return "Nothing changed.";
+    await call("set_hold", { conversation_id: "", held });
+    selectPanel("retention");
+    return held ? "Org-wide hold placed." : "Org-wide hold lifted.";
+  }));
+
+  panel.append(h("section", {}, h("h2", { text: "Conversations on legal hold" }),
+    r.held_conversations.length === 0 ? h("p", { text: "None." }) :
+      h("ul", { id: "held-list" }, ...r.held_conversations.map((c) => h("li", {}, h("code", { text: c }), " ",
+        h("button", { type: "button", "aria-label": `Lift the hold on conversation ${c.slice(0, 8)}`, text: "Lift hold",
+          onclick: async () => { await call("set_hold", { conversation_id: c, held: false }); selectPanel("retention"); } }))))));
+  panel.append(actionForm("Hold a conversation", [
+    ...formRow("Conversation id (hex, as the access log names it)", h("input", { id: "hold-conversation", autocomplete: "off", spellcheck: "false" })),
+  ], "Place hold", async () => {
+    const id = $("hold-conversation").value.trim();
+    if (!id) throw new Error("INVALID_INPUT|Enter a conversation id.");
+    await call("set_hold", { conversation_id: id, held: true });
+    selectPanel("retention");
+    return "Hold placed.";
+  }));
+
+  panel.append(actionForm("Org archive key", [
+    h("p", { text: "When the archive is on, every client seals each message it sends to this public key; only the privacy officer's offline secret key opens the archive. Clients pin the key and refuse a changed one until their user compares its fingerprint with the privacy officer's. Generate the key pair with medrelay archive keygen on the privacy officer's own machine; paste only the public key here." }),
+    ...formRow("Archive public key (64 hex characters)", h("input", { id: "archive-key", autocomplete: "off", spellcheck: "false" })),
+  ], "Enable archive with this key", async () => {
+    const key = $("archive-key").value.trim();
+    if (!key) throw new Error("INVALID_INPUT|Paste the archive public key, or use Disable archive.");
+    try { await call("set_archive_key", { public_key: key }); } catch (e) { throw forbiddenHint(e, "privacy_officer"); }
+    const now = await call("get_retention");
+    $("archive-status").replaceChildren("on; key fingerprint ", h("code", { text: now.archive_key_fingerprint }));
+    return h("span", {}, "Archive enabled. Key fingerprint: ", h("code", { id: "archive-fingerprint", text: now.archive_key_fingerprint }),
+      ". Compare it with the privacy officer's.");
+  }));
+  panel.append(actionForm("Disable the org archive", [
+    h("p", { text: "Clients stop sealing messages to the archive. Items already archived are kept for their retention." }),
+  ], "Disable archive", async () => {
+    if (!confirm("Disable the org archive?")) return "Nothing changed.";
+    try { await call("set_archive_key", { public_key: "" }); } catch (e) { throw forbiddenHint(e, "privacy_officer"); }
+    $("archive-status").textContent = "off";
+    return "Archive disabled.";
+  }));
+
+  panel.append(actionForm("Run the retention sweep now", [
+    h("p", { text: "The server sweeps on its own schedule; this runs it at once. The sweep is recorded in the access log." }),
+  ], "Run sweep", async () => {
+    const s = await call("run_sweep");
+    return `Sweep done at ${time(s.at_ms)}: ${s.envelopes_deleted} undelivered messages and ${s.archive_items_deleted} archive items deleted, ` +
+      `${s.access_log_entries_deleted} access-log entries trimmed, ${s.keys_shredded} keys destroyed, ${s.kept_by_hold} records kept by a legal hold.`;
+  }));
+}
+
+// ---------- the access log: filtered view, verify, export (built here from paged export_access_log)
+const LOG_VIEW_MAX = 5000;   // entries read for the on-screen view; export reads everything
+const LOG_VIEW_ROWS = 500;   // rows drawn, newest first
+
+function localInput(ms) {
+  const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60000);
+  return d.toISOString().slice(0, 16);
+}
+
+function logFilter() {
+  const at = (id) => {
+    const v = $(id).value;
+    if (!v) return "";
+    const ms = new Date(v).getTime();
+    if (!Number.isFinite(ms)) throw new Error("INVALID_INPUT|Enter a valid date and time.");
+    return ms;
+  };
+  return { since_ms: at("log-since"), until_ms: at("log-until"), action: $("log-action").value.trim(), actor_user_id: $("log-actor").value };
+}
+
+// Reads pages from the start of the filter until done (or `max` entries); `onPage` sees each.
+async function readLog(filter, max, onPage) {
+  let after = 0;
+  let count = 0;
+  for (;;) {
+    const page = await call("export_access_log", { ...filter, after_seq: after });
+    onPage(page.entries);
+    count += page.entries.length;
+    if (page.done) return { complete: true, count };
+    if (page.next_after_seq <= after) throw new Error("INTERNAL|The server's access-log pages did not advance; try again later.");
+    after = page.next_after_seq;
+    if (count >= max) return { complete: false, count };
+  }
+}
+
+function csvField(t) {
+  const s = String(t);
+  return /[",\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
+}
+
+// The same lines as `medrelay-client admin audit export` writes.
+function exportLine(e, format) {
+  const row = { seq: e.seq, at_ms: e.at_ms, user: e.user_id || "", device: e.device_id || "", role: e.role || "",
+    action: e.action, objects: e.objects, outcome: e.outcome, source: e.source, hash: e.hash };
+  if (format === "jsonl") return JSON.stringify(row);
+  return [row.seq, row.at_ms, row.user, row.device, row.role, csvField(row.action), csvField(row.objects.join(" ")),
+    csvField(row.outcome), csvField(row.source), row.hash].join(",");
+}
+
+async function renderAccessLog(panel) {
+  const users = await call("list_users");
+  const handleOf = new Map(users.map((u) => [u.user_id, u.handle]));
+  const status = h("p", { id: "log-status", role: "status" });
+  const error = h("p", { class: "error", role: "alert" });
+  const body = h("tbody", { id: "log-rows" });
+  const table = h("table", { id: "log-table" },
+    h("caption", { text: "Access log entries, newest first" }),
+    h("thead", {}, h("tr", {}, ...["#", "Time", "Actor", "Role", "Action", "Objects", "Outcome", "Source"].map((t) => h("th", { scope: "col", text: t })))),
+    body);
+  const form = h("form", { novalidate: true, class: "filters" },
+    ...formRow("From", h("input", { id: "log-since", type: "datetime-local", value: localInput(Date.now() - 24 * 3600 * 1000) })),
+    ...formRow("To (empty: now)", h("input", { id: "log-until", type: "datetime-local" })),
+    ...formRow("Action (e.g. set_retention; empty: all)", h("input", { id: "log-action", autocomplete: "off", spellcheck: "false" })),
+    ...formRow("Actor", h("select", { id: "log-actor" }, h("option", { value: "", text: "Anyone" }),
+      ...users.map((u) => h("option", { value: u.user_id, text: `${u.handle} (${u.role.toLowerCase()})` })))),
+    h("button", { type: "submit", text: "Show entries" }));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    error.textContent = "";
+    status.textContent = "Reading the access log…";
+    try {
+      const entries = [];
+      const read = await readLog(logFilter(), LOG_VIEW_MAX, (page) => entries.push(...page));
+      entries.reverse();
+      body.replaceChildren(...entries.slice(0, LOG_VIEW_ROWS).map((e) => h("tr", {},
+        h("td", { text: String(e.seq) }), h("td", { text: new Date(e.at_ms).toLocaleString() }),
+        h("td", { text: e.user_id ? (handleOf.get(e.user_id) || e.user_id.slice(0, 8)) : "—" }),
+        h("td", { text: e.role ? e.role.toLowerCase() : "—" }),
+        h("td", {}, h("code", { text: e.action })),
+        h("td", { class: "objects", text: e.objects.map((o) => (o.length > 16 ? o.slice(0, 12) + "…" : o)).join(" ") }),
+        h("td", { class: e.outcome === "allowed" ? "" : "warn", text: e.outcome }), h("td", { text: e.source }))));
+      const shown = Math.min(entries.length, LOG_VIEW_ROWS);
+      status.textContent = entries.length === 0 ? "No entries match." :
+        `${entries.length}${read.complete ? "" : "+"} ${entries.length === 1 ? "entry matches" : "entries match"}; showing the ${shown === 1 ? "only one" : `${shown} newest`}.` +
+        (read.complete ? "" : " Narrow the time range to see older ones, or export.");
+    } catch (e) {
+      status.textContent = "";
+      error.textContent = errorText(e);
+    }
+  });
+  panel.append(h("section", {}, h("h2", { text: "Access log" }),
+    h("p", { text: "Every request and sign-in attempt, allowed or refused, with pseudonymous ids; never message content." }),
+    form, error, status, h("div", { class: "table-wrap" }, table)));
+
+  panel.append(actionForm("Verify the log", [
+    h("p", { text: "Checks the hash chain and the signed checkpoints on the server now." }),
+  ], "Verify now", async () => {
+    const v = await call("verify_access_log");
+    if (!v.ok) throw new Error(`BROKEN|The access log does NOT verify: entry ${v.broken_entry} is broken (${v.reason}).`);
+    return h("span", { id: "log-verified" }, `The access log verifies: ${v.entries} entries, ${v.checkpoints} signed checkpoints, ${v.unsealed} entries since the last checkpoint.`);
+  }));
+
+  panel.append(actionForm("Export", [
+    h("p", { text: "Every entry matching the filter above, in the same format as medrelay-client admin audit export." }),
+    ...formRow("Format", h("select", { id: "log-format" }, h("option", { value: "jsonl", text: "JSON lines" }), h("option", { value: "csv", text: "CSV" }))),
+  ], "Download export", async () => {
+    const format = $("log-format").value;
+    const lines = format === "csv" ? ["seq,at_ms,user,device,role,action,objects,outcome,source,hash"] : [];
+    const read = await readLog(logFilter(), Number.MAX_SAFE_INTEGER, (page) => { for (const e of page) lines.push(exportLine(e, format)); });
+    const blob = new Blob([lines.join("\n") + "\n"], { type: format === "csv" ? "text/csv" : "application/x-ndjson" });
+    const url = URL.createObjectURL(blob);
+    const stamp = new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
+    const a = h("a", { href: url, download: `access-log-${stamp}.${format === "csv" ? "csv" : "jsonl"}` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    return `Exported ${read.count} entries.`;
+  }));
+}
+
 // ---------- start
 async function forgetDevice() {
   if (!confirm("Remove this browser's keys? You will need a new invite to use it again.")) return;
@@ -804,6 +1041,7 @@ async function main() {
   $("nav-admin").addEventListener("click", openAdmin);
   $("nav-logout").addEventListener("click", logout);
   $("forget-device").addEventListener("click", forgetDevice);
+  $("archive-accept").addEventListener("click", acceptArchiveKey);
   await init();
   await startLogin();
 }

@@ -158,17 +158,23 @@ impl<R: RngCore + CryptoRng> KeyStore for SealedKeyStore<R> {
     }
 
     fn delete_session(&mut self, peer: &DeviceId) -> Result<bool, KeyStoreError> {
-        if !self.state.sessions.contains_key(peer) {
+        if !self.state.sessions.contains_key(peer) && !self.state.archived.contains_key(peer) {
             return Ok(false);
         }
+        let had = self.state.sessions.contains_key(peer);
         self.update(|s| {
             s.sessions.remove(peer);
+            s.archived.remove(peer);
         })?;
-        Ok(true)
+        Ok(had)
     }
 
     fn session_peers(&self) -> Result<Vec<DeviceId>, KeyStoreError> {
         Ok(self.state.sessions.keys().copied().collect())
+    }
+
+    fn load_archived_sessions(&self, peer: &DeviceId) -> Result<Vec<Session>, KeyStoreError> {
+        Ok(self.state.archived.get(peer).cloned().unwrap_or_default())
     }
 
     fn load_profile(&self) -> Result<Option<SecretBytes>, KeyStoreError> {
@@ -266,6 +272,28 @@ mod tests {
         let bytes = store.take_unsaved().unwrap();
         assert!(SealedKeyStore::open(&bytes, b"first passphrase", OsRng).is_err());
         assert!(SealedKeyStore::open(&bytes, b"second passphrase", OsRng).is_ok());
+    }
+
+    #[test]
+    fn archived_sessions_are_kept_and_deleted_with_the_peer() {
+        let alice = crate::DeviceIdentity::generate(&mut OsRng, 0);
+        let bob = crate::DeviceIdentity::generate(&mut OsRng, 0);
+        let session = Session::initiate(&alice, &bob.prekey_bundle(None), &mut OsRng).unwrap();
+        let peer = DeviceId([2; 16]);
+        let mut store = SealedKeyStore::create(b"correct horse battery", CHEAP, OsRng).unwrap();
+        let aside = [session.clone()];
+        store
+            .apply(&StoreUpdate {
+                sessions: vec![(peer, &session)],
+                archived_sessions: vec![(peer, &aside)],
+                ..StoreUpdate::default()
+            })
+            .unwrap();
+        let bytes = store.take_unsaved().unwrap();
+        let mut reopened = SealedKeyStore::open(&bytes, b"correct horse battery", OsRng).unwrap();
+        assert_eq!(reopened.load_archived_sessions(&peer).unwrap().len(), 1);
+        assert!(reopened.delete_session(&peer).unwrap());
+        assert!(reopened.load_archived_sessions(&peer).unwrap().is_empty());
     }
 
     #[test]

@@ -27,11 +27,12 @@ use super::profile::{Profile, ReceivedMessage, PROFILE_VERSION};
 use super::tls;
 use super::{ServerUrl, TransportError};
 use crate::content::{self, Content};
+use crate::delivery::{peer_address, OpenError, Opened};
 use crate::fingerprint::{safety_number, SafetyNumber};
 use crate::identity::DeviceIdentity;
 use crate::keystore::{KeyStore, StoreUpdate};
 use crate::limits::{ONE_TIME_PREKEY_BATCH_SIZE, ONE_TIME_PREKEY_REPLENISH_THRESHOLD};
-use crate::session::{self, IncomingKind, PeerAddress, Session};
+use crate::session::Session;
 
 /// Where the server is and which CA its certificate chains to.
 #[derive(Debug, Clone)]
@@ -139,34 +140,7 @@ fn allowed_before_login(request: &ClientRequest) -> bool {
 }
 
 /// The session-binding address of a device of a user.
-/// What decrypting one delivery produced, and what to save with it (nothing is saved yet).
-struct Opened {
-    /// The decrypted content.
-    plaintext: crate::SecretBytes,
-    /// The peer's current session, when it changed.
-    session: Option<Session>,
-    /// The peer's archived sessions, when they changed (newest first).
-    archived: Option<Vec<Session>>,
-    /// The identity, when a one-time prekey was consumed or the replay cache grew.
-    identity: Option<DeviceIdentity>,
-}
-
-/// The fingerprint of an archive key people compare: SHA-256, first 16 bytes, hex.
-pub fn archive_key_fingerprint(key: &X25519PublicKey) -> String {
-    use sha2::Digest;
-    hex::encode(
-        sha2::Sha256::digest(key.as_bytes())
-            .get(..16)
-            .unwrap_or_default(),
-    )
-}
-
-fn peer_address(user: &UserId, device: &DeviceId) -> PeerAddress {
-    PeerAddress {
-        user_id: *user.as_bytes(),
-        device_id: *device.as_bytes(),
-    }
-}
+pub use crate::archive::archive_key_fingerprint;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -1178,16 +1152,14 @@ impl<K: KeyStore> Client<K> {
         let Some(key) = key else {
             return Ok(None);
         };
-        let record = medrelay_proto::e2e::ArchiveRecord {
-            conversation_id: content.conversation_id.clone(),
-            sender_user_id: Bytes::copy_from_slice(self.profile.user_id.as_bytes()),
-            sender_device_id: Bytes::copy_from_slice(self.profile.device_id.as_bytes()),
-            content: Some(content.clone()),
-        };
-        let plain = zeroize::Zeroizing::new(prost::Message::encode_to_vec(&record));
-        let sealed = crate::sealed_box::seal(key.as_bytes(), &plain, &mut OsRng).map_err(|e| {
-            TransportError::Crypto(format!("could not seal to the archive key: {e}"))
-        })?;
+        let sealed = crate::archive::seal_record(
+            key,
+            self.profile.user_id.as_bytes(),
+            self.profile.device_id.as_bytes(),
+            content,
+            &mut OsRng,
+        )
+        .map_err(|e| TransportError::Crypto(format!("could not seal to the archive key: {e}")))?;
         Ok(Some(Bytes::from(sealed)))
     }
 
@@ -1370,7 +1342,7 @@ impl<K: KeyStore> Client<K> {
             return Ok(None);
         }
         let peer = convert::store_device_id(&delivery.sender_device_id);
-        let opened = self.open_envelope(&delivery, &peer);
+        let opened = self.open_envelope(&delivery);
         let Opened {
             plaintext,
             session,
@@ -1460,116 +1432,20 @@ impl<K: KeyStore> Client<K> {
         Ok(Some(Incoming::Message(message)))
     }
 
-    /// Decrypts a delivery's ciphertext. Returns the plaintext, the session to save (if it
-    /// changed) and the identity to save (if a one-time prekey was consumed or a prekey
-    /// message entered the replay cache). Changes nothing.
-    ///
-    /// The session is found by the sending device, and must be bound to the delivery's
-    /// sender user too: a delivery naming another user than the session's is refused (the
-    /// server's label is what the message is shown under). A new session is bound to the
-    /// delivery's sender (trust on first use). A replayed prekey message is refused by
-    /// [`Session::accept`], so it can neither be shown again nor replace a session.
-    fn open_envelope(
-        &self,
-        delivery: &medrelay_proto::Delivery,
-        peer: &crate::DeviceId,
-    ) -> Result<Opened, TransportError> {
-        let bytes = delivery.ciphertext.as_ref();
-        let address = peer_address(&delivery.sender_user_id, &delivery.sender_device_id);
-        let mut existing = self.store.load_session(peer)?;
-        if let Some(session) = existing.as_mut() {
-            session.bind_peer(address)?;
-        }
-        let mut archived = self.store.load_archived_sessions(peer)?;
-        for session in &mut archived {
-            session.bind_peer(address)?;
-        }
-        // A message still in flight under a session set aside (both sides started one at
-        // once): that session decrypts it, and stays set aside.
-        let try_archived = |archived: &[Session]| -> Option<Opened> {
-            archived.iter().enumerate().find_map(|(i, session)| {
-                let mut session = session.clone();
-                let plaintext = session.decrypt(bytes, &mut OsRng).ok()?;
-                let mut updated = archived.to_vec();
-                if let Some(slot) = updated.get_mut(i) {
-                    *slot = session;
-                }
-                Some(Opened {
-                    plaintext,
-                    session: None,
-                    archived: Some(updated),
-                    identity: None,
-                })
-            })
-        };
-        match session::inspect(bytes)? {
-            IncomingKind::Ratchet => {
-                if let Some(mut session) = existing {
-                    let mut attempt = session.clone();
-                    if let Ok(plaintext) = attempt.decrypt(bytes, &mut OsRng) {
-                        session = attempt;
-                        return Ok(Opened {
-                            plaintext,
-                            session: Some(session),
-                            archived: None,
-                            identity: None,
-                        });
-                    }
-                }
-                try_archived(&archived).ok_or_else(|| crate::SessionError::DecryptionFailed.into())
-            }
-            IncomingKind::Prekey { sender, .. } => {
-                if let Some(mut session) = existing.clone() {
-                    match session.decrypt(bytes, &mut OsRng) {
-                        Ok(plaintext) => {
-                            return Ok(Opened {
-                                plaintext,
-                                session: Some(session),
-                                archived: None,
-                                identity: None,
-                            })
-                        }
-                        Err(crate::SessionError::NewSessionRequired) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                    // A device's identity keys never change: a new session under another
-                    // identity for the same device id is refused.
-                    if session.peer_identity() != &sender {
-                        return Err(crate::SessionError::DecryptionFailed.into());
-                    }
-                }
-                if let Some(opened) = try_archived(&archived) {
-                    return Ok(opened);
-                }
-                let mut identity = self.identity.clone();
-                let (mut session, plaintext) = Session::accept(&mut identity, bytes, &mut OsRng)?;
-                session.bind_peer(address)?;
-                let keep = plan::keep_existing_session(
-                    existing.as_ref(),
-                    &self.profile.device_id,
-                    &delivery.sender_device_id,
-                );
-                // The session not kept is set aside, newest first, for what is still in
-                // flight under it.
-                let (current, aside) = if keep {
-                    (None, Some(session))
-                } else {
-                    (Some(session), existing)
-                };
-                let archived = aside.map(|aside| {
-                    let mut updated = vec![aside];
-                    updated.extend(archived);
-                    updated.truncate(crate::limits::MAX_ARCHIVED_SESSIONS);
-                    updated
-                });
-                Ok(Opened {
-                    plaintext,
-                    session: current,
-                    archived,
-                    identity: Some(identity),
-                })
-            }
-        }
+    /// Decrypts a delivery's ciphertext ([`crate::delivery::open_envelope`], shared with the
+    /// web client). Changes nothing.
+    fn open_envelope(&self, delivery: &medrelay_proto::Delivery) -> Result<Opened, TransportError> {
+        crate::delivery::open_envelope(
+            &self.store,
+            &self.identity,
+            &self.profile.device_id,
+            delivery,
+            &mut OsRng,
+        )
+        .map_err(|e| match e {
+            OpenError::KeyStore(e) => TransportError::KeyStore(e),
+            OpenError::Session(e) => e.into(),
+        })
     }
 
     async fn undecryptable(

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use medrelay_proto::{Conversation, DeviceId, ErrorCode, FetchPrekeys, UserId, WireError};
 
-use crate::session::{Role as SessionRole, Session};
-
 /// How many times a send is re-planned after `DEVICES_MISMATCH` before giving up.
 pub const MAX_MISMATCH_RETRIES: u32 = 3;
 
@@ -86,23 +84,7 @@ pub fn plan_mismatch(error: &WireError, retries_so_far: u32) -> MismatchPlan {
     }
 }
 
-/// When a prekey message starts a new session with a device we already have a session with,
-/// whether to keep ours. Both sides may initiate at once (each sent before hearing from the
-/// other): then both must settle on the same session, so the one initiated by the device with
-/// the lower id wins. Any other new session from the peer replaces ours (the peer re-initiated).
-///
-/// Only a genuinely new prekey message gets this far: [`Session::accept`] refuses one already
-/// accepted (the identity's replay cache) with [`crate::SessionError::Replayed`], so a
-/// re-delivered old `PrekeyMessage` can never replace a session, acknowledged or not.
-pub fn keep_existing_session(
-    existing: Option<&Session>,
-    own_device: &DeviceId,
-    sender_device: &DeviceId,
-) -> bool {
-    existing.is_some_and(|s| {
-        s.role() == SessionRole::Initiator && !s.is_acknowledged() && own_device < sender_device
-    })
-}
+pub use crate::delivery::keep_existing_session;
 
 /// Reconnection delays: exponential from `initial`, doubling to `max`, with "equal jitter"
 /// (a uniformly random point in the upper half of the step) so clients that dropped together
@@ -147,6 +129,7 @@ mod tests {
         clippy::indexing_slicing
     )]
     use super::*;
+    use crate::session::Session;
     use medrelay_proto::{ConsentState, ConversationId, Handle, Member, Role};
 
     fn dev(b: u8) -> DeviceId {
