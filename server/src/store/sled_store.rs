@@ -1356,3 +1356,36 @@ impl Store for SledStore {
         Ok(u64::try_from(shredded).unwrap_or(u64::MAX))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod device_cache_tests {
+    use super::*;
+
+    fn ids(n: u8) -> Vec<DeviceId> {
+        vec![DeviceId::from([n; 16])]
+    }
+
+    #[test]
+    fn a_change_during_a_read_is_not_cached() {
+        let cache = DeviceCache::default();
+        let user = UserId::from([1; 16]);
+        // The read sees the old list while a device write lands meanwhile.
+        let seen = cache
+            .get_or_read(&user, || {
+                cache.changed();
+                Ok(ids(1))
+            })
+            .unwrap();
+        assert_eq!(*seen, ids(1));
+        // The next lookup reads again instead of serving the raced list.
+        let next = cache.get_or_read(&user, || Ok(ids(2))).unwrap();
+        assert_eq!(*next, ids(2));
+        // And that one is cached.
+        let cached = cache.get_or_read(&user, || Ok(ids(3))).unwrap();
+        assert_eq!(*cached, ids(2));
+        cache.changed();
+        let fresh = cache.get_or_read(&user, || Ok(ids(4))).unwrap();
+        assert_eq!(*fresh, ids(4));
+    }
+}
