@@ -42,11 +42,17 @@ pub async fn fan_out(
     let mut flows = Vec::new();
     let mut receivers = Vec::new();
     for g in 0..groups {
-        let members = &clinic.pairs[g * (TEAM + 1)..(g + 1) * (TEAM + 1)];
-        let sender = members[0].staff.clone();
+        let members = clinic
+            .pairs
+            .get(g * (TEAM + 1)..(g + 1) * (TEAM + 1))
+            .ok_or_else(|| anyhow!("not enough pairs for team {g}"))?;
+        let (first, rest) = members
+            .split_first()
+            .ok_or_else(|| anyhow!("an empty team"))?;
+        let sender = first.staff.clone();
         let mut conn = sender.connect(target, true).await?;
         let handles = (1..=TEAM)
-            .map(|k| medrelay_proto::Handle::new(&format!("staff-{:04}", g * (TEAM + 1) + k)))
+            .map(|k| medrelay_proto::Handle::new(format!("staff-{:04}", g * (TEAM + 1) + k)))
             .collect::<Result<Vec<_>, _>>()?;
         let answer = conn
             .request(ClientRequest::OpenConversation(OpenConversation {
@@ -61,7 +67,7 @@ pub async fn fan_out(
             sender,
             conversation: conversation.id,
         });
-        receivers.extend(members[1..].iter().map(|m| m.staff.clone()));
+        receivers.extend(rest.iter().map(|m| m.staff.clone()));
     }
     // The same number of deliveries in flight per receiver as in (a).
     relay_load(

@@ -202,7 +202,11 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
         num(&f["session_setup_us"], 1)
     );
     for (key, name) in [("peer_nats_jetstream", "NATS"), ("peer_synapse", "Synapse")] {
-        if let Some(v) = scenarios[key]["version"].as_str() {
+        if let Some(v) = scenarios
+            .get(key)
+            .and_then(|s| s.get("version"))
+            .and_then(Value::as_str)
+        {
             let _ = writeln!(out, "- {name} version: {v}");
         }
     }

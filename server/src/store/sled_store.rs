@@ -111,7 +111,10 @@ impl FlushGate {
 /// only if no change happened since it began (the generation), so a read that raced a change
 /// is used once and never cached.
 #[derive(Debug, Default)]
-struct DeviceCache(std::sync::Mutex<(u64, HashMap<UserId, Arc<Vec<DeviceId>>>)>);
+struct DeviceCache(std::sync::Mutex<(u64, DeviceIds)>);
+
+/// Active device ids by user.
+type DeviceIds = HashMap<UserId, Arc<Vec<DeviceId>>>;
 
 impl DeviceCache {
     fn get_or_read(
