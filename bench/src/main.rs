@@ -4,7 +4,9 @@
 
 mod client;
 mod clinic;
+mod extra;
 mod load;
+mod nats;
 mod procfs;
 mod report;
 mod scenarios;
@@ -55,6 +57,18 @@ struct Args {
     /// Findings (Markdown) to append to the report.
     #[arg(long)]
     findings: Option<PathBuf>,
+    /// Idle authenticated connections for scenarios (d) and (e).
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+    /// Messages queued for an offline device in scenario (c).
+    #[arg(long, default_value_t = 10_000)]
+    drain: usize,
+    /// The `nats-server` binary (JetStream peer); skipped when absent.
+    #[arg(long)]
+    nats_server: Option<PathBuf>,
+    /// A command that runs the Synapse peer and prints its JSON result; skipped when absent.
+    #[arg(long)]
+    synapse: Option<String>,
 }
 
 #[tokio::main]
@@ -125,6 +139,61 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     )
     .await?;
 
+    let mut skipped: Vec<String> = Vec::new();
+    let mut fan_out = Value::Null;
+    let mut drain = Value::Null;
+    let mut connect = Value::Null;
+    if !args.quick {
+        match extra::fan_out(
+            &target,
+            &clinic,
+            args.window,
+            payload.clone(),
+            timing,
+            &relay_probe,
+        )
+        .await
+        {
+            Ok(r) => fan_out = serde_json::to_value(r)?,
+            Err(e) => skipped.push(format!("(b) fan-out failed: {e:#}")),
+        }
+        eprintln!(
+            "[drain] queueing {} messages for an offline device",
+            args.drain
+        );
+        match extra::drain(&target, &clinic, payload.clone(), args.drain).await {
+            Ok(r) => {
+                eprintln!("[drain] {:.0} msgs/s", r.msgs_per_s);
+                drain = serde_json::to_value(r)?
+            }
+            Err(e) => skipped.push(format!("(c) drain failed: {e:#}")),
+        }
+        eprintln!("[idle] enrolling {} devices", args.idle_connections);
+        let enrolled = extra::enroll_patients(&target, &clinic, args.idle_connections).await;
+        match enrolled {
+            Ok(devices) => {
+                // A fresh process, so the baseline holds no memory of earlier phases.
+                relay.restart()?;
+                match extra::connect_idle(&target, &devices, relay.pid()?).await {
+                    Ok(r) => {
+                        eprintln!(
+                            "[idle] {} connections, {:.0}/s, {:.0} bytes each",
+                            r.connections, r.connects_per_s, r.bytes_per_connection
+                        );
+                        connect = serde_json::to_value(r)?
+                    }
+                    Err(e) => skipped.push(format!("(d)/(e) connections failed: {e:#}")),
+                }
+            }
+            Err(e) => skipped.push(format!("(d)/(e) enrolment failed: {e:#}")),
+        }
+    }
+    let crypto = if args.quick {
+        Value::Null
+    } else {
+        serde_json::to_value(extra::crypto()?)?
+    };
+
     eprintln!("starting the forwarder");
     let certs = work.join("relay/data/certs");
     let forwarder = server::Forwarder::start(
@@ -149,6 +218,46 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     drop(forwarder);
     relay.stop()?;
 
+    let mut nats = Value::Null;
+    if let (false, Some(binary)) = (args.quick, &args.nats_server) {
+        eprintln!("starting nats-server (JetStream, file storage)");
+        match nats::run(
+            binary,
+            &work.join("nats"),
+            args.pairs,
+            args.window,
+            payload.clone(),
+            timing,
+        )
+        .await
+        {
+            Ok(r) => nats = serde_json::to_value(r)?,
+            Err(e) => skipped.push(format!("NATS JetStream failed: {e:#}")),
+        }
+    } else if !args.quick {
+        skipped.push("NATS JetStream: no nats-server given".to_owned());
+    }
+    let mut synapse = Value::Null;
+    if let (false, Some(command)) = (args.quick, &args.synapse) {
+        eprintln!("running the Synapse peer");
+        let output = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await?;
+        match serde_json::from_slice::<Value>(&output.stdout) {
+            Ok(v) if output.status.success() => synapse = v,
+            _ => skipped.push(format!(
+                "Synapse failed (exit {:?}): {}",
+                output.status.code(),
+                String::from_utf8_lossy(&output.stdout).trim()
+            )),
+        }
+    } else if !args.quick {
+        skipped.push("Synapse: no command given".to_owned());
+    }
+
     let relay_msgs = relay_a.saturation.delivered_per_s;
     let transport_msgs = transport.saturation.delivered_per_s;
     let ratio = |a: f64, b: f64| {
@@ -172,14 +281,21 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         "relay_vs_transport": ratio(relay_msgs, transport_msgs),
         "p99_ms_half_load": relay_a.half_load.p99_ms,
         "msgs_per_flush": relay_a.saturation.msgs_per_flush,
-        // Not measured by this version of the harness (see RESULTS.md): null, never a guess.
-        "bytes_per_idle_connection": Value::Null,
-        "vs_synapse": Value::Null,
-        "vs_nats_jetstream": Value::Null,
+        // What did not run is null, never a guess; `skipped` says why.
+        "bytes_per_idle_connection": connect.get("bytes_per_connection").cloned().unwrap_or(Value::Null),
+        "vs_synapse": synapse.get("delivered_per_s").and_then(Value::as_f64).map(|s| ratio(relay_msgs, s)),
+        "vs_nats_jetstream": nats.get("delivered_per_s").and_then(Value::as_f64).map(|n| ratio(relay_msgs, n)),
         "server_cpu_us_per_msg": relay_a.saturation.server_cpu_us_per_msg,
+        "skipped": skipped,
         "scenarios": {
             "a_relay_1to1": relay_a,
+            "b_fan_out_10": fan_out,
+            "c_drain_offline_queue": drain,
+            "d_e_idle_connections_and_connects": connect,
+            "f_sdk_crypto": crypto,
             "transport_forwarder": transport,
+            "peer_nats_jetstream": nats,
+            "peer_synapse": synapse,
         },
     }))
 }

@@ -140,6 +140,7 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
     let scenarios = &results["scenarios"];
     for (key, name) in [
         ("a_relay_1to1", "(a) relay 1:1"),
+        ("b_fan_out_10", "(b) relay fan-out to 10 devices"),
         ("transport_forwarder", "transport limit (forwarder)"),
     ] {
         let s = &scenarios[key];
@@ -153,8 +154,72 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
             &s["half_load"],
         );
     }
+    for (key, name) in [
+        (
+            "peer_nats_jetstream",
+            "NATS JetStream, file store, acked publish (saturation)",
+        ),
+        ("peer_synapse", "Synapse on SQLite, send then /sync"),
+    ] {
+        let s = &scenarios[key];
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | | | | | |",
+            num(&s["delivered_per_s"], 1),
+            num(&s["server_cpu_us_per_msg"], 2)
+        );
+    }
+    let _ = writeln!(out, "\n## Other scenarios\n");
+    let c = &scenarios["c_drain_offline_queue"];
+    let _ = writeln!(
+        out,
+        "- (c) drain an offline queue: {} messages in {} s, {} msgs/s",
+        num(&c["queued"], 0),
+        num(&c["seconds"], 3),
+        num(&c["msgs_per_s"], 0)
+    );
+    let d = &scenarios["d_e_idle_connections_and_connects"];
+    let _ = writeln!(
+        out,
+        "- (d) idle authenticated connections: {} held, server RSS {} -> {} bytes, {} bytes \
+         per connection",
+        num(&d["connections"], 0),
+        num(&d["rss_before"], 0),
+        num(&d["rss_after"], 0),
+        num(&d["bytes_per_connection"], 0)
+    );
+    let _ = writeln!(
+        out,
+        "- (e) new connections (TLS 1.3 handshake + device authentication, 64 at a time): {} \
+         per second",
+        num(&d["connects_per_s"], 0)
+    );
+    let f = &scenarios["f_sdk_crypto"];
+    let _ = writeln!(
+        out,
+        "- (f) SDK crypto (direct timing): encrypt + decrypt 1 KiB {} µs, session setup {} µs",
+        num(&f["encrypt_decrypt_1kib_us"], 2),
+        num(&f["session_setup_us"], 1)
+    );
+    for (key, name) in [("peer_nats_jetstream", "NATS"), ("peer_synapse", "Synapse")] {
+        if let Some(v) = scenarios
+            .get(key)
+            .and_then(|s| s.get("version"))
+            .and_then(Value::as_str)
+        {
+            let _ = writeln!(out, "- {name} version: {v}");
+        }
+    }
+    if let Some(skipped) = results["skipped"].as_array() {
+        for reason in skipped {
+            let _ = writeln!(out, "- Not measured: {}", reason.as_str().unwrap_or("?"));
+        }
+    }
     let _ = writeln!(out, "\nErrors during the run:\n");
     for (key, s) in scenarios.as_object().into_iter().flatten() {
+        if s.get("errors").is_none() {
+            continue;
+        }
         let _ = writeln!(
             out,
             "- {key}: {} ({})",

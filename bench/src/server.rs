@@ -121,6 +121,12 @@ impl Relay {
         self.data.join("certs/ca.pem")
     }
 
+    /// Stops the server and starts it again on the same data (a fresh process).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.spawn()
+    }
+
     /// Stops the server with SIGTERM and waits for it.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(child) = self.child.take() {

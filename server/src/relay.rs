@@ -1064,9 +1064,14 @@ impl Relay {
         let members = self.members_of(&conversation, self.clock.now_ms())?;
         let mut expected = BTreeSet::new();
         for member in &members {
-            for device in self.store.active_devices(member).map_err(internal)? {
-                if device.id != who.device {
-                    expected.insert(device.id);
+            for device in self
+                .store
+                .active_device_ids(member)
+                .map_err(internal)?
+                .iter()
+            {
+                if *device != who.device {
+                    expected.insert(*device);
                 }
             }
         }

@@ -14,6 +14,7 @@ pub mod sled_store;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use medrelay_proto::ids::{ClientMessageId, ConversationId, DeviceId, MessageId, OrgId, UserId};
 use medrelay_proto::{Handle, TeamId};
@@ -130,6 +131,17 @@ pub trait Store: Send + Sync + 'static {
     fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
     /// The user's devices that are not revoked, in a stable order.
     fn active_devices(&self, user: &UserId) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// The ids of the user's devices that are not revoked, as [`Store::active_devices`]
+    /// lists them. Every send asks this for every member, so a store may cache it, as long
+    /// as every change to a device or to a user's device list is seen by the next call.
+    fn active_device_ids(&self, user: &UserId) -> Result<Arc<Vec<DeviceId>>, StoreError> {
+        Ok(Arc::new(
+            self.active_devices(user)?
+                .into_iter()
+                .map(|d| d.id)
+                .collect(),
+        ))
+    }
 
     /// Replaces a user record (not its handle).
     fn put_user(&self, user: &UserRecord) -> Result<(), StoreError>;

@@ -40,6 +40,10 @@ pub struct SledStore {
     /// order of their positions: a reader that saw position n never misses a smaller one
     /// committed later (it would otherwise wait for the device's next connection).
     send_order: std::sync::Mutex<()>,
+    /// Keeps sled's hot multi-tree writes and its flushes apart; see [`FlushGate`].
+    gate: FlushGate,
+    /// Active device ids per user (see [`DeviceCache`]).
+    device_cache: DeviceCache,
     commit: Arc<GroupCommit>,
     orgs: Tree,
     invites: Tree,
@@ -64,16 +68,101 @@ pub struct SledStore {
     archive: Tree,
 }
 
-struct DbFlush(Db);
+/// Why the hot writes pass a gate of ours before they reach sled.
+///
+/// sled 0.34 serialises every transaction and batch against every flush with one
+/// process-wide reader-writer lock: a flush holds it shared for its whole `pwrite` and
+/// `sync_file_range` (about 18 ms on a busy disk), a transaction needs it exclusively, and
+/// once a writer waits for it, every plain read or insert (task-fair lock) waits too. So a
+/// send arriving during a flush used to park a tokio worker, every other request on that
+/// worker and, through the fair lock, every read on the other worker: the whole server stood
+/// still once per flush, and throughput was a few sends per flush.
+///
+/// The gate is our own lock taken the other way round: flushes hold it exclusively, hot
+/// transactions (sends and acks) shared. A transaction that meets a running flush waits
+/// here, on a thread handed over with `block_in_place`, never inside sled, so sled's lock has
+/// no parked writer and reads and appends elsewhere go on. Durability is unchanged: a write
+/// is still acknowledged only after a flush that started after it was applied.
+#[derive(Debug, Clone, Default)]
+struct FlushGate(Arc<std::sync::RwLock<()>>);
+
+impl FlushGate {
+    /// Runs `f` while no flush runs, without blocking a tokio worker on a running flush.
+    fn exclusive_write<T>(&self, f: impl FnOnce() -> T) -> T {
+        if let Ok(_open) = self.0.try_read() {
+            return f();
+        }
+        let wait = || {
+            let _open = self.0.read().unwrap_or_else(|e| e.into_inner());
+            f()
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            _ => wait(),
+        }
+    }
+}
+
+/// Active device ids per user, read by every send for every member of the conversation.
+///
+/// Each lookup used to scan the user's device index and open (decrypt) every device record:
+/// about 6% of the server's CPU at saturation. Every write to a device record or to a user's
+/// device list calls [`DeviceCache::changed`] after the write. A lookup stores what it read
+/// only if no change happened since it began (the generation), so a read that raced a change
+/// is used once and never cached.
+#[derive(Debug, Default)]
+struct DeviceCache(std::sync::Mutex<(u64, DeviceIds)>);
+
+/// Active device ids by user.
+type DeviceIds = HashMap<UserId, Arc<Vec<DeviceId>>>;
+
+impl DeviceCache {
+    fn get_or_read(
+        &self,
+        user: &UserId,
+        read: impl FnOnce() -> Result<Vec<DeviceId>, StoreError>,
+    ) -> Result<Arc<Vec<DeviceId>>, StoreError> {
+        let generation = {
+            let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(ids) = cache.1.get(user) {
+                return Ok(ids.clone());
+            }
+            cache.0
+        };
+        let ids = Arc::new(read()?);
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.0 == generation {
+            cache.1.insert(*user, ids.clone());
+        }
+        Ok(ids)
+    }
+
+    /// Forgets everything: called after any device write.
+    fn changed(&self) {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache.0 += 1;
+        cache.1.clear();
+    }
+}
+
+struct DbFlush {
+    db: Db,
+    gate: FlushGate,
+}
 
 impl Flush for DbFlush {
     fn flush(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>> {
+        let db = self.db.clone();
+        let gate = self.gate.clone();
         Box::pin(async move {
-            self.0
-                .flush_async()
-                .await
-                .map(|_| ())
-                .map_err(|e| io::Error::other(e.to_string()))
+            tokio::task::spawn_blocking(move || {
+                let _closed = gate.0.write().unwrap_or_else(|e| e.into_inner());
+                db.flush()
+            })
+            .await
+            .map_err(io::Error::other)?
+            .map(|_| ())
+            .map_err(|e| io::Error::other(e.to_string()))
         })
     }
 }
@@ -179,10 +268,16 @@ impl SledStore {
                 other => db_error(other),
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(db_error);
+        let gate = FlushGate::default();
         let store = SledStore {
             send_order: std::sync::Mutex::new(()),
             codec: Codec::new(keyring),
-            commit: GroupCommit::start(Arc::new(DbFlush(db.clone()))),
+            commit: GroupCommit::start(Arc::new(DbFlush {
+                db: db.clone(),
+                gate: gate.clone(),
+            })),
+            gate,
+            device_cache: DeviceCache::default(),
             orgs: tree("orgs")?,
             invites: tree("invites")?,
             users: tree("users")?,
@@ -476,7 +571,7 @@ impl Store for SledStore {
         let device_bytes = self.seal("device", device.id.as_bytes(), device)?;
         let prekeys = encode_prekeys(&self.codec, &device.id, one_time_prekeys)?;
         let handle = self.handle_key(&user.org, &user.handle)?;
-        (
+        let result = (
             &self.handles,
             &self.users,
             &self.devices,
@@ -496,7 +591,9 @@ impl Store for SledStore {
                 }
                 Ok(())
             })
-            .map_err(tx_error)
+            .map_err(tx_error);
+        self.device_cache.changed();
+        result
     }
 
     fn add_device(
@@ -506,7 +603,7 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         let device_bytes = self.seal("device", device.id.as_bytes(), device)?;
         let prekeys = encode_prekeys(&self.codec, &device.id, one_time_prekeys)?;
-        (&self.devices, &self.user_devices, &self.one_time_prekeys)
+        let result = (&self.devices, &self.user_devices, &self.one_time_prekeys)
             .transaction(|(devices, user_devices, otpks)| {
                 devices.insert(device.id.as_bytes().as_slice(), device_bytes.as_slice())?;
                 user_devices.insert(key2(device.user.as_bytes(), device.id.as_bytes()), &[])?;
@@ -515,11 +612,15 @@ impl Store for SledStore {
                 }
                 Ok(())
             })
-            .map_err(tx_error)
+            .map_err(tx_error);
+        self.device_cache.changed();
+        result
     }
 
     fn put_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
-        self.put(&self.devices, "device", device.id.as_bytes(), device)
+        let result = self.put(&self.devices, "device", device.id.as_bytes(), device);
+        self.device_cache.changed();
+        result
     }
 
     fn user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
@@ -568,6 +669,16 @@ impl Store for SledStore {
         Ok(devices)
     }
 
+    fn active_device_ids(&self, user: &UserId) -> Result<Arc<Vec<DeviceId>>, StoreError> {
+        self.device_cache.get_or_read(user, || {
+            Ok(self
+                .active_devices(user)?
+                .into_iter()
+                .map(|d| d.id)
+                .collect())
+        })
+    }
+
     fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
         self.put(&self.users, "user", user.id.as_bytes(), user)
     }
@@ -609,7 +720,7 @@ impl Store for SledStore {
         let prekeys = keys(&self.one_time_prekeys)?;
         let mail = keys(&self.mailbox)?;
         let mail_ids = keys(&self.mailbox_ids)?;
-        (
+        let result = (
             &self.devices,
             &self.one_time_prekeys,
             &self.mailbox,
@@ -628,7 +739,9 @@ impl Store for SledStore {
                 }
                 Ok(())
             })
-            .map_err(tx_error)
+            .map_err(tx_error);
+        self.device_cache.changed();
+        result
     }
 
     fn put_team(&self, team: &TeamRecord) -> Result<(), StoreError> {
@@ -858,49 +971,52 @@ impl Store for SledStore {
         let send_bytes = self.codec.seal("send", scope, &sent_key, send)?;
         // Positions are taken and committed in one order (each envelope is sealed under its
         // row's key, which holds the position, so sealing is inside too).
-        let _in_order = self.send_order.lock().unwrap_or_else(|e| e.into_inner());
-        let mut rows = Vec::with_capacity(envelopes.len());
-        for (device, envelope) in &envelopes {
-            let seq = self.db.generate_id().map_err(db_error)?;
-            let mailbox_key = key2(device.as_bytes(), &seq.to_be_bytes());
-            let sealed = self.codec.seal("envelope", scope, &mailbox_key, envelope)?;
-            rows.push((
-                mailbox_key,
-                key2(device.as_bytes(), envelope.message_id.as_bytes()),
-                seq.to_be_bytes(),
-                sealed,
-            ));
-        }
-        let archive_row = match &archive {
-            Some(item) => {
+        // Sends meet flushes at the gate, not inside sled (see `FlushGate`).
+        self.gate.exclusive_write(|| {
+            let _in_order = self.send_order.lock().unwrap_or_else(|e| e.into_inner());
+            let mut rows = Vec::with_capacity(envelopes.len());
+            for (device, envelope) in &envelopes {
                 let seq = self.db.generate_id().map_err(db_error)?;
-                let key = key2(org.as_bytes(), &seq.to_be_bytes());
-                let scope = Scope::Archive {
-                    org: *org,
-                    day: day_of(item.server_time_ms),
-                };
-                let sealed = self.codec.seal("archive", scope, &key, item)?;
-                Some((key, sealed))
+                let mailbox_key = key2(device.as_bytes(), &seq.to_be_bytes());
+                let sealed = self.codec.seal("envelope", scope, &mailbox_key, envelope)?;
+                rows.push((
+                    mailbox_key,
+                    key2(device.as_bytes(), envelope.message_id.as_bytes()),
+                    seq.to_be_bytes(),
+                    sealed,
+                ));
             }
-            None => None,
-        };
-        (&self.sent, &self.mailbox, &self.mailbox_ids, &self.archive)
-            .transaction(|(sent, mailbox, mailbox_ids, archive)| {
-                if let Some(previous) = sent.get(&sent_key)? {
-                    let previous = self.unseal("send", &sent_key, &previous).map_err(abort)?;
-                    return Ok(StoreSendOutcome::Duplicate(previous));
+            let archive_row = match &archive {
+                Some(item) => {
+                    let seq = self.db.generate_id().map_err(db_error)?;
+                    let key = key2(org.as_bytes(), &seq.to_be_bytes());
+                    let scope = Scope::Archive {
+                        org: *org,
+                        day: day_of(item.server_time_ms),
+                    };
+                    let sealed = self.codec.seal("archive", scope, &key, item)?;
+                    Some((key, sealed))
                 }
-                sent.insert(sent_key.as_slice(), send_bytes.as_slice())?;
-                for (mailbox_key, id_key, seq, envelope) in &rows {
-                    mailbox.insert(mailbox_key.as_slice(), envelope.as_slice())?;
-                    mailbox_ids.insert(id_key.as_slice(), seq.as_slice())?;
-                }
-                if let Some((key, sealed)) = &archive_row {
-                    archive.insert(key.as_slice(), sealed.as_slice())?;
-                }
-                Ok(StoreSendOutcome::Stored(*send))
-            })
-            .map_err(tx_error)
+                None => None,
+            };
+            (&self.sent, &self.mailbox, &self.mailbox_ids, &self.archive)
+                .transaction(|(sent, mailbox, mailbox_ids, archive)| {
+                    if let Some(previous) = sent.get(&sent_key)? {
+                        let previous = self.unseal("send", &sent_key, &previous).map_err(abort)?;
+                        return Ok(StoreSendOutcome::Duplicate(previous));
+                    }
+                    sent.insert(sent_key.as_slice(), send_bytes.as_slice())?;
+                    for (mailbox_key, id_key, seq, envelope) in &rows {
+                        mailbox.insert(mailbox_key.as_slice(), envelope.as_slice())?;
+                        mailbox_ids.insert(id_key.as_slice(), seq.as_slice())?;
+                    }
+                    if let Some((key, sealed)) = &archive_row {
+                        archive.insert(key.as_slice(), sealed.as_slice())?;
+                    }
+                    Ok(StoreSendOutcome::Stored(*send))
+                })
+                .map_err(tx_error)
+        })
     }
 
     fn sent(
@@ -956,18 +1072,20 @@ impl Store for SledStore {
             .iter()
             .map(|id| key2(device.as_bytes(), id.as_bytes()))
             .collect();
-        (&self.mailbox, &self.mailbox_ids)
-            .transaction(|(mailbox, mailbox_ids)| {
-                let mut removed = 0u32;
-                for id_key in &id_keys {
-                    if let Some(seq) = mailbox_ids.remove(id_key.as_slice())? {
-                        mailbox.remove(key2(device.as_bytes(), &seq))?;
-                        removed += 1;
+        self.gate.exclusive_write(|| {
+            (&self.mailbox, &self.mailbox_ids)
+                .transaction(|(mailbox, mailbox_ids)| {
+                    let mut removed = 0u32;
+                    for id_key in &id_keys {
+                        if let Some(seq) = mailbox_ids.remove(id_key.as_slice())? {
+                            mailbox.remove(key2(device.as_bytes(), &seq))?;
+                            removed += 1;
+                        }
                     }
-                }
-                Ok(removed)
-            })
-            .map_err(tx_error)
+                    Ok(removed)
+                })
+                .map_err(tx_error)
+        })
     }
 
     fn retention(&self, org: &OrgId) -> Result<RetentionRecord, StoreError> {
@@ -1239,5 +1357,38 @@ impl Store for SledStore {
             .shred(keys)
             .map_err(|e| StoreError::Keyring(e.to_string()))?;
         Ok(u64::try_from(shredded).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod device_cache_tests {
+    use super::*;
+
+    fn ids(n: u8) -> Vec<DeviceId> {
+        vec![DeviceId::from([n; 16])]
+    }
+
+    #[test]
+    fn a_change_during_a_read_is_not_cached() {
+        let cache = DeviceCache::default();
+        let user = UserId::from([1; 16]);
+        // The read sees the old list while a device write lands meanwhile.
+        let seen = cache
+            .get_or_read(&user, || {
+                cache.changed();
+                Ok(ids(1))
+            })
+            .unwrap();
+        assert_eq!(*seen, ids(1));
+        // The next lookup reads again instead of serving the raced list.
+        let next = cache.get_or_read(&user, || Ok(ids(2))).unwrap();
+        assert_eq!(*next, ids(2));
+        // And that one is cached.
+        let cached = cache.get_or_read(&user, || Ok(ids(3))).unwrap();
+        assert_eq!(*cached, ids(2));
+        cache.changed();
+        let fresh = cache.get_or_read(&user, || Ok(ids(4))).unwrap();
+        assert_eq!(*fresh, ids(4));
     }
 }
