@@ -29,6 +29,7 @@
 
 pub mod archive;
 pub mod content;
+pub mod convert;
 pub mod delivery;
 pub mod error;
 pub mod fingerprint;

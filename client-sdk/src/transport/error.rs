@@ -107,6 +107,13 @@ impl TransportError {
     }
 }
 
+impl From<medrelay_proto::ProtoError> for TransportError {
+    /// Only the key conversions return it: our own keys failed their wire checks.
+    fn from(e: medrelay_proto::ProtoError) -> Self {
+        TransportError::Crypto(format!("a key failed its wire check: {e}"))
+    }
+}
+
 impl From<SessionError> for TransportError {
     fn from(e: SessionError) -> Self {
         Self::Crypto(e.to_string())

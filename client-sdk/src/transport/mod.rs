@@ -25,7 +25,8 @@
 
 pub mod client;
 mod connection;
-pub mod convert;
+/// Key conversions, shared with the browser engine (always built).
+pub use crate::convert;
 mod error;
 pub mod plan;
 pub mod profile;

@@ -1,20 +1,18 @@
-//! Conversions between the crypto core's key types and the wire's validated types. Pure.
+//! Conversions between the crypto core's key types and the wire's validated types. Pure, and
+//! always built: the native transport and the browser engine share them.
 
 use medrelay_proto::{
     DeviceKeys, Ed25519PublicKey, IdentityKeys, MlKemPublicKey, OneTimePrekey, PqSignedPrekey,
     Signature, SignedPrekey, X25519PublicKey,
 };
 
-use super::TransportError;
 use crate::identity::{
     OneTimePrekeyPublic, PqPrekeyPublic, PrekeyBundle, PublicDeviceKeys, PublicIdentity,
     SignedPrekeyPublic,
 };
+use medrelay_proto::ProtoError;
 
-/// The keystore's peer id for a wire device id.
-pub fn store_device_id(id: &medrelay_proto::DeviceId) -> crate::DeviceId {
-    crate::DeviceId(*id.as_bytes())
-}
+pub use crate::delivery::store_device_id;
 
 /// The wire form of an identity.
 pub fn identity_keys(identity: &PublicIdentity) -> IdentityKeys {
@@ -35,11 +33,10 @@ pub fn signed_prekey(prekey: &SignedPrekeyPublic) -> SignedPrekey {
 }
 
 /// The wire form of an ML-KEM-768 prekey.
-pub fn pq_prekey(prekey: &PqPrekeyPublic) -> Result<PqSignedPrekey, TransportError> {
+pub fn pq_prekey(prekey: &PqPrekeyPublic) -> Result<PqSignedPrekey, ProtoError> {
     Ok(PqSignedPrekey {
         id: prekey.id,
-        public_key: MlKemPublicKey::from_bytes(&prekey.public_key)
-            .map_err(|e| TransportError::Crypto(format!("post-quantum prekey: {e}")))?,
+        public_key: MlKemPublicKey::from_bytes(&prekey.public_key)?,
         signature: Signature::from_array(prekey.signature),
     })
 }
@@ -56,7 +53,7 @@ pub fn one_time_prekeys(prekeys: &[OneTimePrekeyPublic]) -> Vec<OneTimePrekey> {
 }
 
 /// Everything a device publishes at enrolment, in wire form.
-pub fn device_keys(keys: &PublicDeviceKeys) -> Result<DeviceKeys, TransportError> {
+pub fn device_keys(keys: &PublicDeviceKeys) -> Result<DeviceKeys, ProtoError> {
     Ok(DeviceKeys {
         identity: identity_keys(&keys.identity),
         signed_prekey: signed_prekey(&keys.signed_prekey),
