@@ -18,6 +18,13 @@
 //!
 //! Fail closed: a write that fails marks the log broken, and a broken log refuses every
 //! further request ([`AuditSink::ready`]) until the server is restarted.
+//!
+//! Entries are chained as they are recorded and written with the next flush of the store
+//! (a [`FlushHook`]), every answer waiting for that flush: the entries of one flush share a
+//! row (`GROUP_TAG || count || (length || sealed entry)*`, keyed by the first entry's
+//! number), each entry still sealed on its own and bound to its own number, so a changed,
+//! moved or missing entry is named exactly. Rows of earlier releases hold one entry each and
+//! are read alike. Checkpoints fall at the end of a row, so retention trims whole rows.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -35,7 +42,8 @@ use sha2::{Digest, Sha256};
 use crate::audit::{AuditError, AuditEvent, AuditSink, Outcome};
 use crate::keyring::{day_of, KeyId, Scope};
 use crate::store::codec::{key_id_of, Codec};
-use crate::store::StoreError;
+use crate::store::sled_store::SledStore;
+use crate::store::{FlushHook, PendingFlush, StoreError};
 
 /// Entries between two checkpoints.
 pub const CHECKPOINT_EVERY: u64 = 64;
@@ -59,6 +67,21 @@ const META_FORMAT: &[u8] = b"format";
 const EXPORT_PAGE_BYTES: usize = medrelay_proto::limits::MAX_FRAME_BYTES / 2;
 /// Most entries one export request reads.
 const EXPORT_SCAN_ROWS: usize = 20_000;
+/// The first byte of a row holding several entries.
+pub const GROUP_TAG: u8 = b'G';
+/// Most entries in one row.
+const ENTRIES_PER_ROW: usize = 64;
+/// Most bytes of entries in one row, roughly: sled stores a leaf over 128 KiB (16 rows) as a
+/// blob file of its own (see the mail log's rows).
+const ROW_BYTES: usize = 7 * 1024;
+
+/// Roughly how many bytes an entry takes sealed.
+fn entry_size(body: &EntryBody) -> usize {
+    150 + body.action.len()
+        + body.outcome.len()
+        + body.source.len()
+        + body.objects.iter().map(|o| o.len() + 2).sum::<usize>()
+}
 /// Entries written by the server itself, not on anyone's request; every org's export shows
 /// them.
 pub const SYSTEM_ACTIONS: [&str; 2] = ["retention_sweep", "access_log_trim"];
@@ -108,10 +131,24 @@ pub struct Checkpoint {
 
 fn entry_hash(body: &EntryBody) -> Result<[u8; 32], String> {
     let bytes = postcard::to_allocvec(body).map_err(|e| e.to_string())?;
+    Ok(hash_of(&bytes))
+}
+
+fn hash_of(body_bytes: &[u8]) -> [u8; 32] {
     let mut hash = Sha256::new();
     hash.update(ENTRY_LABEL);
-    hash.update(&bytes);
-    Ok(hash.finalize().into())
+    hash.update(body_bytes);
+    hash.finalize().into()
+}
+
+/// An entry's encoding, as stored (sealed) and hashed: the body's bytes, then its hash. The
+/// same bytes as encoding an [`Entry`], made with one encoding of the body instead of two.
+fn encode_entry(body: &EntryBody) -> Result<([u8; 32], Vec<u8>), String> {
+    let mut bytes = Vec::with_capacity(entry_size(body) + 32);
+    bytes = postcard::to_extend(body, bytes).map_err(|e| e.to_string())?;
+    let hash = hash_of(&bytes);
+    bytes.extend_from_slice(&hash);
+    Ok((hash, bytes))
 }
 
 fn checkpoint_message(seq: u64, hash: &[u8; 32], at_ms: u64) -> Vec<u8> {
@@ -135,6 +172,31 @@ struct Head {
     sealed_at_ms: u64,
     /// Time of the last entry.
     last_at_ms: u64,
+    /// Entries recorded and not yet written, in rows.
+    pending: Vec<PendingRow>,
+    /// The last entry written: (seq, hash, time).
+    written: (u64, [u8; 32], u64),
+    /// The next write ends with a checkpoint (a quiet log, or shutdown).
+    want_checkpoint: bool,
+}
+
+/// An entry recorded and sealed, waiting for its row to be written.
+#[derive(Debug)]
+struct SealedEntry {
+    seq: u64,
+    hash: [u8; 32],
+    at_ms: u64,
+    sealed: Vec<u8>,
+}
+
+/// Entries that will share a row.
+#[derive(Debug, Default)]
+struct PendingRow {
+    entries: Vec<SealedEntry>,
+    /// Roughly, their size sealed.
+    bytes: usize,
+    /// A new day begins after this row: it ends with a checkpoint.
+    day_ends: bool,
 }
 
 /// The append-only access log in the server's database.
@@ -151,6 +213,93 @@ pub struct AccessLog {
     head_file: Option<std::path::PathBuf>,
     /// The checkpoint last written to `head_file`.
     head_written: Mutex<u64>,
+}
+
+/// The rows one flush takes from the log.
+#[derive(Debug)]
+struct LogFlush {
+    log: std::sync::Arc<AccessLog>,
+    rows: Vec<PendingRow>,
+}
+
+/// The access log as a flush hook of the store.
+#[derive(Debug)]
+struct LogHook(std::sync::Arc<AccessLog>);
+
+impl FlushHook for LogHook {
+    fn take(&self) -> Box<dyn PendingFlush> {
+        let rows = {
+            let mut head = self.0.head.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut head.pending)
+        };
+        Box::new(LogFlush {
+            log: self.0.clone(),
+            rows,
+        })
+    }
+}
+
+impl PendingFlush for LogFlush {
+    fn write(&mut self) -> Result<(), StoreError> {
+        let result = self.log.write_rows(std::mem::take(&mut self.rows));
+        if result.is_err() {
+            self.log.broken.store(true, Ordering::SeqCst);
+        }
+        result.map_err(|e| StoreError::Database(e.0))
+    }
+
+    fn durable(self: Box<Self>) {}
+}
+
+/// One stored row's entries: (number, sealed entry). A row of an earlier release holds one.
+pub fn decode_row(key: &[u8], value: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        kind: "access_log",
+        reason: reason.to_owned(),
+    };
+    let first = <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| corrupt("malformed key"))?;
+    let Some((&GROUP_TAG, rest)) = value.split_first() else {
+        return Ok(vec![(first, value.to_vec())]);
+    };
+    let (count, mut rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or_else(|| corrupt("truncated row"))?;
+    let count = u32::from_be_bytes(*count);
+    let mut out = Vec::with_capacity(count as usize);
+    for i in 0..u64::from(count) {
+        let (len, after) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| corrupt("truncated row"))?;
+        let (sealed, after) = after
+            .split_at_checked(u32::from_be_bytes(*len) as usize)
+            .ok_or_else(|| corrupt("truncated row"))?;
+        out.push((first + i, sealed.to_vec()));
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(corrupt("bytes after the last entry"));
+    }
+    Ok(out)
+}
+
+/// A row of these sealed entries, in order.
+pub fn encode_row<E: AsRef<[u8]>>(sealed: &[E]) -> Vec<u8> {
+    let mut row =
+        Vec::with_capacity(5 + sealed.iter().map(|s| s.as_ref().len() + 4).sum::<usize>());
+    row.push(GROUP_TAG);
+    row.extend_from_slice(
+        &u32::try_from(sealed.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    for entry in sealed {
+        let entry = entry.as_ref();
+        row.extend_from_slice(&u32::try_from(entry.len()).unwrap_or(u32::MAX).to_be_bytes());
+        row.extend_from_slice(entry);
+    }
+    row
 }
 
 /// The latest checkpoint, kept outside the database too: a log cut back to before it (trees
@@ -301,12 +450,62 @@ impl Trees<'_> {
     }
 
     fn entry_at(&self, seq: u64) -> Result<Option<Entry>, StoreError> {
-        match self
+        let Some((key, value)) = self
             .entries
-            .get(seq_key(seq))
+            .range(..=seq_key(seq))
+            .next_back()
+            .transpose()
             .map_err(|e| StoreError::Database(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        match decode_row(&key, &value)?
+            .into_iter()
+            .find(|(s, _)| *s == seq)
         {
-            Some(value) => self.entry(&seq_key(seq), &value).map(Some),
+            Some((_, sealed)) => self.entry(&seq_key(seq), &sealed).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored entries from `start` on, in order, as (number, sealed entry), row by row.
+    fn stored_from(
+        &self,
+        start: u64,
+    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        let first_row = self
+            .entries
+            .range(..=seq_key(start))
+            .next_back()
+            .and_then(|r| r.ok())
+            .map_or(start, |(k, _)| {
+                <[u8; 8]>::try_from(k.as_ref()).map_or(start, u64::from_be_bytes)
+            });
+        self.entries
+            .range(seq_key(first_row)..)
+            .flat_map(move |item| {
+                let rows = item
+                    .map_err(|e| StoreError::Database(e.to_string()))
+                    .and_then(|(key, value)| decode_row(&key, &value));
+                match rows {
+                    Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+                    Err(error) => vec![Err(error)],
+                }
+            })
+            .filter(move |item| item.as_ref().map_or(true, |(s, _)| *s >= start))
+    }
+
+    /// The last stored entry.
+    fn last(&self) -> Result<Option<Entry>, StoreError> {
+        let Some((key, value)) = self
+            .entries
+            .last()
+            .map_err(|e| StoreError::Database(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        match decode_row(&key, &value)?.pop() {
+            Some((seq, sealed)) => self.entry(&seq_key(seq), &sealed).map(Some),
             None => Ok(None),
         }
     }
@@ -331,13 +530,15 @@ impl AccessLog {
     /// Opens the log in `db`, continuing its chain. Entries of the unencrypted format of
     /// earlier releases are sealed once, in place (their hashes cover the body, not the
     /// storage, so the chain is unchanged).
+    /// Its entries are written with the store's flushes.
     pub fn open(
-        db: &sled::Db,
-        codec: Codec,
+        store: &SledStore,
         key: SigningKey,
         head_file: Option<std::path::PathBuf>,
         now_ms: u64,
-    ) -> Result<AccessLog, AccessLogError> {
+    ) -> Result<std::sync::Arc<AccessLog>, AccessLogError> {
+        let db = store.database();
+        let codec = store.codec().clone();
         let entries = db.open_tree(ENTRIES).map_err(db_error)?;
         let checkpoints = db.open_tree(CHECKPOINTS).map_err(db_error)?;
         let meta = db.open_tree(META).map_err(db_error)?;
@@ -355,17 +556,17 @@ impl AccessLog {
             }
             None => (0, 0),
         };
-        let head = match entries.last().map_err(db_error)? {
-            Some((k, value)) => {
-                let entry = trees.entry(&k, &value).map_err(db_error)?;
-                Head {
-                    seq: entry.body.seq,
-                    hash: entry.hash,
-                    sealed,
-                    sealed_at_ms,
-                    last_at_ms: entry.body.at_ms,
-                }
-            }
+        let head = match trees.last().map_err(db_error)? {
+            Some(entry) => Head {
+                seq: entry.body.seq,
+                hash: entry.hash,
+                sealed,
+                sealed_at_ms,
+                last_at_ms: entry.body.at_ms,
+                pending: Vec::new(),
+                written: (entry.body.seq, entry.hash, entry.body.at_ms),
+                want_checkpoint: false,
+            },
             None => {
                 // Empty, or trimmed to nothing: continue from the anchor checkpoint.
                 let trimmed = trees.trimmed_through().map_err(db_error)?;
@@ -384,10 +585,13 @@ impl AccessLog {
                     sealed,
                     sealed_at_ms,
                     last_at_ms: sealed_at_ms,
+                    pending: Vec::new(),
+                    written: (trimmed, hash, sealed_at_ms),
+                    want_checkpoint: false,
                 }
             }
         };
-        let log = AccessLog {
+        let log = std::sync::Arc::new(AccessLog {
             entries,
             checkpoints,
             meta,
@@ -397,7 +601,8 @@ impl AccessLog {
             broken: AtomicBool::new(false),
             head_file,
             head_written: Mutex::new(0),
-        };
+        });
+        store.add_flush_hook(std::sync::Arc::new(LogHook(log.clone())));
         // A log always begins with this entry: an empty log is a deleted one.
         let empty = log.head.lock().map(|h| h.seq == 0).unwrap_or(false);
         if empty {
@@ -455,20 +660,20 @@ impl AccessLog {
         }
     }
 
+    /// Signs and stores a checkpoint over the last entry written.
     fn write_checkpoint(&self, head: &mut Head, at_ms: u64) -> Result<(), AuditError> {
-        if head.seq == head.sealed {
+        let (seq, hash, _) = head.written;
+        if seq == head.sealed {
             return Ok(());
         }
-        let signature = self
-            .key
-            .sign(&checkpoint_message(head.seq, &head.hash, at_ms));
+        let signature = self.key.sign(&checkpoint_message(seq, &hash, at_ms));
         let checkpoint = Checkpoint {
-            seq: head.seq,
-            hash: head.hash,
+            seq,
+            hash,
             at_ms,
             signature: signature.to_bytes().to_vec(),
         };
-        let key = seq_key(head.seq);
+        let key = seq_key(seq);
         let bytes = self
             .codec
             .seal("access_checkpoint", Scope::Standing, &key, &checkpoint)
@@ -476,19 +681,18 @@ impl AccessLog {
         self.checkpoints
             .insert(key, bytes)
             .map_err(|e| AuditError(e.to_string()))?;
-        head.sealed = head.seq;
+        head.sealed = seq;
         head.sealed_at_ms = at_ms;
         Ok(())
     }
 
-    /// Seals everything written so far (at shutdown) and records the head outside the
-    /// database.
-    pub fn seal(&self, at_ms: u64) -> Result<(), AuditError> {
-        {
-            let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
-            self.write_checkpoint(&mut head, at_ms)?;
-        }
-        self.write_head()
+    /// Asks for a checkpoint at the end of the next flush's write (at shutdown: flush the
+    /// store, then [`AccessLog::write_head`]).
+    pub fn request_checkpoint(&self) {
+        self.head
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .want_checkpoint = true;
     }
 
     /// Tests only: makes every write fail (or succeed again), as a full disk would.
@@ -503,11 +707,6 @@ impl AccessLog {
         }
         // Time in the log never runs backwards (events are timed before they queue here).
         let at_ms = event.at_ms.max(head.last_at_ms);
-        // A new day starts behind a checkpoint: retention trims whole days, at checkpoints.
-        if head.seq > head.sealed && day_of(at_ms) != day_of(head.last_at_ms) {
-            let at = head.last_at_ms;
-            self.write_checkpoint(&mut head, at)?;
-        }
         let body = EntryBody {
             seq: head.seq + 1,
             prev_hash: head.hash,
@@ -528,26 +727,102 @@ impl AccessLog {
             },
             source: event.source.to_string(),
         };
-        let hash = entry_hash(&body).map_err(AuditError)?;
+        let (hash, encoded) = encode_entry(&body).map_err(AuditError)?;
         let seq = body.seq;
-        let key = seq_key(seq);
+        // A new day starts in a new row, behind a checkpoint: retention trims whole days.
+        let new_day = seq > 1 && day_of(at_ms) != day_of(head.last_at_ms);
+        let new_row = match head.pending.last_mut() {
+            Some(row) if new_day => {
+                row.day_ends = true;
+                true
+            }
+            Some(row) => {
+                row.entries.len() >= ENTRIES_PER_ROW || row.bytes + entry_size(&body) > ROW_BYTES
+            }
+            None => true,
+        };
+        if new_row {
+            head.pending.push(PendingRow::default());
+            if new_day && head.pending.len() == 1 {
+                // The day's last entries are written already: seal them first.
+                head.want_checkpoint = true;
+            }
+        }
+        // Sealed now, on the request's thread: the flush only writes rows.
+        let size = entry_size(&body);
         let scope = Scope::Audit { day: day_of(at_ms) };
-        let bytes = self
+        let sealed = self
             .codec
-            .seal("access_log", scope, &key, &Entry { body, hash })
+            .seal_raw("access_log", scope, &seq_key(seq), &encoded)
             .map_err(|e| AuditError(e.to_string()))?;
-        self.entries
-            .insert(key, bytes)
-            .map_err(|e| AuditError(e.to_string()))?;
+        if let Some(row) = head.pending.last_mut() {
+            row.bytes += size;
+            row.entries.push(SealedEntry {
+                seq,
+                hash,
+                at_ms,
+                sealed,
+            });
+        }
         head.seq = seq;
         head.hash = hash;
         head.last_at_ms = at_ms;
-        if seq.saturating_sub(head.sealed) >= CHECKPOINT_EVERY
-            || at_ms.saturating_sub(head.sealed_at_ms) >= CHECKPOINT_INTERVAL_MS
+        Ok(())
+    }
+
+    /// Writes rows of recorded entries (at the start of a flush) and the checkpoints due.
+    fn write_rows(&self, rows: Vec<PendingRow>) -> Result<(), AuditError> {
+        let error = |e: &dyn std::fmt::Display| AuditError(e.to_string());
+        if self.broken.load(Ordering::SeqCst) && !rows.is_empty() {
+            return Err(AuditError("the access log is not writable".to_owned()));
+        }
         {
-            self.write_checkpoint(&mut head, at_ms)?;
+            // A checkpoint asked for before these rows (a day ended with the rows written
+            // before) seals what was written already.
+            let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+            let day_sealed_first = head.want_checkpoint
+                && rows
+                    .first()
+                    .and_then(|r| r.entries.first())
+                    .is_some_and(|e| day_of(e.at_ms) != day_of(head.written.2));
+            if day_sealed_first {
+                let at = head.written.2;
+                self.write_checkpoint(&mut head, at)?;
+            }
+        }
+        for row in rows {
+            let Some(first) = row.entries.first().map(|e| e.seq) else {
+                continue;
+            };
+            let sealed: Vec<&[u8]> = row.entries.iter().map(|e| e.sealed.as_slice()).collect();
+            self.entries
+                .insert(seq_key(first), encode_row(&sealed))
+                .map_err(|e| error(&e))?;
+            let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(last) = row.entries.last() {
+                head.written = (last.seq, last.hash, last.at_ms);
+            }
+            let (seq, _, at) = head.written;
+            if row.day_ends
+                || seq.saturating_sub(head.sealed) >= CHECKPOINT_EVERY
+                || at.saturating_sub(head.sealed_at_ms) >= CHECKPOINT_INTERVAL_MS
+            {
+                self.write_checkpoint(&mut head, at)?;
+            }
+        }
+        let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+        if head.want_checkpoint {
+            head.want_checkpoint = false;
+            let at = head.written.2.max(head.last_at_ms);
+            self.write_checkpoint(&mut head, at)?;
         }
         Ok(())
+    }
+
+    /// Records the latest checkpoint outside the database, if it moved (call after a flush
+    /// made it durable: the sweeper does every second, shutdown once).
+    pub fn write_head_file(&self) -> Result<(), AuditError> {
+        self.write_head()
     }
 
     /// Verifies the live log now.
@@ -581,7 +856,9 @@ fn migrate(
     }
     for item in entries.iter() {
         let (key, value) = item.map_err(db_error)?;
-        if codec.open::<Entry>("access_log", &key, &value).is_ok() {
+        if value.first() == Some(&GROUP_TAG)
+            || codec.open::<Entry>("access_log", &key, &value).is_ok()
+        {
             continue;
         }
         let Some(entry) = legacy::<Entry>(&value) else {
@@ -623,7 +900,21 @@ fn migrate(
 
 impl AuditSink for AccessLog {
     fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
-        let result = self.append(event);
+        // An entry names at most as many objects as an export shows: a request naming more
+        // (an acknowledgement of 256 messages) becomes several entries, none of them clipped.
+        let result = if event.objects.len() <= medrelay_proto::limits::MAX_AUDIT_OBJECTS {
+            self.append(event)
+        } else {
+            event
+                .objects
+                .chunks(medrelay_proto::limits::MAX_AUDIT_OBJECTS)
+                .try_for_each(|objects| {
+                    self.append(&AuditEvent {
+                        objects: objects.to_vec(),
+                        ..event.clone()
+                    })
+                })
+        };
         if result.is_err() {
             self.broken.store(true, Ordering::SeqCst);
         }
@@ -643,15 +934,16 @@ impl AuditSink for AccessLog {
     }
 
     fn seal_idle(&self, now_ms: u64) -> Result<(), AuditError> {
+        let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+        if head.seq > head.sealed
+            && now_ms.saturating_sub(head.last_at_ms) >= CHECKPOINT_INTERVAL_MS / 60
         {
-            let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
-            if head.seq > head.sealed
-                && now_ms.saturating_sub(head.last_at_ms) >= CHECKPOINT_INTERVAL_MS / 60
-            {
-                let at = head.last_at_ms;
-                self.write_checkpoint(&mut head, at)?;
-            }
+            head.want_checkpoint = true;
         }
+        Ok(())
+    }
+
+    fn record_head(&self) -> Result<(), AuditError> {
         self.write_head()
     }
 
@@ -682,18 +974,16 @@ impl AuditSink for AccessLog {
         let mut bytes = 0usize;
         let mut next_after_seq = filter.after_seq;
         let mut done = true;
-        for (scanned, item) in self.entries.range(seq_key(start)..).enumerate() {
+        for (scanned, item) in trees.stored_from(start).enumerate() {
             // Bounded work per request: the log is shared by every org, so a sparse filter
             // would otherwise read all of it at once.
             if entries.len() == limit || bytes > EXPORT_PAGE_BYTES || scanned == EXPORT_SCAN_ROWS {
                 done = false;
                 break;
             }
-            let (key, value) = item.map_err(|e| AuditError(e.to_string()))?;
-            if let Ok(seq) = <[u8; 8]>::try_from(key.as_ref()) {
-                next_after_seq = u64::from_be_bytes(seq);
-            }
-            let entry = match trees.entry(&key, &value) {
+            let (seq, sealed) = item.map_err(|e| AuditError(e.to_string()))?;
+            next_after_seq = seq;
+            let entry = match trees.entry(&seq_key(seq), &sealed) {
                 Ok(entry) => entry,
                 Err(StoreError::Shredded { .. }) => continue,
                 Err(e) => return Err(AuditError(e.to_string())),
@@ -759,10 +1049,15 @@ impl AuditSink for AccessLog {
                 .codec
                 .seal("access_trim", Scope::Standing, META_TRIMMED, &through)
                 .map_err(|e| error(&e))?;
+            // Whole rows up to the checkpoint (checkpoints fall at the end of a row).
             let mut old_entries = sled::Batch::default();
-            for key in self.entries.range(..=seq_key(through)).keys() {
-                old_entries.remove(key.map_err(|e| error(&e))?);
-                deleted += 1;
+            for item in self.entries.range(..=seq_key(through)) {
+                let (key, value) = item.map_err(|e| error(&e))?;
+                let row = decode_row(&key, &value).map_err(|e| error(&e))?;
+                if row.last().is_some_and(|(seq, _)| *seq <= through) {
+                    deleted += row.len() as u64;
+                    old_entries.remove(key);
+                }
             }
             let mut old_checkpoints = sled::Batch::default();
             for key in self.checkpoints.range(..seq_key(through)).keys() {
@@ -780,8 +1075,9 @@ impl AuditSink for AccessLog {
         }
         // The days' keys that no remaining entry needs.
         let mut in_use = HashSet::new();
-        for value in self.entries.iter().values() {
-            if let Some(id) = key_id_of(&value.map_err(|e| error(&e))?) {
+        for item in trees.stored_from(0) {
+            let (_, sealed) = item.map_err(|e| error(&e))?;
+            if let Some(id) = key_id_of(&sealed) {
                 in_use.insert(id);
             }
         }
@@ -934,44 +1230,44 @@ fn verify_trees(
     let trim_marker = format!("through={trimmed}");
     for item in trees.entries.iter() {
         let (key, value) = item.map_err(|e| broken(expected, &e.to_string()))?;
-        let key_seq = key
-            .as_ref()
-            .try_into()
-            .map(u64::from_be_bytes)
-            .map_err(|_| broken(expected, "malformed key"))?;
-        if key_seq != expected {
+        let row = decode_row(&key, &value)
+            .map_err(|_| broken(expected, "unreadable (changed on disk)"))?;
+        if row.first().is_some_and(|(first, _)| *first != expected) {
             return Err(broken(
                 expected,
                 "missing (deleted, or the log was reordered)",
             ));
         }
-        let entry = match trees.entry(&key, &value) {
-            Ok(entry) => entry,
-            Err(StoreError::Shredded { .. }) => {
+        for (key_seq, value) in row {
+            let key = seq_key(key_seq);
+            let entry = match trees.entry(&key, &value) {
+                Ok(entry) => entry,
+                Err(StoreError::Shredded { .. }) => {
+                    return Err(broken(
+                        expected,
+                        "its key was destroyed but the entry remains",
+                    ))
+                }
+                Err(_) => return Err(broken(expected, "unreadable (changed on disk, or moved)")),
+            };
+            if entry.body.seq != expected {
+                return Err(broken(expected, "out of place (entries were reordered)"));
+            }
+            if entry.body.prev_hash != prev {
                 return Err(broken(
                     expected,
-                    "its key was destroyed but the entry remains",
-                ))
+                    "does not follow the entry before it (changed, removed or reordered)",
+                ));
             }
-            Err(_) => return Err(broken(expected, "unreadable (changed on disk, or moved)")),
-        };
-        if entry.body.seq != expected {
-            return Err(broken(expected, "out of place (entries were reordered)"));
+            if entry_hash(&entry.body).map_err(|e| broken(expected, &e))? != entry.hash {
+                return Err(broken(expected, "changed since it was written"));
+            }
+            if entry.body.action == "access_log_trim" && entry.body.objects.contains(&trim_marker) {
+                trim_recorded = true;
+            }
+            prev = entry.hash;
+            expected += 1;
         }
-        if entry.body.prev_hash != prev {
-            return Err(broken(
-                expected,
-                "does not follow the entry before it (changed, removed or reordered)",
-            ));
-        }
-        if entry_hash(&entry.body).map_err(|e| broken(expected, &e))? != entry.hash {
-            return Err(broken(expected, "changed since it was written"));
-        }
-        if entry.body.action == "access_log_trim" && entry.body.objects.contains(&trim_marker) {
-            trim_recorded = true;
-        }
-        prev = entry.hash;
-        expected += 1;
     }
     if !trim_recorded {
         return Err(broken(
@@ -1052,12 +1348,45 @@ pub fn entries(db: &sled::Db, codec: &Codec) -> Result<Vec<Entry>, AccessLogErro
     let mut out = Vec::new();
     for item in tree.iter() {
         let (key, value) = item.map_err(db_error)?;
-        match codec.open("access_log", &key, &value) {
-            Ok(entry) => out.push(entry),
-            // Past retention, its day's key destroyed: nothing left to export.
-            Err(StoreError::Shredded { .. }) => {}
-            Err(error) => return Err(db_error(error)),
+        for (seq, sealed) in decode_row(&key, &value).map_err(db_error)? {
+            match codec.open("access_log", &seq_key(seq), &sealed) {
+                Ok(entry) => out.push(entry),
+                // Past retention, its day's key destroyed: nothing left to export.
+                Err(StoreError::Shredded { .. }) => {}
+                Err(error) => return Err(db_error(error)),
+            }
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod encoding_tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_encoded_once_as_it_always_was() {
+        let body = EntryBody {
+            seq: 7,
+            prev_hash: [3; 32],
+            at_ms: 1_700_000_000_000,
+            actor: Some((
+                "a".repeat(32),
+                "b".repeat(32),
+                "c".repeat(32),
+                "staff".to_owned(),
+            )),
+            action: "send".to_owned(),
+            objects: vec!["d".repeat(32)],
+            outcome: "allowed".to_owned(),
+            source: "127.0.0.1".to_owned(),
+        };
+        let (hash, encoded) = encode_entry(&body).unwrap();
+        assert_eq!(hash, entry_hash(&body).unwrap());
+        assert_eq!(
+            encoded,
+            postcard::to_allocvec(&Entry { body, hash }).unwrap()
+        );
+    }
 }

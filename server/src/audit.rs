@@ -63,9 +63,14 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
-    /// Seals entries left unsealed while the log was quiet, and records the head outside the
-    /// database (called about once a second).
+    /// Asks for a checkpoint over entries left unsealed while the log was quiet (called
+    /// about once a second, before a flush of the store).
     fn seal_idle(&self, _now_ms: u64) -> Result<(), AuditError> {
+        Ok(())
+    }
+
+    /// Records the latest durable checkpoint outside the database (after that flush).
+    fn record_head(&self) -> Result<(), AuditError> {
         Ok(())
     }
 

@@ -176,39 +176,132 @@ enum End {
     Close(CloseCode, &'static str),
 }
 
-/// The writing half with its batch of frames waiting to go out.
+/// What a queued frame is, for the two budgets of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outgoing {
+    /// An answer to a request (or an error or notice): the peer asked for it.
+    Reply,
+    /// A delivery the server pushes on its own.
+    Delivery,
+}
+
+/// The writing half and the frames waiting for it.
+///
+/// Frames are queued, never awaited where they are made: the connection's loop drives the
+/// queue out as one branch of its `select!`, so a peer that stops reading does not stop the
+/// server from reading it (the first cut wrote inside the loop and read nothing while a write
+/// waited: a client that sent acknowledgements before reading its deliveries waited for the
+/// write timeout). Replies and deliveries have budgets of their own: deliveries stop at
+/// theirs; reading stops only when replies the peer has not read reach theirs.
 struct Writer<S> {
     sink: Sink<S>,
-    queued: usize,
+    queue: std::collections::VecDeque<(Message, Outgoing, usize)>,
+    reply_bytes: usize,
+    delivery_bytes: usize,
+    /// Frames given to the socket and not yet flushed.
+    unflushed: bool,
+    /// When the queue last moved (for the write timeout).
+    progress: tokio::time::Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
-    /// Queues a frame without flushing.
-    async fn feed(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        let bytes = encode_server_frame(frame);
-        match tokio::time::timeout(
-            limits::WRITE_TIMEOUT,
-            self.sink.feed(Message::binary(bytes)),
-        )
-        .await
-        {
-            Ok(Ok(())) => {
-                self.queued += 1;
-                Ok(())
-            }
-            _ => Err(End::Gone),
+    fn new(sink: Sink<S>) -> Writer<S> {
+        Writer {
+            sink,
+            queue: std::collections::VecDeque::new(),
+            reply_bytes: 0,
+            delivery_bytes: 0,
+            unflushed: false,
+            progress: tokio::time::Instant::now(),
         }
     }
 
-    /// Sends everything queued in one flush.
-    async fn flush(&mut self) -> Result<(), End> {
-        if self.queued == 0 {
-            return Ok(());
+    /// Queues a reply or notice; it goes out with the next drain.
+    async fn feed(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        self.enqueue(frame, Outgoing::Reply);
+        Ok(())
+    }
+
+    /// Queues a frame.
+    fn enqueue(&mut self, frame: &ServerFrame, kind: Outgoing) {
+        let bytes = encode_server_frame(frame);
+        let len = bytes.len();
+        match kind {
+            Outgoing::Reply => self.reply_bytes += len,
+            Outgoing::Delivery => self.delivery_bytes += len,
         }
-        self.queued = 0;
-        match tokio::time::timeout(limits::WRITE_TIMEOUT, self.sink.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
+        if self.queue.is_empty() && !self.unflushed {
+            self.progress = tokio::time::Instant::now();
+        }
+        self.queue.push_back((Message::binary(bytes), kind, len));
+    }
+
+    /// Whether anything waits to be written or flushed.
+    fn busy(&self) -> bool {
+        !self.queue.is_empty() || self.unflushed
+    }
+
+    /// Whether more deliveries may be queued.
+    fn room_for_deliveries(&self) -> bool {
+        self.delivery_bytes < limits::MAX_QUEUED_DELIVERY_BYTES
+    }
+
+    /// Whether the peer keeps up reading replies (else requests are not read for now).
+    fn room_for_replies(&self) -> bool {
+        self.reply_bytes < limits::MAX_QUEUED_REPLY_BYTES
+    }
+
+    /// When the write timeout runs out if the queue does not move.
+    fn deadline(&self) -> tokio::time::Instant {
+        self.progress + limits::WRITE_TIMEOUT
+    }
+
+    /// Writes out what is queued and flushes. Cancel-safe: a frame leaves the queue only
+    /// once the socket took it.
+    fn poll_drain(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), End>> {
+        use std::task::Poll;
+        while !self.queue.is_empty() {
+            match self.sink.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(End::Gone)),
+                Poll::Pending => return Poll::Pending,
+            }
+            let Some((message, kind, len)) = self.queue.pop_front() else {
+                break;
+            };
+            match kind {
+                Outgoing::Reply => self.reply_bytes -= len,
+                Outgoing::Delivery => self.delivery_bytes -= len,
+            }
+            if self.sink.start_send_unpin(message).is_err() {
+                return Poll::Ready(Err(End::Gone));
+            }
+            self.unflushed = true;
+            self.progress = tokio::time::Instant::now();
+        }
+        if self.unflushed {
+            match self.sink.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
+                    self.progress = tokio::time::Instant::now();
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(End::Gone)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Drives the queue out (a branch of the connection's loop).
+    async fn drain(&mut self) -> Result<(), End> {
+        std::future::poll_fn(|cx| self.poll_drain(cx)).await
+    }
+
+    /// Sends everything queued, waiting at most the write timeout.
+    async fn flush(&mut self) -> Result<(), End> {
+        match tokio::time::timeout(limits::WRITE_TIMEOUT, self.drain()).await {
+            Ok(result) => result,
+            Err(_) => Err(End::Gone),
         }
     }
 
@@ -221,6 +314,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
     /// bounded time and amount, so that closing with unread data (the rest of an oversize
     /// frame, say) does not reset the connection before the peer has read our error.
     async fn close(mut self, stream: Stream<S>, code: CloseCode, reason: &'static str) {
+        // What is queued (an error saying why) goes first.
+        if self.flush().await.is_err() {
+            return;
+        }
         let frame = CloseFrame {
             code,
             reason: reason.into(),
@@ -327,7 +424,7 @@ pub async fn run<S>(
     context.live_connections.fetch_add(1, Ordering::SeqCst);
     let _live = LiveGuard(context.clone());
     let (sink, mut stream) = ws.split();
-    let mut writer = Writer { sink, queued: 0 };
+    let mut writer = Writer::new(sink);
     let connection = Unauthenticated {
         context: context.clone(),
         peer,
@@ -728,10 +825,14 @@ impl Authenticated {
         let mut logoff_check = tokio::time::interval(limits::LOGOFF_CHECK_INTERVAL);
         logoff_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let can_read = self.pending.len() < limits::MAX_PENDING_ACKS_PER_CONNECTION;
+            let can_read = self.pending.len() < limits::MAX_PENDING_ACKS_PER_CONNECTION
+                && writer.room_for_replies();
             // Staff and admins receive nothing until they have logged in on this device.
             let can_deliver = self.in_flight.len() < limits::MAX_UNACKED_DELIVERIES
+                && writer.room_for_deliveries()
                 && matches!(self.login, LoginState::NotNeeded | LoginState::LoggedIn(_));
+            let writing = writer.busy();
+            let write_deadline = writer.deadline();
             tokio::select! {
                 biased;
                 () = signals.close.notified() => {
@@ -777,6 +878,12 @@ impl Authenticated {
                         }
                     }
                 }
+                // Before reading more: what is queued goes out first.
+                written = writer.drain(), if writing => {
+                    if let Err(end) = written {
+                        return end;
+                    }
+                }
                 read = read_frame(stream), if can_read => {
                     idle.as_mut().reset(tokio::time::Instant::now() + limits::IDLE_CONNECTION_TIMEOUT);
                     match read {
@@ -809,6 +916,10 @@ impl Authenticated {
                         return end;
                     }
                 }
+                () = tokio::time::sleep_until(write_deadline), if writing => {
+                    // The peer has read nothing for the write timeout.
+                    return End::Gone;
+                }
                 _ = logoff_check.tick() => {
                     if let Err((error, end)) = self.session_check() {
                         let _ = writer.feed(&error_frame(0, error)).await;
@@ -827,9 +938,6 @@ impl Authenticated {
                         .await;
                     return End::Close(CloseCode::Away, "idle timeout");
                 }
-            }
-            if let Err(end) = writer.flush().await {
-                return end;
             }
         }
     }
@@ -866,21 +974,43 @@ impl Authenticated {
             }
         };
         let full_batch = items.len() == limit;
+        let mut fresh = Vec::with_capacity(items.len());
         for item in items {
-            if self.in_flight.contains(&item.envelope.message_id) {
+            if self.in_flight.contains(&item.message_id) {
                 self.cursor = Some(item.seq);
-                continue;
+            } else {
+                fresh.push(item);
             }
-            // Each delivery is logged before it leaves; the entry is durable at the latest when
-            // the recipient's ack is answered. If the log cannot record, nothing is delivered.
+        }
+        // Each delivery is logged before it leaves, one entry per conversation in the batch
+        // (the conversation, then its messages, within the objects an entry may name); the
+        // entries are durable at the latest when the recipient's ack is answered. If the log
+        // cannot record, nothing of the batch is delivered.
+        let per_entry = medrelay_proto::limits::MAX_AUDIT_OBJECTS - 1;
+        let mut start = 0;
+        while start < fresh.len() {
+            let conversation = fresh.get(start).map(|i| i.conversation);
+            let run = fresh
+                .iter()
+                .skip(start)
+                .take(per_entry)
+                .take_while(|i| Some(i.conversation) == conversation)
+                .count()
+                .max(1);
+            let mut objects = Vec::with_capacity(run + 1);
+            objects.extend(conversation.map(|c| c.to_string()));
+            objects.extend(
+                fresh
+                    .iter()
+                    .skip(start)
+                    .take(run)
+                    .map(|i| i.message_id.to_string()),
+            );
             let recorded = self.context.audit.record(&AuditEvent {
                 at_ms: now_ms(&self.context),
                 actor: Some(self.actor()),
                 action: "delivery",
-                objects: vec![
-                    item.envelope.conversation.to_string(),
-                    item.envelope.message_id.to_string(),
-                ],
+                objects,
                 outcome: Outcome::Allowed,
                 source: self.peer_ip,
             });
@@ -888,19 +1018,22 @@ impl Authenticated {
                 tracing::error!(%error, "delivery not logged; withheld");
                 return Ok(());
             }
+            start += run;
+        }
+        for item in fresh {
             self.cursor = Some(item.seq);
-            self.in_flight.insert(item.envelope.message_id);
-            let envelope = item.envelope;
-            writer
-                .feed(&ServerFrame::push(ServerMessage::Delivery(Delivery {
-                    message_id: envelope.message_id,
-                    conversation_id: envelope.conversation,
-                    sender_user_id: envelope.sender_user,
-                    sender_device_id: envelope.sender_device,
-                    server_time_ms: envelope.server_time_ms,
-                    ciphertext: envelope.ciphertext.into(),
-                })))
-                .await?;
+            self.in_flight.insert(item.message_id);
+            writer.enqueue(
+                &ServerFrame::push(ServerMessage::Delivery(Delivery {
+                    message_id: item.message_id,
+                    conversation_id: item.conversation,
+                    sender_user_id: item.sender_user,
+                    sender_device_id: item.sender_device,
+                    server_time_ms: item.server_time_ms,
+                    ciphertext: item.ciphertext,
+                })),
+                Outgoing::Delivery,
+            );
         }
         if full_batch {
             // More may be waiting: come back after this batch is written.
@@ -926,6 +1059,16 @@ impl Authenticated {
                 .await?;
             return Ok(());
         }
+        // A change to the mail log and its access-log entry go into the same flush.
+        let store = self.context.relay.store().clone();
+        let hold = matches!(
+            frame.request,
+            ClientRequest::Send(_)
+                | ClientRequest::Ack(_)
+                | ClientRequest::RevokeDevice { .. }
+                | ClientRequest::DeactivateUser { .. }
+        )
+        .then(|| store.hold_flush());
         let (reply, end) = self.decide(frame.request);
         let outcome = match &reply {
             Reply::Now(Ok(_)) | Reply::AfterSync(Ok(_), _) | Reply::Later(_) => Outcome::Allowed,
@@ -939,6 +1082,7 @@ impl Authenticated {
             outcome,
             source: self.peer_ip,
         });
+        drop(hold);
         if let Err(error) = recorded {
             writer
                 .feed(&error_frame(request_id, audit_unavailable(error)))

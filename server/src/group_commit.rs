@@ -46,6 +46,8 @@ pub struct GroupCommit {
     completed: watch::Sender<Completed>,
     flushes: AtomicU64,
     syncs: AtomicU64,
+    flush_us: AtomicU64,
+    slowest_flush_us: AtomicU64,
 }
 
 /// Why a write could not be made durable.
@@ -66,6 +68,10 @@ pub struct CommitStats {
     pub flushes: u64,
     /// Calls to `sync` (roughly: acknowledged writes).
     pub syncs: u64,
+    /// Microseconds spent flushing, in all.
+    pub flush_us: u64,
+    /// The longest flush so far, in microseconds.
+    pub slowest_flush_us: u64,
 }
 
 impl GroupCommit {
@@ -81,6 +87,8 @@ impl GroupCommit {
             completed,
             flushes: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            flush_us: AtomicU64::new(0),
+            slowest_flush_us: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&commit);
         tokio::spawn(async move {
@@ -95,10 +103,14 @@ impl GroupCommit {
                     kick.notified().await;
                     continue;
                 };
+                let started = std::time::Instant::now();
                 let result = target.flush().await;
                 if let Err(error) = &result {
                     tracing::error!(%error, "storage flush failed");
                 }
+                let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                commit.flush_us.fetch_add(took, Ordering::Relaxed);
+                commit.slowest_flush_us.fetch_max(took, Ordering::Relaxed);
                 commit.flushes.fetch_add(1, Ordering::Relaxed);
                 commit.completed.send_replace(Completed {
                     generation,
@@ -147,6 +159,8 @@ impl GroupCommit {
         CommitStats {
             flushes: self.flushes.load(Ordering::Relaxed),
             syncs: self.syncs.load(Ordering::Relaxed),
+            flush_us: self.flush_us.load(Ordering::Relaxed),
+            slowest_flush_us: self.slowest_flush_us.load(Ordering::Relaxed),
         }
     }
 }

@@ -25,6 +25,12 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CONNECTION_SEND_QUEUE: usize = 1024;
 /// Requests one connection may have waiting for durability at once.
 pub const MAX_PENDING_ACKS_PER_CONNECTION: usize = 256;
+/// Bytes of deliveries queued on one connection and not yet taken by its socket; more wait in
+/// the mailbox until the peer reads.
+pub const MAX_QUEUED_DELIVERY_BYTES: usize = 1024 * 1024;
+/// Bytes of replies queued on one connection and not yet taken by its socket; past it, the
+/// connection reads no more requests until the peer reads its answers.
+pub const MAX_QUEUED_REPLY_BYTES: usize = 512 * 1024;
 /// Deliveries pushed to one device and not yet acknowledged; more wait for acks.
 pub const MAX_UNACKED_DELIVERIES: usize = 512;
 /// Envelopes read from a mailbox in one go.

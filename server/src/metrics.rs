@@ -8,10 +8,12 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::group_commit::CommitStats;
+use crate::store::mail_state::MailStats;
 
 /// Where the counters come from.
 pub struct Metrics {
     commit_stats: Arc<dyn Fn() -> CommitStats + Send + Sync>,
+    mail_stats: Arc<dyn Fn() -> MailStats + Send + Sync>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -21,16 +23,22 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Counters read through `commit_stats` (the store's group commit).
-    pub fn new(commit_stats: impl Fn() -> CommitStats + Send + Sync + 'static) -> Metrics {
+    /// Counters read through `commit_stats` (the store's group commit) and `mail_stats`
+    /// (the mail log).
+    pub fn new(
+        commit_stats: impl Fn() -> CommitStats + Send + Sync + 'static,
+        mail_stats: impl Fn() -> MailStats + Send + Sync + 'static,
+    ) -> Metrics {
         Metrics {
             commit_stats: Arc::new(commit_stats),
+            mail_stats: Arc::new(mail_stats),
         }
     }
 
     /// The text exposition, given the live connection count.
     pub fn render(&self, live_connections: usize) -> String {
         let stats = (self.commit_stats)();
+        let mail = (self.mail_stats)();
         let mut out = String::new();
         let mut counter = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -50,6 +58,42 @@ impl Metrics {
             stats.syncs,
         );
         counter(
+            "medrelay_storage_flush_microseconds_total",
+            "counter",
+            "Time spent in storage flushes (writing what waits, then syncing).",
+            stats.flush_us,
+        );
+        counter(
+            "medrelay_storage_flush_microseconds_max",
+            "gauge",
+            "The longest storage flush since the server started.",
+            stats.slowest_flush_us,
+        );
+        counter(
+            "medrelay_mail_waiting_deliveries",
+            "gauge",
+            "Deliveries waiting for their devices, over all devices.",
+            mail.waiting_deliveries,
+        );
+        counter(
+            "medrelay_mail_log_rows",
+            "gauge",
+            "Rows of the mail log on disk or being written.",
+            mail.groups,
+        );
+        counter(
+            "medrelay_mail_idempotency_records",
+            "gauge",
+            "Sends remembered so that a repeated send is not stored twice.",
+            mail.idempotency_records,
+        );
+        counter(
+            "medrelay_mail_cached_bytes",
+            "gauge",
+            "Bytes of recent ciphertext kept in memory for delivery.",
+            mail.cached_bytes,
+        );
+        counter(
             "medrelay_connections_live",
             "gauge",
             "WebSocket connections open now.",
@@ -65,14 +109,28 @@ mod tests {
 
     #[test]
     fn renders_the_counters_and_nothing_else() {
-        let metrics = Metrics::new(|| CommitStats {
-            flushes: 3,
-            syncs: 70,
-        });
+        let metrics = Metrics::new(
+            || CommitStats {
+                flushes: 3,
+                syncs: 70,
+                flush_us: 9_000,
+                slowest_flush_us: 4_000,
+            },
+            || MailStats {
+                waiting_sends: 1,
+                waiting_deliveries: 2,
+                groups: 3,
+                idempotency_records: 4,
+                cached_bytes: 5,
+            },
+        );
         let text = metrics.render(5);
         assert!(text.contains("\nmedrelay_storage_flushes_total 3\n"));
         assert!(text.contains("\nmedrelay_storage_syncs_total 70\n"));
+        assert!(text.contains("\nmedrelay_storage_flush_microseconds_total 9000\n"));
+        assert!(text.contains("\nmedrelay_storage_flush_microseconds_max 4000\n"));
         assert!(text.contains("\nmedrelay_connections_live 5\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 3);
+        assert!(text.contains("\nmedrelay_mail_log_rows 3\n"));
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 9);
     }
 }

@@ -22,9 +22,9 @@ use crate::clock::Clock;
 use crate::limits;
 use crate::permissions;
 use crate::store::{
-    ArchiveItemRecord, CareRecord, ConsentRecord, ConversationRecord, DeviceRecord, EnvelopeRecord,
-    InviteKindRecord, InviteRecord, LockoutRecord, MailboxItem, OrgPolicy, OrgRecord, SendRecord,
-    Store, StoreError, StoreSendOutcome, UserRecord,
+    CareRecord, ConsentRecord, ConversationRecord, DeviceRecord, InviteKindRecord, InviteRecord,
+    LockoutRecord, MailboxItem, NewSend, OrgPolicy, OrgRecord, SendRecord, Store, StoreError,
+    StoreSendOutcome, UserRecord,
 };
 
 /// An authenticated device: who is asking. Only [`Relay::authenticate`] and
@@ -884,18 +884,25 @@ impl Relay {
         who: &AuthedDevice,
         id: &ConversationId,
     ) -> Result<ConversationRecord, WireError> {
+        self.member_conversation_now(who, id).map(|(c, _)| c)
+    }
+
+    /// The conversation if the caller is a member now, with its members now.
+    fn member_conversation_now(
+        &self,
+        who: &AuthedDevice,
+        id: &ConversationId,
+    ) -> Result<(ConversationRecord, Vec<UserId>), WireError> {
         // Not a member and does not exist look the same: existence is not leaked.
-        match self.store.conversation(id).map_err(internal)? {
-            Some(c)
-                if c.org == who.org
-                    && self
-                        .members_of(&c, self.clock.now_ms())?
-                        .contains(&who.user) =>
-            {
-                Ok(c)
+        if let Some(c) = self.store.conversation(id).map_err(internal)? {
+            if c.org == who.org {
+                let members = self.members_of(&c, self.clock.now_ms())?;
+                if members.contains(&who.user) {
+                    return Ok((c, members));
+                }
             }
-            _ => Err(not_found("conversation")),
         }
+        Err(not_found("conversation"))
     }
 
     /// Opens the conversation of the caller and these handles. With a patient among them it
@@ -1044,7 +1051,7 @@ impl Relay {
     /// Stores a send: one envelope for each current device of each member except the sending
     /// device, no more and no less. Not yet durable: the caller syncs before acknowledging.
     pub fn send(&self, who: &AuthedDevice, input: &SendRequest) -> Result<SendOutcome, WireError> {
-        let conversation = self.member_conversation(who, &input.conversation_id)?;
+        let (conversation, members) = self.member_conversation_now(who, &input.conversation_id)?;
         // A repeat of a send that was accepted is answered as such even if the recipients'
         // devices changed since: it is the same message, already stored.
         if let Some(record) = self
@@ -1061,7 +1068,6 @@ impl Relay {
         if let Some(patient) = conversation.patient {
             self.check_consent(&patient, who)?;
         }
-        let members = self.members_of(&conversation, self.clock.now_ms())?;
         let mut expected = BTreeSet::new();
         for member in &members {
             for device in self
@@ -1106,14 +1112,7 @@ impl Relay {
         };
         let archives = self.archive_key(&who.org)?.is_some();
         let archive = match (&input.archive_item, archives) {
-            (Some(sealed), true) => Some(ArchiveItemRecord {
-                message_id: record.message_id,
-                conversation: conversation.id,
-                sender_user: who.user,
-                sender_device: who.device,
-                server_time_ms: record.server_time_ms,
-                sealed: sealed.to_vec(),
-            }),
+            (Some(sealed), true) => Some(sealed.clone()),
             (None, false) => None,
             (None, true) => {
                 return Err(WireError::new(
@@ -1126,33 +1125,22 @@ impl Relay {
             (Some(_), false) => None,
         };
         let recipients: Vec<DeviceId> = expected.into_iter().collect();
-        let envelopes = input
-            .envelopes
-            .iter()
-            .map(|envelope| {
-                (
-                    envelope.recipient_device,
-                    EnvelopeRecord {
-                        message_id: record.message_id,
-                        conversation: conversation.id,
-                        sender_user: who.user,
-                        sender_device: who.device,
-                        server_time_ms: record.server_time_ms,
-                        ciphertext: envelope.ciphertext.to_vec(),
-                    },
-                )
-            })
-            .collect();
         let outcome = self
             .store
-            .store_send(
-                &who.org,
-                &who.device,
-                &input.client_message_id,
-                &record,
-                envelopes,
+            .store_send(NewSend {
+                org: who.org,
+                conversation: conversation.id,
+                sender_user: who.user,
+                sender_device: who.device,
+                client_message_id: input.client_message_id,
+                record,
+                envelopes: input
+                    .envelopes
+                    .iter()
+                    .map(|e| (e.recipient_device, e.ciphertext.clone()))
+                    .collect(),
                 archive,
-            )
+            })
             .map_err(internal)?;
         Ok(match outcome {
             StoreSendOutcome::Stored(record) => SendOutcome {

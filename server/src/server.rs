@@ -154,10 +154,12 @@ impl Context {
 }
 
 /// Runs the retention sweeper until `shutdown` flips: a sweep whenever `interval_ms` of the
-/// server's clock (which tests drive) has passed since the last one.
-pub async fn sweeper(context: Arc<Context>, interval_ms: u64) {
+/// server's clock (which tests drive) has passed since the last one, the first counted from
+/// `started_ms`. The caller reads that before spawning the task, so a clock moved the moment
+/// the server listens is never taken as the starting point.
+pub async fn sweeper(context: Arc<Context>, interval_ms: u64, started_ms: u64) {
     let mut shutdown = context.shutdown.clone();
-    let mut last = context.clock.now_ms();
+    let mut last = started_ms;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -166,8 +168,18 @@ pub async fn sweeper(context: Arc<Context>, interval_ms: u64) {
             _ = shutdown.changed() => return,
         }
         let now = context.clock.now_ms();
+        // A quiet log gets its checkpoint with this flush, and the head file names it once
+        // it is durable.
         if let Err(error) = context.audit.seal_idle(now) {
             tracing::error!(%error, "could not seal the access log's quiet tail");
+        }
+        match context.relay.store().sync().await {
+            Ok(()) => {
+                if let Err(error) = context.audit.record_head() {
+                    tracing::error!(%error, "could not record the access log's head");
+                }
+            }
+            Err(error) => tracing::error!(%error, "could not flush the access log's tail"),
         }
         if now.saturating_sub(last) < interval_ms {
             continue;

@@ -904,6 +904,17 @@ impl RawClinic {
         })
     }
 
+    /// The patient opens (or finds) their conversation with their care team (`dr.lee`).
+    pub async fn care_conversation(&mut self) -> anyhow::Result<medrelay_proto::Conversation> {
+        let request = ClientRequest::OpenConversation(medrelay_proto::OpenConversation {
+            handles: vec![medrelay_proto::Handle::new("dr.lee")?],
+        });
+        match self.patient.conn.request(request).await? {
+            ServerMessage::Conversation(conversation) => Ok(conversation),
+            other => Err(anyhow!("expected the conversation, got {other:?}")),
+        }
+    }
+
     /// Enrols a staff member or admin with `code`, sets up credentials and logs in.
     pub async fn staff_member(
         server: &Server,

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use medrelay_proto::{ClientRequest, Handle, OpenConversation};
+use medrelay_server::access_log::{decode_row, encode_row};
 use medrelay_tests::{binary, now_ms, RawClinic, Server};
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -41,24 +42,68 @@ fn verify(data: &Path) -> (bool, serde_json::Value) {
     (out.status.success(), json)
 }
 
+/// The access log's stored rows: each row's key and its sealed entries with their numbers.
+/// Tampering works on entries inside rows, as an attacker with the disk would.
+struct Rows(Vec<(Vec<u8>, Vec<Numbered>)>);
+
+/// One sealed entry and its number.
+type Numbered = (u64, Vec<u8>);
+
+impl Rows {
+    fn read(tree: &sled::Tree) -> Rows {
+        Rows(
+            tree.iter()
+                .map(|item| {
+                    let (key, value) = item.unwrap();
+                    (key.to_vec(), decode_row(&key, &value).unwrap())
+                })
+                .collect(),
+        )
+    }
+
+    fn write(self, tree: &sled::Tree) {
+        tree.clear().unwrap();
+        for (key, entries) in self.0 {
+            if !entries.is_empty() {
+                let sealed: Vec<Vec<u8>> = entries.into_iter().map(|(_, s)| s).collect();
+                tree.insert(key, encode_row(&sealed)).unwrap();
+            }
+        }
+    }
+
+    fn entry(&mut self, seq: u64) -> &mut Vec<u8> {
+        self.0
+            .iter_mut()
+            .flat_map(|(_, entries)| entries.iter_mut())
+            .find(|(s, _)| *s == seq)
+            .map(|(_, sealed)| sealed)
+            .unwrap()
+    }
+
+    fn remove(&mut self, seq: u64) {
+        for (_, entries) in &mut self.0 {
+            entries.retain(|(s, _)| *s != seq);
+        }
+    }
+}
+
 /// A copy of the data directory with its access log changed by `tamper`.
 fn tampered(
     original: &Path,
     scratch: &Path,
     name: &str,
-    tamper: impl FnOnce(&sled::Tree),
+    tamper: impl FnOnce(&mut Rows),
 ) -> PathBuf {
     let copy = scratch.join(name);
     copy_dir(original, &copy);
     let db = sled::open(copy.join("db")).unwrap();
-    tamper(&db.open_tree("access_log").unwrap());
+    let tree = db.open_tree("access_log").unwrap();
+    let mut rows = Rows::read(&tree);
+    tamper(&mut rows);
+    rows.write(&tree);
     db.flush().unwrap();
     drop(db);
     copy
-}
-
-fn key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,29 +164,25 @@ async fn the_access_log_verifies_and_any_tampering_is_named() {
     let scratch = tempfile::tempdir().unwrap();
     // One byte of entry 5 changed.
     let changed = tampered(&data, scratch.path(), "changed", |log| {
-        let mut value = log.get(key(5)).unwrap().unwrap().to_vec();
+        let value = log.entry(5);
         let middle = value.len() / 2;
         value[middle] ^= 0x01;
-        log.insert(key(5), value).unwrap();
     });
     let (ok, report) = verify(&changed);
     assert!(!ok);
     assert_eq!(report["entry"], 5, "{report}");
 
     // Entry 7 deleted.
-    let deleted = tampered(&data, scratch.path(), "deleted", |log| {
-        log.remove(key(7)).unwrap();
-    });
+    let deleted = tampered(&data, scratch.path(), "deleted", |log| log.remove(7));
     let (ok, report) = verify(&deleted);
     assert!(!ok);
     assert_eq!(report["entry"], 7, "{report}");
 
     // Entries 3 and 4 swapped.
     let reordered = tampered(&data, scratch.path(), "reordered", |log| {
-        let three = log.get(key(3)).unwrap().unwrap();
-        let four = log.get(key(4)).unwrap().unwrap();
-        log.insert(key(3), four).unwrap();
-        log.insert(key(4), three).unwrap();
+        let three = log.entry(3).clone();
+        let four = std::mem::replace(log.entry(4), three);
+        *log.entry(3) = four;
     });
     let (ok, report) = verify(&reordered);
     assert!(!ok);
@@ -150,7 +191,7 @@ async fn the_access_log_verifies_and_any_tampering_is_named() {
     // The last three entries cut off: the chain itself is intact, the checkpoint is not.
     let truncated = tampered(&data, scratch.path(), "truncated", |log| {
         for seq in entries - 2..=entries {
-            log.remove(key(seq)).unwrap();
+            log.remove(seq);
         }
     });
     let (ok, report) = verify(&truncated);
@@ -164,10 +205,12 @@ async fn the_access_log_verifies_and_any_tampering_is_named() {
     copy_dir(&data, &cut);
     {
         let db = sled::open(cut.join("db")).unwrap();
-        let log = db.open_tree("access_log").unwrap();
+        let tree = db.open_tree("access_log").unwrap();
+        let mut log = Rows::read(&tree);
         for seq in 10..=entries {
-            log.remove(key(seq)).unwrap();
+            log.remove(seq);
         }
+        log.write(&tree);
         let checkpoints = db.open_tree("access_log_checkpoints").unwrap();
         for item in checkpoints.iter().keys() {
             let k = item.unwrap();
@@ -212,18 +255,7 @@ async fn a_failure_to_write_the_access_log_fails_the_request_and_changes_nothing
     let mut server = Server::start_with_test_clock().unwrap();
     let now = server.advance_clock(0).unwrap();
     let mut clinic = RawClinic::new(&server, now).await.unwrap();
-    let conversation = match clinic
-        .patient
-        .conn
-        .request(ClientRequest::OpenConversation(OpenConversation {
-            handles: vec![Handle::new("dr.lee").unwrap()],
-        }))
-        .await
-        .unwrap()
-    {
-        ServerMessage::Conversation(c) => c,
-        other => panic!("{other:?}"),
-    };
+    let conversation = clinic.care_conversation().await.unwrap();
 
     server.fail_access_log(true).unwrap();
     let refused = clinic

@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use medrelay_proto::{
-    AckRequest, ClientMessageId, ClientRequest, Conversation, DeviceId, Envelope, Handle,
-    MessageId, OpenConversation, SendRequest, ServerMessage,
+    AckRequest, ClientMessageId, ClientRequest, Conversation, DeviceId, Envelope, MessageId,
+    SendRequest, ServerMessage,
 };
 use medrelay_tests::{now_ms, RawClient, RawClinic, RawDevice, Server};
 
@@ -28,18 +28,7 @@ struct Pair {
 
 async fn setup(server: &Server) -> Pair {
     let mut clinic = RawClinic::new(server, now_ms()).await.unwrap();
-    let conversation = match clinic
-        .patient
-        .conn
-        .request(ClientRequest::OpenConversation(OpenConversation {
-            handles: vec![Handle::new("dr.lee").unwrap()],
-        }))
-        .await
-        .unwrap()
-    {
-        ServerMessage::Conversation(c) => c,
-        other => panic!("{other:?}"),
-    };
+    let conversation = clinic.care_conversation().await.unwrap();
     let staff_device = clinic.staff.device.device_id.unwrap();
     Pair {
         patient: clinic.patient.device,

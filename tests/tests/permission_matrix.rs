@@ -242,18 +242,7 @@ async fn run_as(role: usize) -> Vec<String> {
         ServerMessage::Team(team) => team.team_id,
         other => panic!("{other:?}"),
     };
-    let care_conversation = match clinic
-        .patient
-        .conn
-        .request(ClientRequest::OpenConversation(OpenConversation {
-            handles: vec![Handle::new("dr.lee").unwrap()],
-        }))
-        .await
-        .unwrap()
-    {
-        ServerMessage::Conversation(c) => c.id,
-        other => panic!("{other:?}"),
-    };
+    let care_conversation = clinic.care_conversation().await.unwrap().id;
     let consent_sha = clinic
         .patient
         .conn

@@ -22,7 +22,6 @@ use medrelay_proto::{
 };
 use medrelay_server::datadir::DataDir;
 use medrelay_server::store::codec::Codec;
-use medrelay_server::store::records::EnvelopeRecord;
 use medrelay_server::store::sled_store::SledStore;
 use medrelay_server::store::StoreError;
 use medrelay_tests::{binary, contains_bytes, RawClient, RawClinic, Server};
@@ -118,27 +117,26 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The mailbox rows of the database at `db` (keyed by row), read raw.
-fn mailbox_rows(db: &Path, keys: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// The mail records sealed under mail keys (headers, envelopes, idempotency records) of the
+/// database at `db`, read raw: (label, associated data, sealed bytes).
+fn mailbox_rows(db: &Path, keys: &Path) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
     let keyring = Arc::new(DataDir::new(keys).open_keyring().unwrap());
     let store = SledStore::open(db, keyring).unwrap();
-    let mailbox = store.database().open_tree("mailbox").unwrap();
-    mailbox
-        .iter()
-        .map(|entry| {
-            let (key, value) = entry.unwrap();
-            (key.to_vec(), value.to_vec())
-        })
+    store
+        .mail_records()
+        .unwrap()
+        .into_iter()
+        .filter(|(label, _, _)| *label != "mail_done")
         .collect()
 }
 
-/// Opens mailbox rows with the keyring and master key of the data directory `keys`, read
+/// Opens mail records with the keyring and master key of the data directory `keys`, read
 /// afresh: (opened, shredded).
-fn open_rows(rows: &[(Vec<u8>, Vec<u8>)], keys: &Path) -> (usize, usize) {
+fn open_rows(rows: &[(&'static str, Vec<u8>, Vec<u8>)], keys: &Path) -> (usize, usize) {
     let codec = Codec::new(Arc::new(DataDir::new(keys).open_keyring().unwrap()));
     let (mut opened, mut shredded) = (0, 0);
-    for (key, value) in rows {
-        match codec.open::<EnvelopeRecord>("envelope", key, value) {
+    for (label, aad, sealed) in rows {
+        match codec.open_raw(label, aad, sealed) {
             Ok(_) => opened += 1,
             Err(StoreError::Shredded { .. }) => shredded += 1,
             Err(other) => panic!("unexpected: {other}"),

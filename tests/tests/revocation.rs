@@ -12,8 +12,7 @@
 use std::time::{Duration, Instant};
 
 use medrelay_proto::{
-    ClientMessageId, ClientRequest, ErrorCode, Handle, InviteSpec, OpenConversation, SendRequest,
-    ServerMessage,
+    ClientMessageId, ClientRequest, ErrorCode, InviteSpec, SendRequest, ServerMessage,
 };
 use medrelay_tests::{now_ms, RawClinic, RawDevice, Server};
 
@@ -70,18 +69,7 @@ async fn a_revoked_device_is_cut_off_at_once_and_for_good() {
 
     // Senders see it gone: the conversation lists one staff device, and naming the revoked
     // one is refused as stale.
-    let conversation = match clinic
-        .patient
-        .conn
-        .request(ClientRequest::OpenConversation(OpenConversation {
-            handles: vec![Handle::new("dr.lee").unwrap()],
-        }))
-        .await
-        .unwrap()
-    {
-        ServerMessage::Conversation(c) => c,
-        other => panic!("{other:?}"),
-    };
+    let conversation = clinic.care_conversation().await.unwrap();
     let staff = conversation
         .members
         .iter()

@@ -12,12 +12,12 @@
 
 use std::sync::Arc;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::StoreError;
 use crate::keyring::{KeyId, Keyring, Scope};
@@ -27,6 +27,8 @@ pub const RECORD_VERSION: u8 = 2;
 /// The unencrypted format of earlier releases, read only by the migration.
 pub const LEGACY_VERSION: u8 = 1;
 const HEADER: usize = 1 + 4 + 24;
+/// Bytes of the Poly1305 tag.
+const TAG: usize = 16;
 const AAD_LABEL: &[u8] = b"medrelay-record-v2\0";
 
 /// Seals and opens records with the keyring's data keys.
@@ -72,34 +74,91 @@ impl Codec {
         row_key: &[u8],
         record: &T,
     ) -> Result<Vec<u8>, StoreError> {
-        let plain =
-            Zeroizing::new(
-                postcard::to_allocvec(record).map_err(|e| StoreError::Corrupt {
-                    kind,
-                    reason: format!("could not encode: {e}"),
-                })?,
-            );
-        let (key_id, key) = self
-            .keyring
-            .key_for(scope)
-            .map_err(|e| StoreError::Keyring(e.to_string()))?;
-        let mut nonce = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let sealed = XChaCha20Poly1305::new(key.as_slice().into())
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &plain,
-                    aad: &aad(kind, key_id, row_key),
-                },
-            )
-            .map_err(|_| StoreError::Keyring("could not seal a record".to_owned()))?;
-        let mut out = Vec::with_capacity(HEADER + sealed.len());
-        out.push(RECORD_VERSION);
-        out.extend_from_slice(&key_id.to_be_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        // Encoded straight after the header and encrypted where it lies: one allocation.
+        let mut out = Vec::with_capacity(HEADER + 256 + TAG);
+        out.resize(HEADER, 0);
+        let mut out = postcard::to_extend(record, out).map_err(|e| StoreError::Corrupt {
+            kind,
+            reason: format!("could not encode: {e}"),
+        })?;
+        self.seal_tail(kind, scope, row_key, &mut out)?;
         Ok(out)
+    }
+
+    /// Seals bytes as they are (no record encoding) under `row_key`, with the key of `scope`:
+    /// for payloads that are bytes already, such as end-to-end ciphertexts.
+    pub fn seal_raw(
+        &self,
+        kind: &'static str,
+        scope: Scope,
+        row_key: &[u8],
+        plain: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::with_capacity(HEADER + plain.len() + TAG);
+        out.resize(HEADER, 0);
+        out.extend_from_slice(plain);
+        self.seal_tail(kind, scope, row_key, &mut out)?;
+        Ok(out)
+    }
+
+    /// Fills in the header of `buffer` and encrypts, in place, what follows it; appends the tag.
+    /// On failure the plaintext is wiped.
+    fn seal_tail(
+        &self,
+        kind: &'static str,
+        scope: Scope,
+        row_key: &[u8],
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let fail = |buffer: &mut Vec<u8>, error: StoreError| {
+            buffer.zeroize();
+            Err(error)
+        };
+        let (key_id, key) = match self.keyring.key_for(scope) {
+            Ok(found) => found,
+            Err(e) => return fail(buffer, StoreError::Keyring(e.to_string())),
+        };
+        let mut nonce = [0u8; 24];
+        // A CSPRNG seeded from the OS (ChaCha12, reseeded): random 192-bit nonces, without a
+        // system call per record.
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let Some((header, plain)) = buffer.split_at_mut_checked(HEADER) else {
+            return fail(
+                buffer,
+                StoreError::Keyring("could not seal a record".to_owned()),
+            );
+        };
+        let tag = XChaCha20Poly1305::new(key.as_slice().into()).encrypt_in_place_detached(
+            XNonce::from_slice(&nonce),
+            &aad(kind, key_id, row_key),
+            plain,
+        );
+        let Ok(tag) = tag else {
+            return fail(
+                buffer,
+                StoreError::Keyring("could not seal a record".to_owned()),
+            );
+        };
+        for (slot, byte) in header.iter_mut().zip(
+            std::iter::once(RECORD_VERSION)
+                .chain(key_id.to_be_bytes())
+                .chain(nonce),
+        ) {
+            *slot = byte;
+        }
+        buffer.extend_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Opens bytes sealed by [`Codec::seal_raw`] under `row_key`.
+    pub fn open_raw(
+        &self,
+        kind: &'static str,
+        row_key: &[u8],
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        self.decrypt(kind, row_key, bytes)
+            .map(|plain| plain.to_vec())
     }
 
     /// Opens a record sealed by [`Codec::seal`] under `row_key`.
@@ -109,6 +168,21 @@ impl Codec {
         row_key: &[u8],
         bytes: &[u8],
     ) -> Result<T, StoreError> {
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            kind,
+            reason: reason.to_owned(),
+        };
+        let plain = self.decrypt(kind, row_key, bytes)?;
+        postcard::from_bytes(&plain).map_err(|e| corrupt(&format!("undecodable body: {e}")))
+    }
+
+    /// Authenticates and decrypts a sealed value.
+    fn decrypt(
+        &self,
+        kind: &'static str,
+        row_key: &[u8],
+        bytes: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         let corrupt = |reason: &str| StoreError::Corrupt {
             kind,
             reason: reason.to_owned(),
@@ -127,7 +201,7 @@ impl Codec {
         let Some((_, key)) = self.keyring.key(key_id) else {
             return Err(StoreError::Shredded { kind });
         };
-        let plain = Zeroizing::new(
+        Ok(Zeroizing::new(
             XChaCha20Poly1305::new(key.as_slice().into())
                 .decrypt(
                     XNonce::from_slice(nonce),
@@ -139,8 +213,7 @@ impl Codec {
                 .map_err(|_| {
                     corrupt("does not authenticate (changed, or moved from another row)")
                 })?,
-        );
-        postcard::from_bytes(&plain).map_err(|e| corrupt(&format!("undecodable body: {e}")))
+        ))
     }
 }
 

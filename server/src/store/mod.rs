@@ -9,6 +9,8 @@
 //! and the routing metadata the server needs.
 
 pub mod codec;
+pub mod mail_log;
+pub mod mail_state;
 pub mod records;
 pub mod sled_store;
 
@@ -68,22 +70,88 @@ pub enum StoreSendOutcome {
     Duplicate(SendRecord),
 }
 
-/// One envelope in a device's mailbox, with its position.
+/// One delivery waiting in a device's mailbox, with its position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxItem {
     /// Position in the mailbox: strictly increasing in the order of storage.
     pub seq: u64,
-    /// The envelope.
-    pub envelope: EnvelopeRecord,
+    /// The message's server id.
+    pub message_id: MessageId,
+    /// Its conversation.
+    pub conversation: ConversationId,
+    /// Who sent it.
+    pub sender_user: UserId,
+    /// From which device.
+    pub sender_device: DeviceId,
+    /// When the server accepted it.
+    pub server_time_ms: u64,
+    /// The end-to-end ciphertext for this device. Opaque to the server.
+    pub ciphertext: bytes::Bytes,
+}
+
+/// A send to store: one envelope per recipient device, and the org archive's sealed box if
+/// the org archives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSend {
+    /// The sender's org.
+    pub org: OrgId,
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Who sends.
+    pub sender_user: UserId,
+    /// From which device.
+    pub sender_device: DeviceId,
+    /// The sender's own id for the message (idempotency).
+    pub client_message_id: ClientMessageId,
+    /// The server's id and time for it.
+    pub record: SendRecord,
+    /// The end-to-end ciphertexts, per recipient device.
+    pub envelopes: Vec<(DeviceId, bytes::Bytes)>,
+    /// The org archive's sealed box.
+    pub archive: Option<bytes::Bytes>,
 }
 
 /// A boxed future of a durable sync.
 pub type SyncFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
 
+/// Writes that wait in memory for the next flush, which writes them first: the mail log's
+/// and the access log's rows. Many writes then cost one database write per flush.
+pub trait FlushHook: Send + Sync + std::fmt::Debug + 'static {
+    /// Takes what waits (called at the start of every flush, with new writes held back).
+    fn take(&self) -> Box<dyn PendingFlush>;
+}
+
+/// What one flush takes from a [`FlushHook`].
+pub trait PendingFlush: Send {
+    /// Writes it to the database, before the flush.
+    fn write(&mut self) -> Result<(), StoreError>;
+    /// The flush after [`PendingFlush::write`] succeeded: it is durable.
+    fn durable(self: Box<Self>);
+}
+
+/// Held while a request changes the mail log and records its access-log entry, so that one
+/// flush takes both or neither (see [`Store::hold_flush`]).
+#[derive(Debug)]
+pub struct FlushHold<'a>(#[allow(dead_code)] Option<std::sync::RwLockReadGuard<'a, ()>>);
+
+impl FlushHold<'_> {
+    /// A hold that holds nothing (stores without deferred writes).
+    pub fn none() -> FlushHold<'static> {
+        FlushHold(None)
+    }
+}
+
 /// Everything the relay stores.
 pub trait Store: Send + Sync + 'static {
     /// Returns once every change applied before this call is durable (group commit).
     fn sync(&self) -> SyncFuture<'_>;
+
+    /// Keeps the next flush from taking deferred writes until the hold is dropped: hold it
+    /// from a change to the mail log through recording its access-log entry, so the two are
+    /// durable together. Hold it briefly; never across an await.
+    fn hold_flush(&self) -> FlushHold<'_> {
+        FlushHold::none()
+    }
 
     // ---- orgs
     /// Stores (creates or replaces) an org.
@@ -212,25 +280,18 @@ pub trait Store: Send + Sync + 'static {
     fn user_conversations(&self, user: &UserId) -> Result<Vec<ConversationId>, StoreError>;
 
     // ---- mailboxes
-    /// Stores one envelope per recipient device and the idempotency record, in one atomic
-    /// batch; or finds that this (sender device, client message id) was sent before.
-    fn store_send(
-        &self,
-        org: &OrgId,
-        sender_device: &DeviceId,
-        client_message_id: &ClientMessageId,
-        send: &SendRecord,
-        envelopes: Vec<(DeviceId, EnvelopeRecord)>,
-        archive: Option<ArchiveItemRecord>,
-    ) -> Result<StoreSendOutcome, StoreError>;
+    /// Stores one envelope per recipient device, the idempotency record and the archive item,
+    /// all or nothing (durable after the next [`Store::sync`]); or finds that this (sender
+    /// device, client message id) was sent before.
+    fn store_send(&self, send: NewSend) -> Result<StoreSendOutcome, StoreError>;
     /// The earlier send of this (sender device, client message id), if there was one.
     fn sent(
         &self,
         sender_device: &DeviceId,
         client_message_id: &ClientMessageId,
     ) -> Result<Option<SendRecord>, StoreError>;
-    /// Up to `limit` envelopes of a device's mailbox after position `after` (all if `None`),
-    /// oldest first.
+    /// Up to `limit` durable deliveries of a device's mailbox after position `after` (from the
+    /// start if `None`), oldest first.
     fn mailbox_after(
         &self,
         device: &DeviceId,

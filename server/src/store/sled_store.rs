@@ -16,34 +16,39 @@ use std::sync::Arc;
 use medrelay_proto::ids::{ClientMessageId, ConversationId, DeviceId, MessageId, OrgId, UserId};
 use medrelay_proto::{Handle, TeamId};
 use sha2::{Digest, Sha256};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Db, Transactional, Tree};
 
 use super::codec::key_id_of;
 use super::codec::{decode_legacy, Codec, LEGACY_VERSION};
+use super::mail_log::MailLog;
+use super::mail_state::SendMeta;
 use super::{
     ArchiveItemRecord, ArchiveScan, BreakGlassRecord, CareRecord, ConversationRecord, DeviceRecord,
-    EnvelopeRecord, Expired, HoldRecord, InviteRecord, MailboxItem, OneTimePrekey, OrgRecord,
-    RetentionRecord, SendRecord, Store, StoreError, StoreSendOutcome, SyncFuture, TeamRecord,
-    UserRecord,
+    EnvelopeRecord, Expired, FlushHold, FlushHook, HoldRecord, InviteRecord, MailboxItem, NewSend,
+    OneTimePrekey, OrgRecord, PendingFlush, RetentionRecord, SendRecord, Store, StoreError,
+    StoreSendOutcome, SyncFuture, TeamRecord, UserRecord,
 };
 use crate::group_commit::{CommitStats, Flush, GroupCommit};
 use crate::keyring::{day_of, KeyId, Keyring, Scope};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// The sled database and its trees.
 #[derive(Debug)]
 pub struct SledStore {
     db: Db,
     codec: Codec,
-    /// Held from taking a send's mailbox positions to committing it, so sends commit in the
-    /// order of their positions: a reader that saw position n never misses a smaller one
-    /// committed later (it would otherwise wait for the device's next connection).
-    send_order: std::sync::Mutex<()>,
-    /// Keeps sled's hot multi-tree writes and its flushes apart; see [`FlushGate`].
-    gate: FlushGate,
+    /// The mailboxes (set once at open, after the records are migrated).
+    mail: std::sync::OnceLock<Arc<MailLog>>,
+    /// Writes each flush writes first: the mail log's and the access log's.
+    hooks: Hooks,
+    /// Keeps a flush from taking deferred writes while a request is between changing the
+    /// mail log and recording its access-log entry (see [`Store::hold_flush`]).
+    barrier: Arc<std::sync::RwLock<()>>,
     /// Active device ids per user (see [`DeviceCache`]).
     device_cache: DeviceCache,
+    /// Decoded records every send reads (see [`RecordCache`]).
+    records: RecordCache,
     commit: Arc<GroupCommit>,
     orgs: Tree,
     invites: Tree,
@@ -52,9 +57,14 @@ pub struct SledStore {
     devices: Tree,
     user_devices: Tree,
     one_time_prekeys: Tree,
+    /// How many one-time prekeys each device has, kept in the same transactions as the
+    /// prekeys themselves: every authentication answers with it, and counting the prekeys
+    /// instead read each device's sealed prekeys (about 22 KB) into sled's cache.
+    prekey_counts: Tree,
     conversations: Tree,
     conversation_index: Tree,
     user_conversations: Tree,
+    /// Mailboxes of the release before the mail log: moved into it once, at open.
     mailbox: Tree,
     mailbox_ids: Tree,
     sent: Tree,
@@ -68,38 +78,101 @@ pub struct SledStore {
     archive: Tree,
 }
 
-/// Why the hot writes pass a gate of ours before they reach sled.
-///
-/// sled 0.34 serialises every transaction and batch against every flush with one
-/// process-wide reader-writer lock: a flush holds it shared for its whole `pwrite` and
-/// `sync_file_range` (about 18 ms on a busy disk), a transaction needs it exclusively, and
-/// once a writer waits for it, every plain read or insert (task-fair lock) waits too. So a
-/// send arriving during a flush used to park a tokio worker, every other request on that
-/// worker and, through the fair lock, every read on the other worker: the whole server stood
-/// still once per flush, and throughput was a few sends per flush.
-///
-/// The gate is our own lock taken the other way round: flushes hold it exclusively, hot
-/// transactions (sends and acks) shared. A transaction that meets a running flush waits
-/// here, on a thread handed over with `block_in_place`, never inside sled, so sled's lock has
-/// no parked writer and reads and appends elsewhere go on. Durability is unchanged: a write
-/// is still acknowledged only after a flush that started after it was applied.
-#[derive(Debug, Clone, Default)]
-struct FlushGate(Arc<std::sync::RwLock<()>>);
+/// The deferred writes every flush writes first, in order (the access log's before the mail
+/// log's: a crash that kept a send also kept its access-log entry).
+type Hooks = Arc<std::sync::RwLock<Vec<Arc<dyn FlushHook>>>>;
 
-impl FlushGate {
-    /// Runs `f` while no flush runs, without blocking a tokio worker on a running flush.
-    fn exclusive_write<T>(&self, f: impl FnOnce() -> T) -> T {
-        if let Ok(_open) = self.0.try_read() {
-            return f();
-        }
-        let wait = || {
-            let _open = self.0.read().unwrap_or_else(|e| e.into_inner());
-            f()
+/// Bytes of sled's page cache. Its default, 1 GiB, is more than a clinic's records and
+/// grows the server's memory with every device seen; the mail log keeps its own cache of
+/// recent ciphertext.
+const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Bytes of recent ciphertext the mail log keeps in memory for delivery.
+const MAIL_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Decoded records that every send reads, several times over: the conversation, the patient
+/// (consent), the org (consent text), the care assignment, its teams, break-glass grants and
+/// each staff member (membership), and the org's retention (the archive key). Reading and
+/// opening (decrypting) them was about a quarter of the relay's CPU at saturation.
+///
+/// Coherence is simple and strict: every write to any record of these kinds, through
+/// [`SledStore::put`] or one of the transactions that create users and conversations, clears
+/// the whole cache after it is applied, and a read stores what it read only if no write
+/// happened since it began (the generation), so a read that raced a write is used once and
+/// never cached. Writes to these records are rare (admin and account changes); sends, acks and
+/// the access log never clear it. `cache_coherence_tests` checks every write method.
+#[derive(Default)]
+struct RecordCache(std::sync::Mutex<(u64, CachedRecords)>);
+
+/// Decoded records by kind and key, type-erased.
+type CachedRecords = HashMap<CacheKey, Arc<dyn std::any::Any + Send + Sync>>;
+
+/// A cached record's kind and key (at most 32 bytes: org id and patient id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct CacheKey {
+    kind: &'static str,
+    key: [u8; 32],
+    len: u8,
+}
+
+impl CacheKey {
+    fn new(kind: &'static str, key: &[u8]) -> Option<CacheKey> {
+        let mut fixed = [0u8; 32];
+        fixed.get_mut(..key.len())?.copy_from_slice(key);
+        Some(CacheKey {
+            kind,
+            key: fixed,
+            len: u8::try_from(key.len()).ok()?,
+        })
+    }
+}
+
+/// Records cached at most; past it the cache starts over (a clinic has far fewer).
+const RECORD_CACHE_ENTRIES: usize = 100_000;
+
+impl std::fmt::Debug for RecordCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries = self.0.lock().map(|c| c.1.len()).unwrap_or(0);
+        f.debug_struct("RecordCache")
+            .field("entries", &entries)
+            .finish()
+    }
+}
+
+impl RecordCache {
+    /// The cached value of `kind` at `key`, or what `read` reads (cached if no write raced).
+    fn get_or_read<T: Clone + Send + Sync + 'static>(
+        &self,
+        kind: &'static str,
+        key: &[u8],
+        read: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let Some(key) = CacheKey::new(kind, key) else {
+            return read();
         };
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
-            _ => wait(),
+        let generation = {
+            let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(value) = cache.1.get(&key).and_then(|v| v.downcast_ref::<T>()) {
+                return Ok(value.clone());
+            }
+            cache.0
+        };
+        let value = read()?;
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.0 == generation {
+            if cache.1.len() >= RECORD_CACHE_ENTRIES {
+                cache.1.clear();
+            }
+            cache.1.insert(key, Arc::new(value.clone()));
         }
+        Ok(value)
+    }
+
+    /// Forgets everything: called after every write to a cached kind of record.
+    fn changed(&self) {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache.0 += 1;
+        cache.1.clear();
     }
 }
 
@@ -147,23 +220,66 @@ impl DeviceCache {
 
 struct DbFlush {
     db: Db,
-    gate: FlushGate,
+    hooks: Hooks,
+    barrier: Arc<std::sync::RwLock<()>>,
+}
+
+impl DbFlush {
+    /// Writes every hook's deferred writes, then flushes the database: one flush.
+    fn flush_now(
+        db: &Db,
+        hooks: &Hooks,
+        barrier: &std::sync::RwLock<()>,
+    ) -> Result<(), StoreError> {
+        let hooks: Vec<Arc<dyn FlushHook>> =
+            hooks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut pending: Vec<Box<dyn PendingFlush>> = {
+            // New writes wait this long: only while each hook swaps out what it holds.
+            let _held = barrier.write().unwrap_or_else(|e| e.into_inner());
+            hooks.iter().map(|hook| hook.take()).collect()
+        };
+        for part in &mut pending {
+            part.write()?;
+        }
+        db.flush().map_err(db_error)?;
+        for part in pending {
+            part.durable();
+        }
+        Ok(())
+    }
 }
 
 impl Flush for DbFlush {
     fn flush(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>> {
         let db = self.db.clone();
-        let gate = self.gate.clone();
+        let hooks = self.hooks.clone();
+        let barrier = self.barrier.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let _closed = gate.0.write().unwrap_or_else(|e| e.into_inner());
-                db.flush()
-            })
-            .await
-            .map_err(io::Error::other)?
-            .map(|_| ())
-            .map_err(|e| io::Error::other(e.to_string()))
+            tokio::task::spawn_blocking(move || DbFlush::flush_now(&db, &hooks, &barrier))
+                .await
+                .map_err(io::Error::other)?
+                .map_err(|e| io::Error::other(e.to_string()))
         })
+    }
+}
+
+/// The mail log as a flush hook.
+#[derive(Debug)]
+struct MailHook(Arc<MailLog>);
+
+impl FlushHook for MailHook {
+    fn take(&self) -> Box<dyn PendingFlush> {
+        Box::new(self.0.take_flush())
+    }
+}
+
+impl PendingFlush for super::mail_log::MailFlush {
+    fn write(&mut self) -> Result<(), StoreError> {
+        super::mail_log::MailFlush::write(self)
+    }
+
+    fn durable(self: Box<Self>) {
+        super::mail_log::MailFlush::durable(*self);
     }
 }
 
@@ -242,6 +358,10 @@ const META_INITIALISED: &[u8] = b"initialised";
 const META_DEFAULT_ORG: &[u8] = b"default-org";
 /// The meta key holding the storage format: absent in databases of the unencrypted release.
 const META_FORMAT: &[u8] = b"format";
+/// The meta key set once every device's one-time prekeys are counted in `prekey_counts`.
+const META_PREKEY_COUNTS: &[u8] = b"prekey-counts";
+/// The kind (sealing label) of a device's one-time prekey count.
+const PREKEY_COUNT: &str = "prekey_count";
 /// The org a migrated record is filed under when its own org can no longer be found.
 fn unknown_org() -> OrgId {
     OrgId::from([0; 16])
@@ -256,6 +376,7 @@ impl SledStore {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock => {
@@ -268,16 +389,20 @@ impl SledStore {
                 other => db_error(other),
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(db_error);
-        let gate = FlushGate::default();
+        let hooks: Hooks = Arc::default();
+        let barrier: Arc<std::sync::RwLock<()>> = Arc::default();
         let store = SledStore {
-            send_order: std::sync::Mutex::new(()),
             codec: Codec::new(keyring),
+            mail: std::sync::OnceLock::new(),
             commit: GroupCommit::start(Arc::new(DbFlush {
                 db: db.clone(),
-                gate: gate.clone(),
+                hooks: hooks.clone(),
+                barrier: barrier.clone(),
             })),
-            gate,
+            hooks,
+            barrier,
             device_cache: DeviceCache::default(),
+            records: RecordCache::default(),
             orgs: tree("orgs")?,
             invites: tree("invites")?,
             users: tree("users")?,
@@ -285,6 +410,7 @@ impl SledStore {
             devices: tree("devices")?,
             user_devices: tree("user_devices")?,
             one_time_prekeys: tree("one_time_prekeys")?,
+            prekey_counts: tree("prekey_counts")?,
             conversations: tree("conversations")?,
             conversation_index: tree("conversation_index")?,
             user_conversations: tree("user_conversations")?,
@@ -302,7 +428,165 @@ impl SledStore {
             db,
         };
         store.migrate()?;
+        store.migrate_prekey_counts()?;
+        // Asked once per waiting delivery at recovery: read each device once.
+        let revoked = std::cell::RefCell::new(HashMap::<DeviceId, bool>::new());
+        let mail = MailLog::open(
+            &store.db,
+            store.codec.clone(),
+            store.archive.clone(),
+            |device| {
+                *revoked.borrow_mut().entry(*device).or_insert_with(|| {
+                    store
+                        .device(device)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|d| d.revoked)
+                })
+            },
+            MAIL_CACHE_BYTES,
+        )?;
+        let mail = Arc::new(mail);
+        store
+            .hooks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(MailHook(mail.clone())));
+        let _ = store.mail.set(mail);
+        store.migrate_mailboxes()?;
         Ok(store)
+    }
+
+    /// The mailboxes.
+    fn mail(&self) -> Result<&Arc<MailLog>, StoreError> {
+        self.mail
+            .get()
+            .ok_or_else(|| StoreError::Database("the mail log is not open".to_owned()))
+    }
+
+    /// Adds deferred writes every flush writes first, before the mail log's (the access
+    /// log's).
+    pub fn add_flush_hook(&self, hook: Arc<dyn FlushHook>) {
+        self.hooks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(0, hook);
+    }
+
+    /// Writes what waits and flushes, now, without the group commit (at open and for tools).
+    pub fn flush_now(&self) -> Result<(), StoreError> {
+        DbFlush::flush_now(&self.db, &self.hooks, &self.barrier)
+    }
+
+    /// Counts of the mailboxes, for metrics.
+    pub fn mail_stats(&self) -> super::mail_state::MailStats {
+        self.mail().map(|m| m.stats()).unwrap_or_default()
+    }
+
+    /// Every mail record as stored: (label, associated data, sealed bytes). Tests open them
+    /// with a [`Codec`] to show what a copy of the database still holds after retention.
+    pub fn mail_records(&self) -> Result<Vec<super::mail_log::RawRecord>, StoreError> {
+        self.mail()?.raw_records()
+    }
+
+    /// Moves the mailboxes of the release before the mail log (one sled row per envelope,
+    /// idempotency records in their own tree) into the mail log, once. Running it again after
+    /// a crash finds the sends already moved by their idempotency records.
+    fn migrate_mailboxes(&self) -> Result<(), StoreError> {
+        if self.mailbox.is_empty() && self.sent.is_empty() && self.mailbox_ids.is_empty() {
+            return Ok(());
+        }
+        tracing::info!("moving the mailboxes into the mail log; this runs once");
+        let mail = self.mail()?;
+        let mut senders: HashMap<MessageId, (DeviceId, ClientMessageId)> = HashMap::new();
+        let mut records: Vec<(DeviceId, ClientMessageId, SendRecord)> = Vec::new();
+        for entry in self.sent.iter() {
+            let (key, value) = entry.map_err(db_error)?;
+            let (Some(device), Some(cmid)) = (id_suffix::<16>(&key, 0), id_suffix::<16>(&key, 16))
+            else {
+                continue;
+            };
+            let record: SendRecord = match self.unseal("send", &key, &value) {
+                Ok(record) => record,
+                Err(StoreError::Shredded { .. }) => continue,
+                Err(error) => return Err(error),
+            };
+            let (device, cmid) = (DeviceId::from(device), ClientMessageId::from(cmid));
+            senders.insert(record.message_id, (device, cmid));
+            records.push((device, cmid, record));
+        }
+        // Envelopes, grouped by message, in their old order.
+        let mut messages: BTreeMap<u64, (EnvelopeRecord, Vec<(DeviceId, bytes::Bytes)>)> =
+            BTreeMap::new();
+        let mut first_seq: HashMap<MessageId, u64> = HashMap::new();
+        for entry in self.mailbox.iter() {
+            let (key, value) = entry.map_err(db_error)?;
+            let (Some(device), Some(seq)) = (id_suffix::<16>(&key, 0), id_suffix::<8>(&key, 16))
+            else {
+                continue;
+            };
+            let envelope: EnvelopeRecord = match self.unseal("envelope", &key, &value) {
+                Ok(envelope) => envelope,
+                Err(StoreError::Shredded { .. }) => continue,
+                Err(error) => return Err(error),
+            };
+            let seq = u64::from_be_bytes(seq);
+            let first = *first_seq.entry(envelope.message_id).or_insert(seq);
+            let ciphertext = bytes::Bytes::from(envelope.ciphertext.clone());
+            messages
+                .entry(first)
+                .or_insert_with(|| (envelope, Vec::new()))
+                .1
+                .push((DeviceId::from(device), ciphertext));
+        }
+        let mut moved: HashSet<MessageId> = HashSet::new();
+        for (_, (envelope, devices)) in messages {
+            let (device, cmid) = senders.get(&envelope.message_id).copied().unwrap_or((
+                envelope.sender_device,
+                // No idempotency record left: a stand-in only this message has.
+                ClientMessageId::from(envelope.message_id.to_array()),
+            ));
+            let org = self
+                .conversation(&envelope.conversation)?
+                .map_or(unknown_org(), |c| c.org);
+            moved.insert(envelope.message_id);
+            mail.store_send(NewSend {
+                org,
+                conversation: envelope.conversation,
+                sender_user: envelope.sender_user,
+                sender_device: device,
+                client_message_id: cmid,
+                record: SendRecord {
+                    message_id: envelope.message_id,
+                    server_time_ms: envelope.server_time_ms,
+                },
+                envelopes: devices,
+                archive: None,
+            })?;
+        }
+        // Sends delivered everywhere already: their idempotency records only.
+        for (device, cmid, record) in records {
+            if moved.contains(&record.message_id) {
+                continue;
+            }
+            let org = self.device(&device)?.map_or(unknown_org(), |d| d.org);
+            mail.store_send(NewSend {
+                org,
+                conversation: ConversationId::from([0; 16]),
+                sender_user: UserId::from([0; 16]),
+                sender_device: device,
+                client_message_id: cmid,
+                record,
+                envelopes: Vec::new(),
+                archive: None,
+            })?;
+        }
+        self.flush_now()?;
+        self.mailbox.clear().map_err(db_error)?;
+        self.mailbox_ids.clear().map_err(db_error)?;
+        self.sent.clear().map_err(db_error)?;
+        self.db.flush().map_err(db_error)?;
+        Ok(())
     }
 
     /// Brings a database of an earlier release to today's format, once: seals every record
@@ -380,6 +664,88 @@ impl SledStore {
             .insert(META_FORMAT, &[FORMAT_SEALED][..])
             .map_err(db_error)?;
         self.db.flush().map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Counts the one-time prekeys of every device once, for a database of the release that
+    /// counted them on every authentication.
+    fn migrate_prekey_counts(&self) -> Result<(), StoreError> {
+        if self
+            .meta
+            .contains_key(META_PREKEY_COUNTS)
+            .map_err(db_error)?
+        {
+            return Ok(());
+        }
+        let mut counts: BTreeMap<[u8; 16], u32> = BTreeMap::new();
+        for key in self.one_time_prekeys.iter().keys() {
+            let key = key.map_err(db_error)?;
+            if let Some(device) = id_suffix::<16>(&key, 0) {
+                *counts.entry(device).or_default() += 1;
+            }
+        }
+        if !counts.is_empty() {
+            tracing::info!(
+                devices = counts.len(),
+                "counting each device's one-time prekeys; this runs once"
+            );
+        }
+        let mut batch = sled::Batch::default();
+        for (device, count) in counts {
+            batch.insert(&device, self.seal(PREKEY_COUNT, &device, &count)?);
+        }
+        self.prekey_counts.apply_batch(batch).map_err(db_error)?;
+        self.meta
+            .insert(META_PREKEY_COUNTS, &[1u8][..])
+            .map_err(db_error)?;
+        self.db.flush().map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Within a transaction: stores sealed prekey rows and counts those that were new.
+    /// Returns the device's count after.
+    fn insert_prekeys(
+        &self,
+        otpks: &TransactionalTree,
+        counts: &TransactionalTree,
+        device: &DeviceId,
+        rows: &Rows,
+    ) -> Result<u32, ConflictableTransactionError<StoreError>> {
+        let mut count = self.prekey_count_in(counts, device)?;
+        for (key, value) in rows {
+            if otpks.insert(key.as_slice(), value.as_slice())?.is_none() {
+                count = count.saturating_add(1);
+            }
+        }
+        self.set_prekey_count(counts, device, count)?;
+        Ok(count)
+    }
+
+    /// Within a transaction: the device's prekey count.
+    fn prekey_count_in(
+        &self,
+        counts: &TransactionalTree,
+        device: &DeviceId,
+    ) -> Result<u32, ConflictableTransactionError<StoreError>> {
+        match counts.get(device.as_bytes())? {
+            Some(bytes) => self
+                .unseal(PREKEY_COUNT, device.as_bytes(), &bytes)
+                .map_err(abort),
+            None => Ok(0),
+        }
+    }
+
+    /// Within a transaction: sets the device's prekey count.
+    fn set_prekey_count(
+        &self,
+        counts: &TransactionalTree,
+        device: &DeviceId,
+        count: u32,
+    ) -> Result<(), ConflictableTransactionError<StoreError>> {
+        let sealed = self
+            .seal(PREKEY_COUNT, device.as_bytes(), &count)
+            .map_err(abort)?;
+        counts.insert(device.as_bytes().as_slice(), sealed)?;
         Ok(())
     }
 
@@ -482,9 +848,11 @@ impl SledStore {
         record: &T,
     ) -> Result<(), StoreError> {
         let key = key.as_ref();
-        tree.insert(key, self.seal(kind, key, record)?)
-            .map_err(db_error)?;
-        Ok(())
+        let result = tree
+            .insert(key, self.seal(kind, key, record)?)
+            .map_err(db_error);
+        self.records.changed();
+        result.map(|_| ())
     }
 
     fn get<T: serde::de::DeserializeOwned>(
@@ -526,6 +894,10 @@ impl SledStore {
 }
 
 impl Store for SledStore {
+    fn hold_flush(&self) -> FlushHold<'_> {
+        FlushHold(Some(self.barrier.read().unwrap_or_else(|e| e.into_inner())))
+    }
+
     fn sync(&self) -> SyncFuture<'_> {
         Box::pin(async move { self.commit.sync().await.map_err(StoreError::from) })
     }
@@ -535,7 +907,9 @@ impl Store for SledStore {
     }
 
     fn org(&self, id: &OrgId) -> Result<Option<OrgRecord>, StoreError> {
-        self.get(&self.orgs, "org", id.as_bytes())
+        self.records.get_or_read("org", id.as_bytes(), || {
+            self.get(&self.orgs, "org", id.as_bytes())
+        })
     }
 
     fn orgs(&self) -> Result<Vec<OrgRecord>, StoreError> {
@@ -577,8 +951,9 @@ impl Store for SledStore {
             &self.devices,
             &self.user_devices,
             &self.one_time_prekeys,
+            &self.prekey_counts,
         )
-            .transaction(|(handles, users, devices, user_devices, otpks)| {
+            .transaction(|(handles, users, devices, user_devices, otpks, counts)| {
                 if handles.get(&handle)?.is_some() {
                     return Err(abort(StoreError::HandleTaken));
                 }
@@ -586,13 +961,12 @@ impl Store for SledStore {
                 users.insert(user.id.as_bytes().as_slice(), user_bytes.as_slice())?;
                 devices.insert(device.id.as_bytes().as_slice(), device_bytes.as_slice())?;
                 user_devices.insert(key2(user.id.as_bytes(), device.id.as_bytes()), &[])?;
-                for (key, value) in &prekeys {
-                    otpks.insert(key.as_slice(), value.as_slice())?;
-                }
+                self.insert_prekeys(otpks, counts, &device.id, &prekeys)?;
                 Ok(())
             })
             .map_err(tx_error);
         self.device_cache.changed();
+        self.records.changed();
         result
     }
 
@@ -603,28 +977,35 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         let device_bytes = self.seal("device", device.id.as_bytes(), device)?;
         let prekeys = encode_prekeys(&self.codec, &device.id, one_time_prekeys)?;
-        let result = (&self.devices, &self.user_devices, &self.one_time_prekeys)
-            .transaction(|(devices, user_devices, otpks)| {
+        let result = (
+            &self.devices,
+            &self.user_devices,
+            &self.one_time_prekeys,
+            &self.prekey_counts,
+        )
+            .transaction(|(devices, user_devices, otpks, counts)| {
                 devices.insert(device.id.as_bytes().as_slice(), device_bytes.as_slice())?;
                 user_devices.insert(key2(device.user.as_bytes(), device.id.as_bytes()), &[])?;
-                for (key, value) in &prekeys {
-                    otpks.insert(key.as_slice(), value.as_slice())?;
-                }
+                self.insert_prekeys(otpks, counts, &device.id, &prekeys)?;
                 Ok(())
             })
             .map_err(tx_error);
         self.device_cache.changed();
+        self.records.changed();
         result
     }
 
     fn put_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
         let result = self.put(&self.devices, "device", device.id.as_bytes(), device);
         self.device_cache.changed();
+        self.records.changed();
         result
     }
 
     fn user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
-        self.get(&self.users, "user", id.as_bytes())
+        self.records.get_or_read("user", id.as_bytes(), || {
+            self.get(&self.users, "user", id.as_bytes())
+        })
     }
 
     fn user_by_handle(
@@ -718,30 +1099,23 @@ impl Store for SledStore {
                 .collect()
         };
         let prekeys = keys(&self.one_time_prekeys)?;
-        let mail = keys(&self.mailbox)?;
-        let mail_ids = keys(&self.mailbox_ids)?;
-        let result = (
-            &self.devices,
-            &self.one_time_prekeys,
-            &self.mailbox,
-            &self.mailbox_ids,
-        )
-            .transaction(|(devices, otpks, mailbox, mailbox_ids)| {
+        let result = (&self.devices, &self.one_time_prekeys, &self.prekey_counts)
+            .transaction(|(devices, otpks, counts)| {
                 devices.insert(device.as_bytes().as_slice(), record_bytes.as_slice())?;
                 for key in &prekeys {
                     otpks.remove(key)?;
                 }
-                for key in &mail {
-                    mailbox.remove(key)?;
-                }
-                for key in &mail_ids {
-                    mailbox_ids.remove(key)?;
-                }
+                counts.remove(device.as_bytes().as_slice())?;
                 Ok(())
             })
             .map_err(tx_error);
         self.device_cache.changed();
-        result
+        self.records.changed();
+        result?;
+        // Its mailbox empties with the next flush; should the server stop first, opening the
+        // mail log finishes every delivery to a revoked device.
+        self.mail()?.drop_device(device);
+        Ok(())
     }
 
     fn put_team(&self, team: &TeamRecord) -> Result<(), StoreError> {
@@ -754,7 +1128,9 @@ impl Store for SledStore {
     }
 
     fn team(&self, org: &OrgId, id: &TeamId) -> Result<Option<TeamRecord>, StoreError> {
-        self.get(&self.teams, "team", &key2(org.as_bytes(), id.as_bytes()))
+        let key = key2(org.as_bytes(), id.as_bytes());
+        self.records
+            .get_or_read("team", &key, || self.get(&self.teams, "team", &key))
     }
 
     fn org_teams(&self, org: &OrgId) -> Result<Vec<TeamRecord>, StoreError> {
@@ -762,13 +1138,10 @@ impl Store for SledStore {
     }
 
     fn care(&self, org: &OrgId, patient: &UserId) -> Result<CareRecord, StoreError> {
-        Ok(self
-            .get(
-                &self.care,
-                "care",
-                &key2(org.as_bytes(), patient.as_bytes()),
-            )?
-            .unwrap_or_default())
+        let key = key2(org.as_bytes(), patient.as_bytes());
+        self.records.get_or_read("care", &key, || {
+            Ok(self.get(&self.care, "care", &key)?.unwrap_or_default())
+        })
     }
 
     fn put_care(&self, org: &OrgId, patient: &UserId, care: &CareRecord) -> Result<(), StoreError> {
@@ -795,11 +1168,10 @@ impl Store for SledStore {
         org: &OrgId,
         patient: &UserId,
     ) -> Result<Vec<BreakGlassRecord>, StoreError> {
-        self.scan(
-            &self.break_glass,
-            "break_glass",
-            &key2(org.as_bytes(), patient.as_bytes()),
-        )
+        let key = key2(org.as_bytes(), patient.as_bytes());
+        self.records.get_or_read("break_glass_for", &key, || {
+            self.scan(&self.break_glass, "break_glass", &key)
+        })
     }
 
     fn patient_conversation(
@@ -828,6 +1200,7 @@ impl Store for SledStore {
                 Ok(None)
             })
             .map_err(tx_error)?;
+        self.records.changed();
         match existing {
             None => Ok(record),
             Some(id) => self.indexed_conversation("patient_conversations", &id),
@@ -858,12 +1231,10 @@ impl Store for SledStore {
         device: &DeviceId,
         prekeys: &[OneTimePrekey],
     ) -> Result<u32, StoreError> {
-        let mut batch = sled::Batch::default();
-        for (key, value) in encode_prekeys(&self.codec, device, prekeys)? {
-            batch.insert(key, value);
-        }
-        self.one_time_prekeys.apply_batch(batch).map_err(db_error)?;
-        self.count_one_time_prekeys(device)
+        let rows = encode_prekeys(&self.codec, device, prekeys)?;
+        (&self.one_time_prekeys, &self.prekey_counts)
+            .transaction(|(otpks, counts)| self.insert_prekeys(otpks, counts, device, &rows))
+            .map_err(tx_error)
     }
 
     fn take_one_time_prekey(&self, device: &DeviceId) -> Result<Option<OneTimePrekey>, StoreError> {
@@ -875,24 +1246,39 @@ impl Store for SledStore {
                 .next();
             let Some(key) = first else { return Ok(None) };
             let key = key.map_err(db_error)?;
-            // `remove` is atomic: of two concurrent takers, only one gets the value.
-            if let Some(value) = self.one_time_prekeys.remove(&key).map_err(db_error)? {
+            // Serialisable: of two concurrent takers, only one removes the value (and counts
+            // it); the other looks again.
+            let taken = (&self.one_time_prekeys, &self.prekey_counts)
+                .transaction(|(otpks, counts)| {
+                    let Some(value) = otpks.remove(&key)? else {
+                        return Ok(None);
+                    };
+                    let left = self.prekey_count_in(counts, device)?.saturating_sub(1);
+                    self.set_prekey_count(counts, device, left)?;
+                    Ok(Some(value))
+                })
+                .map_err(tx_error)?;
+            if let Some(value) = taken {
                 return self.unseal("prekey", &key, &value).map(Some);
             }
         }
     }
 
     fn count_one_time_prekeys(&self, device: &DeviceId) -> Result<u32, StoreError> {
-        let count = self
-            .one_time_prekeys
-            .scan_prefix(device.as_bytes())
-            .keys()
-            .count();
-        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+        match self
+            .prekey_counts
+            .get(device.as_bytes())
+            .map_err(db_error)?
+        {
+            Some(bytes) => self.unseal(PREKEY_COUNT, device.as_bytes(), &bytes),
+            None => Ok(0),
+        }
     }
 
     fn conversation(&self, id: &ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
-        self.get(&self.conversations, "conversation", id.as_bytes())
+        self.records.get_or_read("conversation", id.as_bytes(), || {
+            self.get(&self.conversations, "conversation", id.as_bytes())
+        })
     }
 
     fn find_or_create_conversation(
@@ -932,6 +1318,7 @@ impl Store for SledStore {
                 Ok(None)
             })
             .map_err(tx_error)?;
+        self.records.changed();
         match existing {
             None => Ok(record),
             Some(id) => self.indexed_conversation("conversation_index", &id),
@@ -954,69 +1341,8 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn store_send(
-        &self,
-        org: &OrgId,
-        sender_device: &DeviceId,
-        client_message_id: &ClientMessageId,
-        send: &SendRecord,
-        envelopes: Vec<(DeviceId, EnvelopeRecord)>,
-        archive: Option<ArchiveItemRecord>,
-    ) -> Result<StoreSendOutcome, StoreError> {
-        let sent_key = key2(sender_device.as_bytes(), client_message_id.as_bytes());
-        let scope = Scope::Mail {
-            org: *org,
-            day: day_of(send.server_time_ms),
-        };
-        let send_bytes = self.codec.seal("send", scope, &sent_key, send)?;
-        // Positions are taken and committed in one order (each envelope is sealed under its
-        // row's key, which holds the position, so sealing is inside too).
-        // Sends meet flushes at the gate, not inside sled (see `FlushGate`).
-        self.gate.exclusive_write(|| {
-            let _in_order = self.send_order.lock().unwrap_or_else(|e| e.into_inner());
-            let mut rows = Vec::with_capacity(envelopes.len());
-            for (device, envelope) in &envelopes {
-                let seq = self.db.generate_id().map_err(db_error)?;
-                let mailbox_key = key2(device.as_bytes(), &seq.to_be_bytes());
-                let sealed = self.codec.seal("envelope", scope, &mailbox_key, envelope)?;
-                rows.push((
-                    mailbox_key,
-                    key2(device.as_bytes(), envelope.message_id.as_bytes()),
-                    seq.to_be_bytes(),
-                    sealed,
-                ));
-            }
-            let archive_row = match &archive {
-                Some(item) => {
-                    let seq = self.db.generate_id().map_err(db_error)?;
-                    let key = key2(org.as_bytes(), &seq.to_be_bytes());
-                    let scope = Scope::Archive {
-                        org: *org,
-                        day: day_of(item.server_time_ms),
-                    };
-                    let sealed = self.codec.seal("archive", scope, &key, item)?;
-                    Some((key, sealed))
-                }
-                None => None,
-            };
-            (&self.sent, &self.mailbox, &self.mailbox_ids, &self.archive)
-                .transaction(|(sent, mailbox, mailbox_ids, archive)| {
-                    if let Some(previous) = sent.get(&sent_key)? {
-                        let previous = self.unseal("send", &sent_key, &previous).map_err(abort)?;
-                        return Ok(StoreSendOutcome::Duplicate(previous));
-                    }
-                    sent.insert(sent_key.as_slice(), send_bytes.as_slice())?;
-                    for (mailbox_key, id_key, seq, envelope) in &rows {
-                        mailbox.insert(mailbox_key.as_slice(), envelope.as_slice())?;
-                        mailbox_ids.insert(id_key.as_slice(), seq.as_slice())?;
-                    }
-                    if let Some((key, sealed)) = &archive_row {
-                        archive.insert(key.as_slice(), sealed.as_slice())?;
-                    }
-                    Ok(StoreSendOutcome::Stored(*send))
-                })
-                .map_err(tx_error)
-        })
+    fn store_send(&self, send: NewSend) -> Result<StoreSendOutcome, StoreError> {
+        self.mail()?.store_send(send)
     }
 
     fn sent(
@@ -1024,11 +1350,7 @@ impl Store for SledStore {
         sender_device: &DeviceId,
         client_message_id: &ClientMessageId,
     ) -> Result<Option<SendRecord>, StoreError> {
-        self.get(
-            &self.sent,
-            "send",
-            &key2(sender_device.as_bytes(), client_message_id.as_bytes()),
-        )
+        Ok(self.mail()?.sent(sender_device, client_message_id))
     }
 
     fn mailbox_after(
@@ -1037,61 +1359,19 @@ impl Store for SledStore {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<MailboxItem>, StoreError> {
-        let start = match after {
-            Some(seq) => match seq.checked_add(1) {
-                Some(next) => key2(device.as_bytes(), &next.to_be_bytes()),
-                None => return Ok(Vec::new()),
-            },
-            None => device.as_bytes().to_vec(),
-        };
-        let end = key2(device.as_bytes(), &u64::MAX.to_be_bytes());
-        let mut items = Vec::new();
-        for entry in self.mailbox.range(start..=end) {
-            if items.len() >= limit {
-                break;
-            }
-            let (key, value) = entry.map_err(db_error)?;
-            let seq = id_suffix::<8>(&key, 16)
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StoreError::Corrupt {
-                    kind: "mailbox",
-                    reason: "short key".to_owned(),
-                })?;
-            match self.unseal("envelope", &key, &value) {
-                Ok(envelope) => items.push(MailboxItem { seq, envelope }),
-                // Past retention and shredded; the sweeper deletes the row.
-                Err(StoreError::Shredded { .. }) => continue,
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(items)
+        self.mail()?.mailbox_after(device, after, limit)
     }
 
     fn ack(&self, device: &DeviceId, message_ids: &[MessageId]) -> Result<u32, StoreError> {
-        let id_keys: Vec<Vec<u8>> = message_ids
-            .iter()
-            .map(|id| key2(device.as_bytes(), id.as_bytes()))
-            .collect();
-        self.gate.exclusive_write(|| {
-            (&self.mailbox, &self.mailbox_ids)
-                .transaction(|(mailbox, mailbox_ids)| {
-                    let mut removed = 0u32;
-                    for id_key in &id_keys {
-                        if let Some(seq) = mailbox_ids.remove(id_key.as_slice())? {
-                            mailbox.remove(key2(device.as_bytes(), &seq))?;
-                            removed += 1;
-                        }
-                    }
-                    Ok(removed)
-                })
-                .map_err(tx_error)
-        })
+        Ok(self.mail()?.ack(device, message_ids))
     }
 
     fn retention(&self, org: &OrgId) -> Result<RetentionRecord, StoreError> {
-        Ok(self
-            .get(&self.retention, "retention", org.as_bytes())?
-            .unwrap_or_default())
+        self.records.get_or_read("retention", org.as_bytes(), || {
+            Ok(self
+                .get(&self.retention, "retention", org.as_bytes())?
+                .unwrap_or_default())
+        })
     }
 
     fn put_retention(&self, org: &OrgId, retention: &RetentionRecord) -> Result<(), StoreError> {
@@ -1219,78 +1499,28 @@ impl Store for SledStore {
         let mut expired = Expired::default();
         let mut in_use: HashSet<KeyId> = HashSet::new();
 
-        // Mailboxes: envelopes and their id index.
-        let mut mailbox_batch = sled::Batch::default();
-        let mut ids_batch = sled::Batch::default();
-        for entry in self.mailbox.iter() {
-            let (key, value) = entry.map_err(db_error)?;
-            let Some(key_id) = key_id_of(&value) else {
-                continue;
-            };
-            let device = key.get(..16).unwrap_or_default();
-            let org = match classify(key_id) {
-                Row::Live => {
-                    in_use.insert(key_id);
-                    continue;
-                }
-                Row::Past {
-                    org,
-                    org_hold,
-                    held,
-                } => {
-                    let envelope: EnvelopeRecord = match self.unseal("envelope", &key, &value) {
-                        Ok(envelope) => envelope,
-                        Err(error) => {
-                            // Keep it (and its key), report it, and go on with the others.
-                            tracing::error!(%error, "an expired envelope could not be read");
-                            expired.counts.entry(org).or_default().unreadable += 1;
-                            in_use.insert(key_id);
-                            continue;
-                        }
-                    };
-                    if org_hold || held.contains(&envelope.conversation) {
-                        expired.counts.entry(org).or_default().kept_by_hold += 1;
-                        in_use.insert(key_id);
-                        continue;
-                    }
-                    ids_batch.remove(key2(device, envelope.message_id.as_bytes()));
-                    Some(org)
-                }
-                Row::Orphan => {
-                    // Its key is gone already: drop the row and whatever indexes it.
-                    let seq = key.get(16..).unwrap_or_default();
-                    for id_entry in self.mailbox_ids.scan_prefix(device) {
-                        let (id_key, id_seq) = id_entry.map_err(db_error)?;
-                        if id_seq.as_ref() == seq {
-                            ids_batch.remove(id_key);
-                        }
-                    }
-                    None
-                }
-            };
-            mailbox_batch.remove(key);
-            if let Some(org) = org {
-                expired.counts.entry(org).or_default().envelopes += 1;
+        // Mailboxes and the idempotency records of sends (kept only as long as the mail they
+        // describe, unless the org is on hold).
+        let policy_of = |org: &OrgId| policies.get(org).unwrap_or(&default_policy);
+        let past = |meta: &SendMeta| {
+            today > day_of(meta.server_time_ms).saturating_add(policy_of(&meta.org).0.mail_days)
+        };
+        let held = |meta: &SendMeta| {
+            let (retention, held) = policy_of(&meta.org);
+            retention.legal_hold || held.contains(&meta.conversation)
+        };
+        let org_held = |meta: &SendMeta| policy_of(&meta.org).0.legal_hold;
+        let (counts, kept) = self.mail()?.expire(past, held, org_held)?;
+        for (org, (deleted, kept_by_hold)) in counts {
+            let entry = expired.counts.entry(org).or_default();
+            entry.envelopes += deleted;
+            entry.kept_by_hold += kept_by_hold;
+        }
+        for (id, scope) in &scopes {
+            if kept.contains(scope) {
+                in_use.insert(*id);
             }
         }
-        self.mailbox.apply_batch(mailbox_batch).map_err(db_error)?;
-        self.mailbox_ids.apply_batch(ids_batch).map_err(db_error)?;
-
-        // Idempotency records of sends: kept only as long as the mail they describe.
-        let mut sent_batch = sled::Batch::default();
-        for entry in self.sent.iter() {
-            let (key, value) = entry.map_err(db_error)?;
-            let Some(key_id) = key_id_of(&value) else {
-                continue;
-            };
-            match classify(key_id) {
-                Row::Live | Row::Past { org_hold: true, .. } => {
-                    in_use.insert(key_id);
-                }
-                Row::Past { .. } | Row::Orphan => sent_batch.remove(key),
-            }
-        }
-        self.sent.apply_batch(sent_batch).map_err(db_error)?;
 
         // The org archive.
         let mut archive_batch = sled::Batch::default();
@@ -1390,5 +1620,287 @@ mod device_cache_tests {
         cache.changed();
         let fresh = cache.get_or_read(&user, || Ok(ids(4))).unwrap();
         assert_eq!(*fresh, ids(4));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod cache_coherence_tests {
+    use super::*;
+    use medrelay_proto::{ConsentState, Reason, Role, TeamName};
+
+    fn store() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring =
+            Keyring::open(&dir.path().join("keyring"), &dir.path().join("master.key")).unwrap();
+        let store = SledStore::open(&dir.path().join("db"), Arc::new(keyring)).unwrap();
+        (dir, store)
+    }
+
+    fn user(org: OrgId, n: u8, role: Role) -> UserRecord {
+        UserRecord {
+            id: UserId::from([n; 16]),
+            org,
+            handle: Handle::new(format!("user{n}")).unwrap(),
+            role,
+            created_ms: 1,
+            active: true,
+            grants: BTreeSet::new(),
+            consent: super::super::ConsentRecord {
+                state: ConsentState::Pending,
+                changed_ms: 1,
+                text_sha256: None,
+            },
+            credentials: None,
+            lockout: Default::default(),
+        }
+    }
+
+    /// Every cached read, read (so cached), then changed through each write that can change
+    /// it, then read again: the second read sees the write.
+    #[tokio::test]
+    async fn every_write_is_seen_by_the_next_read() {
+        let (_dir, store) = store();
+        let org = OrgId::from([1; 16]);
+        let mut record = OrgRecord {
+            id: org,
+            name: "Clinic".to_owned(),
+            created_ms: 1,
+            policy: crate::relay::default_policy(),
+        };
+        store.put_org(&record).unwrap();
+        assert_eq!(store.org(&org).unwrap().unwrap().name, "Clinic");
+        record.name = "Renamed".to_owned();
+        store.put_org(&record).unwrap();
+        assert_eq!(store.org(&org).unwrap().unwrap().name, "Renamed");
+
+        let patient = user(org, 2, Role::Patient);
+        assert!(
+            store.user(&patient.id).unwrap().is_none(),
+            "a miss is cached too"
+        );
+        store.put_user(&patient).unwrap();
+        assert!(store.user(&patient.id).unwrap().is_some());
+        let mut accepted = patient.clone();
+        accepted.consent.state = ConsentState::Accepted;
+        store.put_user(&accepted).unwrap();
+        assert_eq!(
+            store.user(&patient.id).unwrap().unwrap().consent.state,
+            ConsentState::Accepted
+        );
+
+        let staff = user(org, 3, Role::Staff);
+        store.put_user(&staff).unwrap();
+        assert!(store.care(&org, &patient.id).unwrap().staff.is_empty());
+        let care = CareRecord {
+            staff: vec![staff.id],
+            teams: Vec::new(),
+        };
+        store.put_care(&org, &patient.id, &care).unwrap();
+        assert_eq!(store.care(&org, &patient.id).unwrap(), care);
+
+        let team_id = TeamId::from([4; 16]);
+        let mut team = TeamRecord {
+            id: team_id,
+            org,
+            name: TeamName::new("Nurses").unwrap(),
+            members: Vec::new(),
+        };
+        store.put_team(&team).unwrap();
+        assert!(store
+            .team(&org, &team_id)
+            .unwrap()
+            .unwrap()
+            .members
+            .is_empty());
+        team.members.push(staff.id);
+        store.put_team(&team).unwrap();
+        assert_eq!(
+            store.team(&org, &team_id).unwrap().unwrap().members,
+            vec![staff.id]
+        );
+
+        assert!(store.break_glass_for(&org, &patient.id).unwrap().is_empty());
+        let grant = BreakGlassRecord {
+            staff: staff.id,
+            patient: patient.id,
+            granted_by: staff.id,
+            reason: Reason::new("emergency").unwrap(),
+            granted_ms: 1,
+            expires_ms: 2,
+        };
+        store.put_break_glass(&org, &grant).unwrap();
+        assert_eq!(
+            store.break_glass_for(&org, &patient.id).unwrap(),
+            vec![grant]
+        );
+
+        let id = ConversationId::from([5; 16]);
+        assert!(store.conversation(&id).unwrap().is_none());
+        let created = store
+            .patient_conversation(&org, &patient.id, id, 1)
+            .unwrap();
+        assert_eq!(store.conversation(&id).unwrap(), Some(created));
+        let group = ConversationId::from([6; 16]);
+        assert!(store.conversation(&group).unwrap().is_none());
+        store
+            .find_or_create_conversation(&org, &[staff.id, patient.id], group, 1)
+            .unwrap();
+        assert!(store.conversation(&group).unwrap().is_some());
+
+        assert!(!store.retention(&org).unwrap().legal_hold);
+        let held = RetentionRecord {
+            legal_hold: true,
+            ..RetentionRecord::default()
+        };
+        store.put_retention(&org, &held).unwrap();
+        assert!(store.retention(&org).unwrap().legal_hold);
+    }
+
+    #[test]
+    fn a_read_that_raced_a_write_is_not_cached() {
+        let cache = RecordCache::default();
+        let seen: u32 = cache
+            .get_or_read("k", b"key", || {
+                cache.changed();
+                Ok(1)
+            })
+            .unwrap();
+        assert_eq!(seen, 1);
+        assert_eq!(cache.get_or_read("k", b"key", || Ok(2u32)).unwrap(), 2);
+        assert_eq!(
+            cache.get_or_read("k", b"key", || Ok(3u32)).unwrap(),
+            2,
+            "cached"
+        );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod prekey_count_tests {
+    use super::*;
+    use medrelay_proto::X25519PublicKey;
+
+    fn open(dir: &Path) -> SledStore {
+        let keyring = Keyring::open(&dir.join("keyring"), &dir.join("master.key")).unwrap();
+        SledStore::open(&dir.join("db"), Arc::new(keyring)).unwrap()
+    }
+
+    fn prekeys(ids: std::ops::Range<u32>) -> Vec<OneTimePrekey> {
+        ids.map(|id| OneTimePrekey {
+            id,
+            public_key: X25519PublicKey::from_bytes(&[7; 32]).unwrap(),
+        })
+        .collect()
+    }
+
+    /// What counting the rows themselves says.
+    fn rows(store: &SledStore, device: &DeviceId) -> u32 {
+        let n = store
+            .one_time_prekeys
+            .scan_prefix(device.as_bytes())
+            .count();
+        u32::try_from(n).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_count_follows_adds_and_takes_and_counts_a_resent_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let (a, b) = (DeviceId::from([1; 16]), DeviceId::from([2; 16]));
+        assert_eq!(store.count_one_time_prekeys(&a).unwrap(), 0);
+        assert_eq!(store.add_one_time_prekeys(&a, &prekeys(0..10)).unwrap(), 10);
+        assert_eq!(store.add_one_time_prekeys(&b, &prekeys(0..3)).unwrap(), 3);
+        // Keys 5..10 again and 10..15 new: five more, not ten.
+        assert_eq!(store.add_one_time_prekeys(&a, &prekeys(5..15)).unwrap(), 15);
+        for left in (0..15).rev() {
+            assert!(store.take_one_time_prekey(&a).unwrap().is_some());
+            assert_eq!(store.count_one_time_prekeys(&a).unwrap(), left);
+            assert_eq!(rows(&store, &a), left);
+        }
+        assert!(store.take_one_time_prekey(&a).unwrap().is_none());
+        assert_eq!(store.count_one_time_prekeys(&a).unwrap(), 0);
+        assert_eq!(store.count_one_time_prekeys(&b).unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_takers_each_get_a_different_key_and_the_count_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()));
+        let device = DeviceId::from([3; 16]);
+        store
+            .add_one_time_prekeys(&device, &prekeys(0..64))
+            .unwrap();
+        let takers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut ids = Vec::new();
+                    for _ in 0..10 {
+                        ids.push(store.take_one_time_prekey(&device).unwrap().unwrap().id);
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let mut taken: Vec<u32> = takers.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        taken.sort_unstable();
+        taken.dedup();
+        assert_eq!(taken.len(), 40, "a key was handed out twice");
+        assert_eq!(store.count_one_time_prekeys(&device).unwrap(), 24);
+        assert_eq!(rows(&store, &device), 24);
+    }
+
+    /// Opens the store in a runtime of its own and closes both after `f`: the group commit's
+    /// task holds the database until its runtime ends.
+    fn with_store<T>(dir: &Path, f: impl FnOnce(&SledStore) -> T) -> T {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let store = open(dir);
+        let result = f(&store);
+        drop(store);
+        result
+    }
+
+    #[test]
+    fn a_database_without_counts_is_counted_once_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (DeviceId::from([4; 16]), DeviceId::from([5; 16]));
+        with_store(dir.path(), |store| {
+            store.add_one_time_prekeys(&a, &prekeys(0..7)).unwrap();
+            store.add_one_time_prekeys(&b, &prekeys(0..2)).unwrap();
+            // As the release before the counts left it.
+            store.prekey_counts.clear().unwrap();
+            store.meta.remove(META_PREKEY_COUNTS).unwrap();
+            store.db.flush().unwrap();
+            assert_eq!(store.count_one_time_prekeys(&a).unwrap(), 0);
+        });
+        with_store(dir.path(), |store| {
+            assert_eq!(store.count_one_time_prekeys(&a).unwrap(), 7);
+            assert_eq!(store.count_one_time_prekeys(&b).unwrap(), 2);
+            store.take_one_time_prekey(&a).unwrap().unwrap();
+            store.db.flush().unwrap();
+        });
+        // And only once: a count changed after the migration survives the next open.
+        let left = with_store(dir.path(), |store| {
+            store.count_one_time_prekeys(&a).unwrap()
+        });
+        assert_eq!(left, 6);
+    }
+
+    #[tokio::test]
+    async fn a_count_is_sealed_to_its_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let (a, b) = (DeviceId::from([6; 16]), DeviceId::from([7; 16]));
+        store.add_one_time_prekeys(&a, &prekeys(0..9)).unwrap();
+        let sealed = store.prekey_counts.get(a.as_bytes()).unwrap().unwrap();
+        // Moved to another device's row, it does not open.
+        store.prekey_counts.insert(b.as_bytes(), sealed).unwrap();
+        assert!(store.count_one_time_prekeys(&b).is_err());
     }
 }

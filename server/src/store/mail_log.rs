@@ -1,0 +1,1098 @@
+//! The mail log on sled: the durable half of [`super::mail_state`].
+//!
+//! Two trees. `mail_groups` holds the group rows flushes write, keyed by group number
+//! (big-endian); `mail_sent` holds the summary rows of collected groups: the idempotency
+//! records of finished sends, kept until retention.
+//!
+//! A row's value is `ROW_FORMAT || flush number (u64) || records`, each record
+//! `kind (u8) || length (u32) || payload`. Every payload is sealed on its own through
+//! [`Codec`] under the key of its org and day (a `Done` under the standing key), so retention
+//! shreds one day's mail while a row may still hold another's. A header's payload is
+//! `position (u64) || sealed`, an envelope's `position || device || sealed`: that address is
+//! the associated data it is sealed with, so it cannot be altered or moved to another send,
+//! and compaction copies the payload as it is. A `Done` and a summary entry are bound to
+//! their row and place instead.
+//!
+//! A flush writes, in this order: the new group rows, the org archive's items of the sends
+//! in them (the `archive` tree, a row each), the summary rows of the groups it collects, then
+//! deletes those groups in ascending order. sled recovers a prefix of its log after a crash
+//! (its recovery stops at the first torn message), so a deletion that survived means
+//! everything written before it did. The one thing a crash can leave half done is the archive
+//! items of the newest flush: opening writes any that are missing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use medrelay_proto::ids::{ClientMessageId, DeviceId, MessageId, OrgId};
+use serde::{Deserialize, Serialize};
+use sled::{Db, Tree};
+
+use super::codec::{key_id_of, Codec};
+use super::mail_state::{
+    Appended, Deliverable, FlushPlan, GroupNo, Landed, Loc, MailState, MailStats, Record,
+    Recovered, SealedSend, SendMeta, Seq, Source,
+};
+use super::{ArchiveItemRecord, MailboxItem, NewSend, SendRecord, StoreError, StoreSendOutcome};
+use crate::keyring::{day_of, Scope};
+
+/// The format byte every row begins with.
+const ROW_FORMAT: u8 = 1;
+/// A new send's header.
+const KIND_HEADER: u8 = 1;
+/// A header copied by compaction (its archive item was written with the original).
+const KIND_COPIED_HEADER: u8 = 2;
+/// An envelope for one device.
+const KIND_ENVELOPE: u8 = 3;
+/// Finished deliveries.
+const KIND_DONE: u8 = 4;
+/// The idempotency records of one org and day in a summary row (one sealed list).
+const KIND_SENT: u8 = 5;
+/// Sealing labels (part of the associated data), one per kind of record.
+const LABEL_HEADER: &str = "mail_header";
+const LABEL_ENVELOPE: &str = "mail_envelope";
+const LABEL_DONE: &str = "mail_done";
+const LABEL_SENT: &str = "mail_sent";
+/// Bytes of a header's address (its position) and an envelope's (position and device).
+const HEADER_ADDRESS: usize = 8;
+const ENVELOPE_ADDRESS: usize = 8 + 16;
+
+/// A stored mail record as (sealing label, associated data, sealed bytes): what opens it with
+/// [`Codec::open_raw`].
+pub type RawRecord = (&'static str, Vec<u8>, Vec<u8>);
+
+/// A send's header as stored: its routing and, if the org archives, the archive's sealed box.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredHeader {
+    meta: SendMeta,
+    archive: Option<Vec<u8>>,
+}
+
+/// Finished deliveries as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredDone {
+    device: DeviceId,
+    seqs: Vec<Seq>,
+}
+
+fn db_error(error: sled::Error) -> StoreError {
+    StoreError::Database(error.to_string())
+}
+
+fn corrupt(reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        kind: "mail log",
+        reason: reason.into(),
+    }
+}
+
+fn mail_scope(meta: &SendMeta) -> Scope {
+    Scope::Mail {
+        org: meta.org,
+        day: day_of(meta.server_time_ms),
+    }
+}
+
+fn envelope_address(seq: Seq, device: &DeviceId) -> [u8; ENVELOPE_ADDRESS] {
+    let mut address = [0u8; ENVELOPE_ADDRESS];
+    address[..8].copy_from_slice(&seq.to_be_bytes());
+    address[8..].copy_from_slice(device.as_bytes());
+    address
+}
+
+fn place(group: GroupNo, index: u32) -> [u8; 12] {
+    let mut aad = [0u8; 12];
+    aad[..8].copy_from_slice(&group.to_be_bytes());
+    aad[8..].copy_from_slice(&index.to_be_bytes());
+    aad
+}
+
+fn row_number(key: &[u8]) -> Result<GroupNo, StoreError> {
+    key.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| corrupt("malformed row key"))
+}
+
+/// A row being built.
+struct RowWriter {
+    bytes: Vec<u8>,
+    count: u32,
+}
+
+impl RowWriter {
+    fn new(flush: u64) -> RowWriter {
+        let mut bytes = Vec::with_capacity(super::mail_state::MAX_GROUP_BYTES + 2048);
+        bytes.push(ROW_FORMAT);
+        bytes.extend_from_slice(&flush.to_be_bytes());
+        RowWriter { bytes, count: 0 }
+    }
+
+    /// Appends a record made of `parts`; returns its place (the index for a bound record,
+    /// and the offset and length of its payload).
+    fn push(&mut self, kind: u8, parts: &[&[u8]]) -> Result<(u32, u32, u32), StoreError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let len = u32::try_from(len).map_err(|_| corrupt("record too large"))?;
+        self.bytes.push(kind);
+        self.bytes.extend_from_slice(&len.to_be_bytes());
+        let offset = u32::try_from(self.bytes.len()).map_err(|_| corrupt("row too large"))?;
+        for part in parts {
+            self.bytes.extend_from_slice(part);
+        }
+        let index = self.count;
+        self.count += 1;
+        Ok((index, offset, len))
+    }
+}
+
+/// One record of a stored row.
+struct RowRecord<'a> {
+    kind: u8,
+    index: u32,
+    offset: u32,
+    payload: &'a [u8],
+}
+
+/// The flush number and the records of a stored row.
+fn parse_row(value: &[u8]) -> Result<(u64, Vec<RowRecord<'_>>), StoreError> {
+    let Some((&ROW_FORMAT, rest)) = value.split_first() else {
+        return Err(corrupt("unknown row format"));
+    };
+    let (flush, mut rest) = rest
+        .split_first_chunk::<8>()
+        .ok_or_else(|| corrupt("truncated row"))?;
+    let mut records = Vec::new();
+    while let Some((&kind, after)) = rest.split_first() {
+        let (len, after) = after
+            .split_first_chunk::<4>()
+            .ok_or_else(|| corrupt("truncated record"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let offset =
+            u32::try_from(value.len() - after.len()).map_err(|_| corrupt("row too large"))?;
+        let (payload, after) = after
+            .split_at_checked(len)
+            .ok_or_else(|| corrupt("truncated record"))?;
+        let index = u32::try_from(records.len()).map_err(|_| corrupt("row too large"))?;
+        records.push(RowRecord {
+            kind,
+            index,
+            offset,
+            payload,
+        });
+        rest = after;
+    }
+    Ok((u64::from_be_bytes(*flush), records))
+}
+
+/// The payload at `loc` in a row's value.
+fn payload_at(value: &[u8], loc: Loc) -> Result<&[u8], StoreError> {
+    value
+        .get(loc.offset as usize..loc.offset as usize + loc.len as usize)
+        .ok_or_else(|| corrupt("a record lies outside its row"))
+}
+
+/// Opens a record, `None` if its key was destroyed by retention.
+fn open_or_shredded<T: serde::de::DeserializeOwned>(
+    codec: &Codec,
+    label: &'static str,
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match codec.open(label, aad, sealed) {
+        Ok(value) => Ok(Some(value)),
+        Err(StoreError::Shredded { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// The mailboxes: the mail log's rows on disk and their state in memory.
+#[derive(Debug)]
+pub struct MailLog {
+    codec: Codec,
+    db: Db,
+    groups: Tree,
+    summaries: Tree,
+    archive: Tree,
+    state: Mutex<MailState>,
+    /// The next flush's number (recovery looks for the newest flush's rows).
+    next_flush: Mutex<u64>,
+}
+
+/// One flush of the mail log, from taking its work to its flush being durable.
+#[derive(Debug)]
+pub struct MailFlush {
+    log: Arc<MailLog>,
+    plan: FlushPlan,
+    landed: Vec<Landed>,
+}
+
+impl MailLog {
+    /// Opens the mail log in `db` and rebuilds the mailboxes from it; deliveries to devices
+    /// `revoked` names are finished.
+    pub fn open(
+        db: &Db,
+        codec: Codec,
+        archive: Tree,
+        revoked: impl Fn(&DeviceId) -> bool,
+        cache_budget: usize,
+    ) -> Result<MailLog, StoreError> {
+        let groups = db.open_tree("mail_groups").map_err(db_error)?;
+        let summaries = db.open_tree("mail_sent").map_err(db_error)?;
+        let mut recovered = Vec::new();
+        let mut newest_flush = 0u64;
+        let mut newest_headers: Vec<StoredHeader> = Vec::new();
+        for item in groups.iter() {
+            let (key, value) = item.map_err(db_error)?;
+            let number = row_number(&key)?;
+            let (flush, records) = parse_row(&value)?;
+            let mut out = Vec::with_capacity(records.len());
+            let mut fresh_headers = Vec::new();
+            for record in records {
+                let loc = Loc {
+                    group: number,
+                    offset: record.offset,
+                    len: u32::try_from(record.payload.len()).unwrap_or(u32::MAX),
+                };
+                match record.kind {
+                    KIND_HEADER | KIND_COPIED_HEADER => {
+                        let (address, sealed) = record
+                            .payload
+                            .split_at_checked(HEADER_ADDRESS)
+                            .ok_or_else(|| corrupt("truncated header"))?;
+                        let Some(header) = open_or_shredded::<StoredHeader>(
+                            &codec,
+                            LABEL_HEADER,
+                            address,
+                            sealed,
+                        )?
+                        else {
+                            continue;
+                        };
+                        if header.meta.seq.to_be_bytes() != address {
+                            return Err(corrupt("a header lies under another position"));
+                        }
+                        out.push(Recovered::Header {
+                            meta: header.meta.clone(),
+                            loc,
+                        });
+                        if record.kind == KIND_HEADER && header.archive.is_some() {
+                            fresh_headers.push(header);
+                        }
+                    }
+                    KIND_ENVELOPE => {
+                        // Its address says whose it is; the body is opened when delivered.
+                        let (address, sealed) = record
+                            .payload
+                            .split_at_checked(ENVELOPE_ADDRESS)
+                            .ok_or_else(|| corrupt("truncated envelope"))?;
+                        let shredded =
+                            key_id_of(sealed).is_none_or(|id| codec.keyring().key(id).is_none());
+                        if shredded {
+                            continue;
+                        }
+                        let (seq, device) = address.split_at(8);
+                        let seq = seq
+                            .try_into()
+                            .map(u64::from_be_bytes)
+                            .map_err(|_| corrupt("address"))?;
+                        let device =
+                            DeviceId::from_bytes(device).map_err(|_| corrupt("address"))?;
+                        out.push(Recovered::Envelope { seq, device, loc });
+                    }
+                    KIND_DONE => {
+                        let done: StoredDone =
+                            codec.open(LABEL_DONE, &place(number, record.index), record.payload)?;
+                        out.push(Recovered::Done {
+                            device: done.device,
+                            seqs: done.seqs,
+                        });
+                    }
+                    other => return Err(corrupt(format!("unknown record kind {other}"))),
+                }
+            }
+            if flush > newest_flush {
+                newest_flush = flush;
+                newest_headers.clear();
+            }
+            if flush == newest_flush {
+                newest_headers.extend(fresh_headers);
+            }
+            recovered.push((number, out));
+        }
+        let mut summary_rows = Vec::new();
+        for item in summaries.iter() {
+            let (key, value) = item.map_err(db_error)?;
+            let number = row_number(&key)?;
+            summary_rows.push((number, open_summary(&codec, number, &value)?));
+        }
+        let log = MailLog {
+            state: Mutex::new(MailState::recover(
+                recovered,
+                summary_rows,
+                revoked,
+                cache_budget,
+            )),
+            codec,
+            db: db.clone(),
+            groups,
+            summaries,
+            archive,
+            next_flush: Mutex::new(newest_flush + 1),
+        };
+        // The newest flush may have stopped between its rows and its archive items.
+        for header in newest_headers {
+            log.write_archive_item(&header, true)?;
+        }
+        Ok(log)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, MailState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a send (durable with the next flush), or finds it was sent before.
+    pub fn store_send(&self, send: NewSend) -> Result<StoreSendOutcome, StoreError> {
+        let meta = SendMeta {
+            seq: 0,
+            org: send.org,
+            message_id: send.record.message_id,
+            conversation: send.conversation,
+            sender_user: send.sender_user,
+            sender_device: send.sender_device,
+            client_message_id: send.client_message_id,
+            server_time_ms: send.record.server_time_ms,
+        };
+        let db = &self.db;
+        let plain = send.envelopes.clone();
+        let archive = send.archive;
+        // Positions start at 1: 0 means "nothing" to the durable mark and to cursors.
+        let appended = self.state().append_send(
+            meta,
+            send.envelopes,
+            || {
+                db.generate_id()
+                    .map(|id| id.saturating_add(1))
+                    .map_err(db_error)
+            },
+            |meta| self.seal_send(meta, &plain, archive.as_deref()),
+        )?;
+        Ok(match appended {
+            Appended::Stored(record) => StoreSendOutcome::Stored(record),
+            Appended::Duplicate(record) => StoreSendOutcome::Duplicate(record),
+        })
+    }
+
+    /// The earlier send of this (sender device, client message id), if there was one.
+    pub fn sent(
+        &self,
+        sender: &DeviceId,
+        client_message_id: &ClientMessageId,
+    ) -> Option<SendRecord> {
+        self.state().sent(sender, client_message_id)
+    }
+
+    /// Up to `limit` durable deliveries waiting for `device` after `after`, oldest first.
+    pub fn mailbox_after(
+        &self,
+        device: &DeviceId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<MailboxItem>, StoreError> {
+        let deliverable = self.state().deliverable(device, after, limit);
+        let mut rows: BTreeMap<GroupNo, sled::IVec> = BTreeMap::new();
+        let mut items = Vec::with_capacity(deliverable.len());
+        for Deliverable { meta, source } in deliverable {
+            let ciphertext = match source {
+                Source::Cached(bytes) => bytes,
+                Source::Stored(loc) => {
+                    let row = match rows.get(&loc.group) {
+                        Some(row) => row.clone(),
+                        None => match self.groups.get(loc.group.to_be_bytes()).map_err(db_error)? {
+                            Some(row) => {
+                                rows.insert(loc.group, row.clone());
+                                row
+                            }
+                            // Finished and collected meanwhile.
+                            None => continue,
+                        },
+                    };
+                    match self.open_envelope(&row, loc, meta.seq, device)? {
+                        Some(ciphertext) => Bytes::from(ciphertext),
+                        // Past retention and shredded: the sweep finishes it.
+                        None => continue,
+                    }
+                }
+            };
+            items.push(MailboxItem {
+                seq: meta.seq,
+                message_id: meta.message_id,
+                conversation: meta.conversation,
+                sender_user: meta.sender_user,
+                sender_device: meta.sender_device,
+                server_time_ms: meta.server_time_ms,
+                ciphertext,
+            });
+        }
+        Ok(items)
+    }
+
+    /// Opens the envelope at `loc`, checking it is the one of (`seq`, `device`).
+    fn open_envelope(
+        &self,
+        row: &[u8],
+        loc: Loc,
+        seq: Seq,
+        device: &DeviceId,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let payload = payload_at(row, loc)?;
+        let (address, sealed) = payload
+            .split_at_checked(ENVELOPE_ADDRESS)
+            .ok_or_else(|| corrupt("truncated envelope"))?;
+        if address != envelope_address(seq, device) {
+            return Err(corrupt("an envelope lies where another was recorded"));
+        }
+        match self.codec.open_raw(LABEL_ENVELOPE, address, sealed) {
+            Ok(plain) => Ok(Some(plain)),
+            Err(StoreError::Shredded { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Finishes `device`'s deliveries of these messages; returns how many were waiting.
+    pub fn ack(&self, device: &DeviceId, message_ids: &[MessageId]) -> u32 {
+        self.state().acknowledge(device, message_ids)
+    }
+
+    /// Finishes everything waiting for a revoked device; returns how many deliveries.
+    pub fn drop_device(&self, device: &DeviceId) -> u32 {
+        self.state().drop_device(device)
+    }
+
+    /// Counts for metrics.
+    pub fn stats(&self) -> MailStats {
+        self.state().stats()
+    }
+
+    /// Retention: finishes the deliveries `past` says ran out of retention, unless `held`;
+    /// forgets the idempotency records past retention unless their org is on hold
+    /// (`org_held`), deleting summary rows left with nothing. Returns per org (envelopes
+    /// deleted, envelopes kept by a hold), and the scopes of everything kept, whose keys must
+    /// stay.
+    #[allow(clippy::type_complexity)]
+    pub fn expire(
+        &self,
+        past: impl Fn(&SendMeta) -> bool,
+        held: impl Fn(&SendMeta) -> bool,
+        org_held: impl Fn(&SendMeta) -> bool,
+    ) -> Result<(BTreeMap<OrgId, (u64, u64)>, BTreeSet<Scope>), StoreError> {
+        let counts = self.state().expire(&past, &held, |m| !org_held(m));
+        let mut kept = BTreeSet::new();
+        for item in self.summaries.iter() {
+            let (key, value) = item.map_err(db_error)?;
+            let number = row_number(&key)?;
+            let mut keep = false;
+            for meta in open_summary(&self.codec, number, &value)? {
+                if past(&meta) && !org_held(&meta) {
+                    self.state().forget_sent(&meta);
+                } else {
+                    keep = true;
+                    kept.insert(mail_scope(&meta));
+                }
+            }
+            if !keep {
+                self.summaries.remove(&key).map_err(db_error)?;
+            }
+        }
+        for meta in self.state().sends_in_log() {
+            kept.insert(mail_scope(meta));
+        }
+        Ok((counts, kept))
+    }
+
+    /// Takes what the next flush writes (called with new writes held back).
+    pub fn take_flush(self: &Arc<Self>) -> MailFlush {
+        MailFlush {
+            log: self.clone(),
+            plan: self.state().take_flush(),
+            landed: Vec::new(),
+        }
+    }
+
+    /// A send's records, sealed: its header (with the archive's sealed box), its envelopes and
+    /// its archive item.
+    fn seal_send(
+        &self,
+        meta: &SendMeta,
+        envelopes: &[(DeviceId, Bytes)],
+        archive: Option<&[u8]>,
+    ) -> Result<SealedSend, StoreError> {
+        let scope = mail_scope(meta);
+        let address = meta.seq.to_be_bytes();
+        let header = StoredHeader {
+            meta: meta.clone(),
+            archive: archive.map(<[u8]>::to_vec),
+        };
+        let mut payload = address.to_vec();
+        payload.extend(self.codec.seal(LABEL_HEADER, scope, &address, &header)?);
+        let mut sealed = SealedSend {
+            header: payload,
+            envelopes: Vec::with_capacity(envelopes.len()),
+            archive: None,
+        };
+        for (device, ciphertext) in envelopes {
+            let address = envelope_address(meta.seq, device);
+            let mut payload = address.to_vec();
+            payload.extend(
+                self.codec
+                    .seal_raw(LABEL_ENVELOPE, scope, &address, ciphertext)?,
+            );
+            sealed.envelopes.push((*device, payload));
+        }
+        if let Some(sealed_box) = archive {
+            sealed.archive = Some(self.archive_item(meta, sealed_box)?.1);
+        }
+        Ok(sealed)
+    }
+
+    /// A send's archive item: its row's key (org, position) and value.
+    fn archive_item(
+        &self,
+        meta: &SendMeta,
+        sealed_box: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let mut key = Vec::with_capacity(24);
+        key.extend_from_slice(meta.org.as_bytes());
+        key.extend_from_slice(&meta.seq.to_be_bytes());
+        let item = ArchiveItemRecord {
+            message_id: meta.message_id,
+            conversation: meta.conversation,
+            sender_user: meta.sender_user,
+            sender_device: meta.sender_device,
+            server_time_ms: meta.server_time_ms,
+            sealed: sealed_box.to_vec(),
+        };
+        let scope = Scope::Archive {
+            org: meta.org,
+            day: day_of(meta.server_time_ms),
+        };
+        let value = self.codec.seal("archive", scope, &key, &item)?;
+        Ok((key, value))
+    }
+
+    /// Writes a send's archive item (`only_if_missing`: as recovery repairs the newest
+    /// flush).
+    fn write_archive_item(
+        &self,
+        header: &StoredHeader,
+        only_if_missing: bool,
+    ) -> Result<(), StoreError> {
+        let Some(sealed) = &header.archive else {
+            return Ok(());
+        };
+        let (key, value) = self.archive_item(&header.meta, sealed)?;
+        if only_if_missing && self.archive.contains_key(&key).map_err(db_error)? {
+            return Ok(());
+        }
+        self.archive.insert(key, value).map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Every mail record's sealed bytes with the associated data it opens with (tests: what
+    /// a copy of the database holds).
+    pub fn raw_records(&self) -> Result<Vec<RawRecord>, StoreError> {
+        raw_records(&self.groups, &self.summaries)
+    }
+}
+
+/// The idempotency records of a summary row.
+fn open_summary(codec: &Codec, number: GroupNo, value: &[u8]) -> Result<Vec<SendMeta>, StoreError> {
+    let (_, records) = parse_row(value)?;
+    let mut metas = Vec::new();
+    for record in records {
+        if record.kind != KIND_SENT {
+            return Err(corrupt("a summary row holds another kind of record"));
+        }
+        if let Some(list) = open_or_shredded::<Vec<SendMeta>>(
+            codec,
+            LABEL_SENT,
+            &place(number, record.index),
+            record.payload,
+        )? {
+            metas.extend(list);
+        }
+    }
+    Ok(metas)
+}
+
+/// Every mail record of these trees as (label, associated data, sealed bytes): what opens
+/// each with [`Codec::open`]. For tests that check a copy of the database after retention.
+pub fn raw_records(groups: &Tree, summaries: &Tree) -> Result<Vec<RawRecord>, StoreError> {
+    let mut out = Vec::new();
+    for (tree, is_summary) in [(groups, false), (summaries, true)] {
+        for item in tree.iter() {
+            let (key, value) = item.map_err(db_error)?;
+            let number = row_number(&key)?;
+            let (_, records) = parse_row(&value)?;
+            for record in records {
+                let (label, aad, sealed) = match (record.kind, is_summary) {
+                    (KIND_HEADER | KIND_COPIED_HEADER, false) => {
+                        let (a, s) = record
+                            .payload
+                            .split_at_checked(HEADER_ADDRESS)
+                            .ok_or_else(|| corrupt("truncated"))?;
+                        (LABEL_HEADER, a.to_vec(), s)
+                    }
+                    (KIND_ENVELOPE, false) => {
+                        let (a, s) = record
+                            .payload
+                            .split_at_checked(ENVELOPE_ADDRESS)
+                            .ok_or_else(|| corrupt("truncated"))?;
+                        (LABEL_ENVELOPE, a.to_vec(), s)
+                    }
+                    (KIND_DONE, false) => (
+                        LABEL_DONE,
+                        place(number, record.index).to_vec(),
+                        record.payload,
+                    ),
+                    (KIND_SENT, true) => (
+                        LABEL_SENT,
+                        place(number, record.index).to_vec(),
+                        record.payload,
+                    ),
+                    (kind, _) => return Err(corrupt(format!("unexpected record kind {kind}"))),
+                };
+                out.push((label, aad, sealed.to_vec()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl MailFlush {
+    /// Seals and writes the rows, then the archive items, the summaries, and deletes what was
+    /// collected, in that order (see the module documentation).
+    pub fn write(&mut self) -> Result<(), StoreError> {
+        if self.plan.is_empty() {
+            return Ok(());
+        }
+        let log = self.log.clone();
+        let flush = {
+            let mut next = log.next_flush.lock().unwrap_or_else(|e| e.into_inner());
+            let flush = *next;
+            *next += 1;
+            flush
+        };
+        let codec = &log.codec;
+        let mut archive_items = Vec::new();
+        let mut source_rows: BTreeMap<GroupNo, sled::IVec> = BTreeMap::new();
+        for (number, records) in &self.plan.groups {
+            let mut row = RowWriter::new(flush);
+            for record in records {
+                match record {
+                    Record::Send { meta, sealed } => {
+                        let (_, offset, len) = row.push(KIND_HEADER, &[&sealed.header])?;
+                        let header_loc = Loc {
+                            group: *number,
+                            offset,
+                            len,
+                        };
+                        let mut landed = Vec::with_capacity(sealed.envelopes.len());
+                        for (device, payload) in &sealed.envelopes {
+                            let (_, offset, len) = row.push(KIND_ENVELOPE, &[payload])?;
+                            landed.push((
+                                *device,
+                                Loc {
+                                    group: *number,
+                                    offset,
+                                    len,
+                                },
+                            ));
+                        }
+                        self.landed.push(Landed {
+                            seq: meta.seq,
+                            header: header_loc,
+                            envelopes: landed,
+                        });
+                        if let Some(value) = &sealed.archive {
+                            let mut key = Vec::with_capacity(24);
+                            key.extend_from_slice(meta.org.as_bytes());
+                            key.extend_from_slice(&meta.seq.to_be_bytes());
+                            archive_items.push((key, value.clone()));
+                        }
+                    }
+                    Record::Copy {
+                        seq,
+                        header,
+                        envelopes,
+                    } => {
+                        let source = |group: GroupNo,
+                                      rows: &mut BTreeMap<GroupNo, sled::IVec>|
+                         -> Result<sled::IVec, StoreError> {
+                            if let Some(row) = rows.get(&group) {
+                                return Ok(row.clone());
+                            }
+                            let row = log
+                                .groups
+                                .get(group.to_be_bytes())
+                                .map_err(db_error)?
+                                .ok_or_else(|| corrupt("a row to compact is gone"))?;
+                            rows.insert(group, row.clone());
+                            Ok(row)
+                        };
+                        let from = source(header.group, &mut source_rows)?;
+                        let (_, offset, len) =
+                            row.push(KIND_COPIED_HEADER, &[payload_at(&from, *header)?])?;
+                        let header_loc = Loc {
+                            group: *number,
+                            offset,
+                            len,
+                        };
+                        let mut landed = Vec::with_capacity(envelopes.len());
+                        for (device, loc) in envelopes {
+                            let from = source(loc.group, &mut source_rows)?;
+                            let payload = payload_at(&from, *loc)?;
+                            if payload.get(..ENVELOPE_ADDRESS)
+                                != Some(&envelope_address(*seq, device)[..])
+                            {
+                                return Err(corrupt(
+                                    "an envelope to compact is not where it was recorded",
+                                ));
+                            }
+                            let (_, offset, len) = row.push(KIND_ENVELOPE, &[payload])?;
+                            landed.push((
+                                *device,
+                                Loc {
+                                    group: *number,
+                                    offset,
+                                    len,
+                                },
+                            ));
+                        }
+                        self.landed.push(Landed {
+                            seq: *seq,
+                            header: header_loc,
+                            envelopes: landed,
+                        });
+                    }
+                    Record::Done { device, seqs } => {
+                        let index = row.count;
+                        let sealed = codec.seal(
+                            LABEL_DONE,
+                            Scope::Standing,
+                            &place(*number, index),
+                            &StoredDone {
+                                device: *device,
+                                seqs: seqs.clone(),
+                            },
+                        )?;
+                        row.push(KIND_DONE, &[&sealed])?;
+                    }
+                }
+            }
+            log.groups
+                .insert(number.to_be_bytes(), row.bytes)
+                .map_err(db_error)?;
+        }
+        for (key, value) in archive_items {
+            log.archive.insert(key, value).map_err(db_error)?;
+        }
+        for (number, summary) in &self.plan.collect {
+            if !summary.is_empty() {
+                // One sealed list per org and day: retention shreds them by that key anyway.
+                let mut by_scope: BTreeMap<Scope, Vec<&SendMeta>> = BTreeMap::new();
+                for meta in summary {
+                    by_scope.entry(mail_scope(meta)).or_default().push(meta);
+                }
+                let mut row = RowWriter::new(flush);
+                for (scope, metas) in by_scope {
+                    let index = row.count;
+                    let sealed = codec.seal(LABEL_SENT, scope, &place(*number, index), &metas)?;
+                    row.push(KIND_SENT, &[&sealed])?;
+                }
+                log.summaries
+                    .insert(number.to_be_bytes(), row.bytes)
+                    .map_err(db_error)?;
+            }
+            log.groups.remove(number.to_be_bytes()).map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    /// The flush that followed [`MailFlush::write`] made it durable.
+    pub fn durable(self) {
+        let MailFlush { log, plan, landed } = self;
+        log.state().flushed(&plan, landed);
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::*;
+    use crate::keyring::Keyring;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        db: Db,
+        log: Arc<MailLog>,
+    }
+
+    fn open(dir: tempfile::TempDir) -> Fixture {
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
+        let keyring =
+            Keyring::open(&dir.path().join("keyring"), &dir.path().join("master.key")).unwrap();
+        let log = MailLog::open(
+            &db,
+            Codec::new(Arc::new(keyring)),
+            db.open_tree("archive").unwrap(),
+            |_| false,
+            1 << 20,
+        )
+        .unwrap();
+        Fixture {
+            dir,
+            db,
+            log: Arc::new(log),
+        }
+    }
+
+    fn reopen(fixture: Fixture) -> Fixture {
+        let Fixture { dir, db, log } = fixture;
+        drop(log);
+        db.flush().unwrap();
+        drop(db);
+        open(dir)
+    }
+
+    fn flush(fixture: &Fixture) {
+        let mut pending = fixture.log.take_flush();
+        pending.write().unwrap();
+        fixture.db.flush().unwrap();
+        pending.durable();
+    }
+
+    fn id<T: From<[u8; 16]>>(n: u8) -> T {
+        T::from([n; 16])
+    }
+
+    fn send(fixture: &Fixture, n: u8, to: &[DeviceId], archive: bool) -> SendRecord {
+        let outcome = fixture
+            .log
+            .store_send(NewSend {
+                org: id(1),
+                conversation: id(2),
+                sender_user: id(3),
+                sender_device: id(4),
+                client_message_id: id(n),
+                record: SendRecord {
+                    message_id: id(100 + n),
+                    server_time_ms: 1_700_000_000_000,
+                },
+                envelopes: to
+                    .iter()
+                    .map(|d| (*d, Bytes::from(format!("ciphertext-{n}-{d}"))))
+                    .collect(),
+                archive: archive.then(|| Bytes::from_static(b"sealed box")),
+            })
+            .unwrap();
+        match outcome {
+            StoreSendOutcome::Stored(record) => record,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn texts(fixture: &Fixture, device: &DeviceId) -> Vec<String> {
+        fixture
+            .log
+            .mailbox_after(device, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|item| String::from_utf8(item.ciphertext.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_send_is_delivered_once_flushed_and_again_from_disk_after_a_restart() {
+        let fixture = open(tempfile::tempdir().unwrap());
+        let bob: DeviceId = id(50);
+        send(&fixture, 1, &[bob], false);
+        assert!(texts(&fixture, &bob).is_empty(), "not before the flush");
+        flush(&fixture);
+        let expected = vec![format!("ciphertext-1-{bob}")];
+        assert_eq!(texts(&fixture, &bob), expected);
+        let fixture = reopen(fixture);
+        assert_eq!(
+            texts(&fixture, &bob),
+            expected,
+            "read and opened from its row"
+        );
+        assert!(fixture.log.sent(&id(4), &id(1)).is_some());
+    }
+
+    #[test]
+    fn acknowledged_mail_is_collected_and_its_idempotency_record_stays() {
+        let fixture = open(tempfile::tempdir().unwrap());
+        let bob: DeviceId = id(50);
+        let record = send(&fixture, 1, &[bob], false);
+        flush(&fixture);
+        assert_eq!(fixture.log.ack(&bob, &[record.message_id]), 1);
+        flush(&fixture);
+        flush(&fixture);
+        assert_eq!(fixture.log.groups.len(), 0, "every row collected");
+        assert_eq!(fixture.log.summaries.len(), 1);
+        let fixture = reopen(fixture);
+        assert!(texts(&fixture, &bob).is_empty(), "the ack held");
+        assert_eq!(fixture.log.sent(&id(4), &id(1)), Some(record));
+    }
+
+    #[test]
+    fn the_archive_item_is_written_with_the_flush_and_repaired_for_the_newest_only() {
+        let fixture = open(tempfile::tempdir().unwrap());
+        let bob: DeviceId = id(50);
+        send(&fixture, 1, &[bob], true);
+        flush(&fixture);
+        send(&fixture, 2, &[bob], true);
+        flush(&fixture);
+        assert_eq!(fixture.log.archive.len(), 2);
+        // As if the newest flush stopped before its archive items, and an older item was
+        // removed since (retention): only the newest flush's is written again.
+        let keys: Vec<sled::IVec> = fixture
+            .log
+            .archive
+            .iter()
+            .keys()
+            .map(|k| k.unwrap())
+            .collect();
+        for key in &keys {
+            fixture.log.archive.remove(key).unwrap();
+        }
+        let fixture = reopen(fixture);
+        let left: Vec<sled::IVec> = fixture
+            .log
+            .archive
+            .iter()
+            .keys()
+            .map(|k| k.unwrap())
+            .collect();
+        assert_eq!(left, vec![keys[1].clone()]);
+    }
+
+    #[test]
+    fn a_changed_envelope_is_refused_and_a_changed_done_stops_the_open() {
+        let fixture = open(tempfile::tempdir().unwrap());
+        let (bob, carol): (DeviceId, DeviceId) = (id(50), id(51));
+        let record = send(&fixture, 1, &[bob, carol], false);
+        flush(&fixture);
+        fixture.log.ack(&bob, &[record.message_id]);
+        flush(&fixture);
+        let fixture = reopen(fixture);
+        // Flip a byte inside carol's envelope on disk.
+        let (key, value) = fixture.log.groups.first().unwrap().unwrap();
+        let (_, records) = parse_row(&value).unwrap();
+        let envelope = records
+            .iter()
+            .find(|r| r.kind == KIND_ENVELOPE && r.payload[8..24] == carol.as_bytes()[..])
+            .map(|r| r.offset as usize + r.payload.len() - 1)
+            .unwrap();
+        let mut changed = value.to_vec();
+        changed[envelope] ^= 1;
+        fixture.log.groups.insert(&key, changed).unwrap();
+        let fixture = reopen(fixture);
+        assert!(matches!(
+            fixture.log.mailbox_after(&carol, None, 10),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // Flip a byte of the Done record: the log no longer opens, naming the damage.
+        let (key, value) = fixture.log.groups.last().unwrap().unwrap();
+        let mut changed = value.to_vec();
+        let last = changed.len() - 1;
+        changed[last] ^= 1;
+        fixture.log.groups.insert(&key, changed).unwrap();
+        let Fixture { dir, db, log } = fixture;
+        drop(log);
+        db.flush().unwrap();
+        drop(db);
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
+        let keyring =
+            Keyring::open(&dir.path().join("keyring"), &dir.path().join("master.key")).unwrap();
+        let reopened = MailLog::open(
+            &db,
+            Codec::new(Arc::new(keyring)),
+            db.open_tree("archive").unwrap(),
+            |_| false,
+            1 << 20,
+        );
+        assert!(matches!(reopened, Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn compaction_copies_an_offline_devices_mail_as_sealed_and_it_still_opens() {
+        let fixture = open(tempfile::tempdir().unwrap());
+        let (online, offline): (DeviceId, DeviceId) = (id(50), id(51));
+        send(&fixture, 1, &[offline], false);
+        let mut n = 2u8;
+        let first_row = {
+            let record = send(&fixture, n, &[online], false);
+            flush(&fixture);
+            fixture.log.ack(&online, &[record.message_id]);
+            fixture.log.groups.first().unwrap().unwrap().0
+        };
+        for _ in 0..(super::super::mail_state::COMPACT_AFTER_GROUPS + 40) {
+            n = n.wrapping_add(1).max(2);
+            let record = send(&fixture, n, &[online], false);
+            flush(&fixture);
+            fixture.log.ack(&online, &[record.message_id]);
+        }
+        flush(&fixture);
+        flush(&fixture);
+        assert!(
+            fixture.log.groups.get(&first_row).unwrap().is_none(),
+            "the first row was compacted away"
+        );
+        assert!(
+            fixture.log.groups.len() < 6,
+            "{} rows",
+            fixture.log.groups.len()
+        );
+        let fixture = reopen(fixture);
+        assert_eq!(
+            texts(&fixture, &offline),
+            vec![format!("ciphertext-1-{offline}")]
+        );
+        assert!(texts(&fixture, &online).is_empty());
+    }
+
+    #[test]
+    fn nothing_of_a_ciphertext_lies_on_disk_in_the_clear() {
+        let fixture = open(tempfile::tempdir().unwrap());
+        let bob: DeviceId = id(50);
+        send(&fixture, 7, &[bob], true);
+        flush(&fixture);
+        let fixture = reopen(fixture);
+        let marker = format!("ciphertext-7-{bob}");
+        let mut files = vec![fixture.dir.path().join("db")];
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(
+                    !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                    "{} holds a ciphertext in the clear",
+                    path.display()
+                );
+                assert!(!bytes.windows(10).any(|w| w == b"sealed box"));
+            }
+        }
+    }
+}

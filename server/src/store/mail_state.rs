@@ -1,0 +1,1614 @@
+//! The mailboxes in memory, over the mail log: which sends still wait for which devices, in
+//! order; the idempotency index; and which rows of the log are still needed.
+//!
+//! Sans-IO, like the rest of the relay's core: [`super::mail_log`] feeds it what requests do and
+//! what it recovered from disk, asks it what the next flush must write
+//! ([`MailState::take_flush`]) and tells it what was written ([`MailState::flushed`]). Every
+//! decision about durability and collection is made here, and tested here without a database.
+//!
+//! # The log
+//! A flush writes everything gathered since the one before into *group rows* of at most
+//! [`MAX_GROUP_BYTES`]: a send's header, one envelope per recipient device, and `Done` records
+//! (these deliveries are finished: acknowledged, revoked, or past retention). One row is one
+//! sled value, so a send lands whole or not at all, and a flush of a hundred sends costs a
+//! handful of sled writes instead of hundreds.
+//!
+//! A group row is deleted as soon as nothing in it is needed any more:
+//! - every send it holds is finished, or has a newer copy that is written; and
+//! - every `Done` in it names only sends with no older copy left on disk (else that copy
+//!   would come back as undelivered after a restart).
+//!
+//! When the last copy of a finished send goes, its idempotency record goes into the deleted
+//! group's *summary* row, kept until retention. An old group holding little that is still
+//! waiting (an offline device's mail among finished sends) is compacted: the waiting sends'
+//! sealed records are copied unchanged into the next flush, after which the old row can go.
+//!
+//! Only sends that are durable are handed out for delivery ([`MailState::deliverable`]), so a
+//! recipient never sees a message the server could still lose.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+use medrelay_proto::ids::{ClientMessageId, ConversationId, DeviceId, MessageId, OrgId, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::SendRecord;
+
+/// Position of a send in the mail log: strictly increasing in the order sends were accepted.
+pub type Seq = u64;
+/// Number of a group row of the mail log.
+pub type GroupNo = u64;
+
+/// Most bytes of records in one group row. sled 0.34 stores a log message over a quarter of a
+/// segment (128 KiB) as a separate blob file (a file written and synced of its own), and it
+/// rewrites a whole leaf, up to 16 rows, when it consolidates one: 16 rows this size stay
+/// within that. Measured here, sled's cost per byte is the same from 8 KiB rows up.
+pub const MAX_GROUP_BYTES: usize = 8 * 1024;
+/// Groups written after a group before it is considered for compaction.
+pub const COMPACT_AFTER_GROUPS: u64 = 64;
+/// Old groups examined for compaction per flush (the rest wait for later flushes).
+pub const COMPACT_CHECKS_PER_FLUSH: usize = 8;
+/// Bytes of envelopes copied by compaction in one flush at most.
+pub const COMPACT_BYTES_PER_FLUSH: usize = 256 * 1024;
+
+/// Bytes a record costs in a row besides its payload (sealing header, tag and framing).
+const RECORD_OVERHEAD: usize = 64;
+
+/// What the server knows of a send besides its ciphertexts: its routing and its identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendMeta {
+    /// Its position in the log.
+    pub seq: Seq,
+    /// The sender's org.
+    pub org: OrgId,
+    /// The message's server id.
+    pub message_id: MessageId,
+    /// Its conversation.
+    pub conversation: ConversationId,
+    /// Who sent it.
+    pub sender_user: UserId,
+    /// From which device.
+    pub sender_device: DeviceId,
+    /// The sender's own id for it (idempotency).
+    pub client_message_id: ClientMessageId,
+    /// When the server accepted it.
+    pub server_time_ms: u64,
+}
+
+impl SendMeta {
+    /// The idempotency record of this send.
+    pub fn record(&self) -> SendRecord {
+        SendRecord {
+            message_id: self.message_id,
+            server_time_ms: self.server_time_ms,
+        }
+    }
+
+    fn idempotency_key(&self) -> (DeviceId, ClientMessageId) {
+        (self.sender_device, self.client_message_id)
+    }
+}
+
+/// Where a sealed record lies in a written group row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    /// The row.
+    pub group: GroupNo,
+    /// Byte offset of the sealed record in the row's value.
+    pub offset: u32,
+    /// Its length.
+    pub len: u32,
+}
+
+/// A send's records as the mail log stores them, sealed when the send is appended (so the
+/// work is spread over the requests, not left to the flush).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealedSend {
+    /// The header's payload.
+    pub header: Vec<u8>,
+    /// Each envelope's payload, per device.
+    pub envelopes: Vec<(DeviceId, Vec<u8>)>,
+    /// The org archive's item as its row's value, if the org archives.
+    pub archive: Option<Vec<u8>>,
+}
+
+/// A record the next flush writes.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// A new send: its header and one envelope per recipient device, and its archive item.
+    Send {
+        /// The header.
+        meta: SendMeta,
+        /// Its sealed records.
+        sealed: SealedSend,
+    },
+    /// A written send's sealed header and still-waiting envelopes, copied as they are
+    /// (compaction).
+    Copy {
+        /// The send.
+        seq: Seq,
+        /// Its header.
+        header: Loc,
+        /// Its envelopes that still wait, per device.
+        envelopes: Vec<(DeviceId, Loc)>,
+    },
+    /// These deliveries are finished.
+    Done {
+        /// The device.
+        device: DeviceId,
+        /// The sends.
+        seqs: Vec<Seq>,
+    },
+}
+
+impl Record {
+    /// Bytes the record takes in a row, roughly (for splitting a flush into rows).
+    fn size(&self) -> usize {
+        match self {
+            Record::Send { sealed, .. } => {
+                RECORD_OVERHEAD
+                    + sealed.header.len()
+                    + sealed
+                        .envelopes
+                        .iter()
+                        .map(|(_, c)| RECORD_OVERHEAD + c.len())
+                        .sum::<usize>()
+            }
+            Record::Copy {
+                header, envelopes, ..
+            } => {
+                2 * RECORD_OVERHEAD
+                    + header.len as usize
+                    + envelopes
+                        .iter()
+                        .map(|(_, l)| RECORD_OVERHEAD + l.len as usize)
+                        .sum::<usize>()
+            }
+            Record::Done { seqs, .. } => RECORD_OVERHEAD + 24 + 9 * seqs.len(),
+        }
+    }
+}
+
+/// What one flush must do, in this order: write each group row, then write the summary rows
+/// of the collected groups and delete those groups (in ascending order).
+#[derive(Debug, Default)]
+pub struct FlushPlan {
+    /// Rows to write.
+    pub groups: Vec<(GroupNo, Vec<Record>)>,
+    /// Rows to delete, each with the idempotency records of the sends whose last copy it
+    /// holds (the summary row written under the same number first).
+    pub collect: Vec<(GroupNo, Vec<SendMeta>)>,
+    /// The highest seq of a new send in this plan (0: none).
+    pub newest: Seq,
+}
+
+impl FlushPlan {
+    /// Whether the flush has nothing of the mail log to write.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.collect.is_empty()
+    }
+}
+
+/// Where the records of one send or copy landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Landed {
+    /// The send.
+    pub seq: Seq,
+    /// Its header.
+    pub header: Loc,
+    /// Its envelopes.
+    pub envelopes: Vec<(DeviceId, Loc)>,
+}
+
+/// A record found in a group row at startup.
+#[derive(Debug, Clone)]
+pub enum Recovered {
+    /// A send's header.
+    Header {
+        /// The header.
+        meta: SendMeta,
+        /// Where it lies.
+        loc: Loc,
+    },
+    /// An envelope.
+    Envelope {
+        /// Its send.
+        seq: Seq,
+        /// Its device.
+        device: DeviceId,
+        /// Where it lies.
+        loc: Loc,
+    },
+    /// Finished deliveries.
+    Done {
+        /// The device.
+        device: DeviceId,
+        /// The sends.
+        seqs: Vec<Seq>,
+    },
+}
+
+/// Where the ciphertext of a delivery comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Still in memory.
+    Cached(Bytes),
+    /// In a group row, sealed.
+    Stored(Loc),
+}
+
+/// One delivery to hand out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deliverable {
+    /// The send.
+    pub meta: SendMeta,
+    /// Its ciphertext for this device.
+    pub source: Source,
+}
+
+/// The outcome of appending a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored (durable at the next flush).
+    Stored(SendRecord),
+    /// This (sender device, client message id) was sent before: nothing was stored.
+    Duplicate(SendRecord),
+}
+
+/// One send whose records are still in the log (or pending).
+#[derive(Debug, Clone)]
+struct Send {
+    meta: SendMeta,
+    /// Devices still waiting, with where their envelope lies in the home copy (None: not
+    /// written yet).
+    waiting: Vec<(DeviceId, Option<Loc>)>,
+    /// Where the header lies in the home copy.
+    header: Option<Loc>,
+    /// The group whose copy reads use (None: not written yet).
+    home: Option<GroupNo>,
+    /// A copy the flush in progress writes (compaction).
+    moving_to: Option<GroupNo>,
+    /// Every group holding a copy, written or being written.
+    copies: Vec<GroupNo>,
+    /// Past retention: no idempotency record is kept when its last copy goes.
+    expired: bool,
+}
+
+impl Send {
+    fn finished(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
+/// One group row.
+#[derive(Debug, Clone, Default)]
+struct Group {
+    /// Written by a completed flush.
+    written: bool,
+    /// Sends with a copy in it.
+    holds: Vec<Seq>,
+    /// Deliveries its `Done` records finish.
+    refs: Vec<(Seq, DeviceId)>,
+}
+
+/// What waits for one device.
+#[derive(Debug, Default)]
+struct Queue {
+    by_seq: BTreeMap<Seq, MessageId>,
+    by_id: HashMap<MessageId, Seq>,
+}
+
+/// Recent ciphertexts in memory, so online devices get them without reading and opening rows.
+#[derive(Debug)]
+struct Cache {
+    entries: HashMap<(Seq, DeviceId), Bytes>,
+    order: VecDeque<(Seq, DeviceId)>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl Cache {
+    fn insert(&mut self, key: (Seq, DeviceId), bytes: Bytes) {
+        self.bytes += bytes.len();
+        if let Some(old) = self.entries.insert(key, bytes) {
+            self.bytes -= old.len();
+        }
+        self.order.push_back(key);
+        while self.bytes > self.budget {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.entries.remove(&oldest) {
+                self.bytes -= old.len();
+            }
+        }
+        // Keys of entries removed since stay in `order` until they reach its front; keep
+        // that bounded too.
+        if self.order.len() > 2 * self.entries.len() + 1024 {
+            let entries = &self.entries;
+            self.order.retain(|k| entries.contains_key(k));
+        }
+    }
+
+    fn remove(&mut self, key: &(Seq, DeviceId)) {
+        if let Some(old) = self.entries.remove(key) {
+            self.bytes -= old.len();
+        }
+    }
+}
+
+/// Counts for `/metrics` and the benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MailStats {
+    /// Sends with a device still waiting.
+    pub waiting_sends: u64,
+    /// Deliveries waiting, over all devices.
+    pub waiting_deliveries: u64,
+    /// Group rows on disk or being written.
+    pub groups: u64,
+    /// Idempotency records held.
+    pub idempotency_records: u64,
+    /// Bytes of ciphertext cached in memory.
+    pub cached_bytes: u64,
+}
+
+/// The mailboxes in memory. See the module documentation.
+#[derive(Debug)]
+pub struct MailState {
+    next_group: GroupNo,
+    next_flush: u64,
+    pending: Vec<Record>,
+    sends: HashMap<Seq, Send>,
+    queues: HashMap<DeviceId, Queue>,
+    sent: HashMap<(DeviceId, ClientMessageId), SendRecord>,
+    groups: BTreeMap<GroupNo, Group>,
+    /// Every send up to here is durable.
+    durable: Seq,
+    /// Where the compaction scan resumes.
+    compact_cursor: GroupNo,
+    cache: Cache,
+}
+
+impl MailState {
+    /// An empty state whose first group is `next_group`, caching up to `cache_budget` bytes
+    /// of ciphertext.
+    pub fn new(next_group: GroupNo, cache_budget: usize) -> MailState {
+        MailState {
+            next_group: next_group.max(1),
+            next_flush: 1,
+            pending: Vec::new(),
+            sends: HashMap::new(),
+            queues: HashMap::new(),
+            sent: HashMap::new(),
+            groups: BTreeMap::new(),
+            durable: 0,
+            compact_cursor: 0,
+            cache: Cache {
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+                bytes: 0,
+                budget: cache_budget,
+            },
+        }
+    }
+
+    /// Rebuilds the state from what is on disk: the group rows in ascending order, the
+    /// summary rows, and which devices are revoked (their deliveries are finished). Returns
+    /// the state and the `Done` records to append for deliveries finished by revocation.
+    pub fn recover(
+        groups: Vec<(GroupNo, Vec<Recovered>)>,
+        summaries: Vec<(GroupNo, Vec<SendMeta>)>,
+        revoked: impl Fn(&DeviceId) -> bool,
+        cache_budget: usize,
+    ) -> MailState {
+        let highest_group = groups
+            .iter()
+            .map(|(g, _)| *g)
+            .chain(summaries.iter().map(|(g, _)| *g))
+            .max()
+            .unwrap_or(0);
+        let mut state = MailState::new(highest_group + 1, cache_budget);
+        let mut done: HashSet<(Seq, DeviceId)> = HashSet::new();
+        for (number, records) in groups {
+            let mut group = Group {
+                written: true,
+                ..Group::default()
+            };
+            for record in records {
+                match record {
+                    Recovered::Header { meta, loc } => {
+                        let seq = meta.seq;
+                        state.durable = state.durable.max(seq);
+                        let send = state.sends.entry(seq).or_insert_with(|| Send {
+                            meta: meta.clone(),
+                            waiting: Vec::new(),
+                            header: None,
+                            home: None,
+                            moving_to: None,
+                            copies: Vec::new(),
+                            expired: false,
+                        });
+                        // A later copy (compaction) replaces what reads use.
+                        send.header = Some(loc);
+                        send.home = Some(number);
+                        send.waiting.clear();
+                        if !send.copies.contains(&number) {
+                            send.copies.push(number);
+                        }
+                        if !group.holds.contains(&seq) {
+                            group.holds.push(seq);
+                        }
+                    }
+                    Recovered::Envelope { seq, device, loc } => {
+                        // An envelope belongs to the header before it in the same row.
+                        if let Some(send) = state.sends.get_mut(&seq) {
+                            if send.home == Some(number) {
+                                send.waiting.push((device, Some(loc)));
+                            }
+                        }
+                    }
+                    Recovered::Done { device, seqs } => {
+                        for seq in seqs {
+                            done.insert((seq, device));
+                            group.refs.push((seq, device));
+                        }
+                    }
+                }
+            }
+            state.groups.insert(number, group);
+        }
+        for (seq, send) in &mut state.sends {
+            send.waiting
+                .retain(|(device, _)| !done.contains(&(*seq, *device)) && !revoked(device));
+            state
+                .sent
+                .insert(send.meta.idempotency_key(), send.meta.record());
+            for (device, _) in &send.waiting {
+                let queue = state.queues.entry(*device).or_default();
+                queue.by_seq.insert(*seq, send.meta.message_id);
+                queue.by_id.insert(send.meta.message_id, *seq);
+            }
+        }
+        for (_, metas) in summaries {
+            for meta in metas {
+                state.sent.insert(meta.idempotency_key(), meta.record());
+            }
+        }
+        state
+    }
+
+    /// The earlier send of this (sender device, client message id), if any.
+    pub fn sent(
+        &self,
+        sender: &DeviceId,
+        client_message_id: &ClientMessageId,
+    ) -> Option<SendRecord> {
+        self.sent.get(&(*sender, *client_message_id)).copied()
+    }
+
+    /// Appends a send, or finds it was sent before. `next_seq` is called (once, inside) to
+    /// take the send's position, so positions follow the order sends are appended in; it
+    /// must give positions above every earlier one, from 1 (0 is below the durable mark of
+    /// an empty log).
+    ///
+    /// `seal` makes the send's records once its position is known; if it fails, nothing
+    /// changes.
+    pub fn append_send<E>(
+        &mut self,
+        meta_without_seq: SendMeta,
+        envelopes: Vec<(DeviceId, Bytes)>,
+        next_seq: impl FnOnce() -> Result<Seq, E>,
+        seal: impl FnOnce(&SendMeta) -> Result<SealedSend, E>,
+    ) -> Result<Appended, E> {
+        let key = meta_without_seq.idempotency_key();
+        if let Some(previous) = self.sent.get(&key) {
+            return Ok(Appended::Duplicate(*previous));
+        }
+        let seq = next_seq()?;
+        let meta = SendMeta {
+            seq,
+            ..meta_without_seq
+        };
+        let sealed = seal(&meta)?;
+        self.sent.insert(key, meta.record());
+        let mut waiting = Vec::with_capacity(envelopes.len());
+        for (device, ciphertext) in &envelopes {
+            waiting.push((*device, None));
+            let queue = self.queues.entry(*device).or_default();
+            queue.by_seq.insert(seq, meta.message_id);
+            queue.by_id.insert(meta.message_id, seq);
+            self.cache.insert((seq, *device), ciphertext.clone());
+        }
+        self.sends.insert(
+            seq,
+            Send {
+                meta: meta.clone(),
+                waiting,
+                header: None,
+                home: None,
+                moving_to: None,
+                copies: Vec::new(),
+                expired: false,
+            },
+        );
+        let record = meta.record();
+        self.pending.push(Record::Send { meta, sealed });
+        Ok(Appended::Stored(record))
+    }
+
+    /// Up to `limit` durable deliveries waiting for `device` after position `after` (from
+    /// the start if `None`), oldest first.
+    pub fn deliverable(
+        &self,
+        device: &DeviceId,
+        after: Option<Seq>,
+        limit: usize,
+    ) -> Vec<Deliverable> {
+        let Some(queue) = self.queues.get(device) else {
+            return Vec::new();
+        };
+        let start = match after {
+            Some(seq) => match seq.checked_add(1) {
+                Some(next) => next,
+                None => return Vec::new(),
+            },
+            None => 0,
+        };
+        if start > self.durable {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for seq in queue.by_seq.range(start..=self.durable).map(|(s, _)| *s) {
+            if out.len() >= limit {
+                break;
+            }
+            let Some(send) = self.sends.get(&seq) else {
+                continue;
+            };
+            let source = match self.cache.entries.get(&(seq, *device)) {
+                Some(bytes) => Source::Cached(bytes.clone()),
+                None => match send
+                    .waiting
+                    .iter()
+                    .find(|(d, _)| d == device)
+                    .and_then(|(_, loc)| *loc)
+                {
+                    Some(loc) => Source::Stored(loc),
+                    // Durable but its location not recorded: cannot happen; skip it.
+                    None => continue,
+                },
+            };
+            out.push(Deliverable {
+                meta: send.meta.clone(),
+                source,
+            });
+        }
+        out
+    }
+
+    /// Finishes `device`'s deliveries of these messages (an acknowledgement); returns how
+    /// many were waiting.
+    pub fn acknowledge(&mut self, device: &DeviceId, message_ids: &[MessageId]) -> u32 {
+        let seqs: Vec<Seq> = match self.queues.get(device) {
+            Some(queue) => message_ids
+                .iter()
+                .filter_map(|id| queue.by_id.get(id).copied())
+                .collect(),
+            None => return 0,
+        };
+        self.finish(device, &seqs)
+    }
+
+    /// Finishes every delivery waiting for `device` (revoked); returns how many.
+    pub fn drop_device(&mut self, device: &DeviceId) -> u32 {
+        let seqs: Vec<Seq> = match self.queues.get(device) {
+            Some(queue) => queue.by_seq.keys().copied().collect(),
+            None => return 0,
+        };
+        self.finish(device, &seqs)
+    }
+
+    /// Finishes these deliveries of `device` and logs it; returns how many were waiting.
+    fn finish(&mut self, device: &DeviceId, seqs: &[Seq]) -> u32 {
+        let mut finished = Vec::new();
+        for seq in seqs {
+            let Some(send) = self.sends.get_mut(seq) else {
+                continue;
+            };
+            let before = send.waiting.len();
+            send.waiting.retain(|(d, _)| d != device);
+            if send.waiting.len() == before {
+                continue;
+            }
+            if let Some(queue) = self.queues.get_mut(device) {
+                queue.by_seq.remove(seq);
+                queue.by_id.remove(&send.meta.message_id);
+            }
+            self.cache.remove(&(*seq, *device));
+            finished.push(*seq);
+        }
+        if self.queues.get(device).is_some_and(|q| q.by_seq.is_empty()) {
+            self.queues.remove(device);
+        }
+        let count = u32::try_from(finished.len()).unwrap_or(u32::MAX);
+        if !finished.is_empty() {
+            self.pending.push(Record::Done {
+                device: *device,
+                seqs: finished,
+            });
+        }
+        count
+    }
+
+    /// Retention: finishes every waiting delivery of a send for which `past` says its
+    /// retention ran out and `held` does not keep it, and drops the idempotency records
+    /// `past_record` says are expired. Returns, per org, (envelopes deleted, envelopes kept by
+    /// a hold).
+    pub fn expire(
+        &mut self,
+        past: impl Fn(&SendMeta) -> bool,
+        held: impl Fn(&SendMeta) -> bool,
+        forget_record: impl Fn(&SendMeta) -> bool,
+    ) -> BTreeMap<OrgId, (u64, u64)> {
+        let mut counts: BTreeMap<OrgId, (u64, u64)> = BTreeMap::new();
+        let mut to_finish: BTreeMap<DeviceId, Vec<Seq>> = BTreeMap::new();
+        let mut seqs: Vec<Seq> = self.sends.keys().copied().collect();
+        seqs.sort_unstable();
+        for seq in seqs {
+            let Some(send) = self.sends.get_mut(&seq) else {
+                continue;
+            };
+            if !past(&send.meta) {
+                continue;
+            }
+            let waiting = send.waiting.len() as u64;
+            if held(&send.meta) {
+                counts.entry(send.meta.org).or_default().1 += waiting;
+                continue;
+            }
+            counts.entry(send.meta.org).or_default().0 += waiting;
+            for (device, _) in &send.waiting {
+                to_finish.entry(*device).or_default().push(seq);
+            }
+            if forget_record(&send.meta) {
+                send.expired = true;
+                self.sent.remove(&send.meta.idempotency_key());
+            }
+        }
+        for (device, seqs) in to_finish {
+            self.finish(&device, &seqs);
+        }
+        counts
+    }
+
+    /// Forgets an idempotency record (its summary entry is past retention).
+    pub fn forget_sent(&mut self, meta: &SendMeta) {
+        // A send still in the log keeps its own record until its last copy goes.
+        if !self.sends.contains_key(&meta.seq) {
+            self.sent.remove(&meta.idempotency_key());
+        }
+    }
+
+    /// Every send still in the log (for the sweep's view of which keys are needed).
+    pub fn sends_in_log(&self) -> impl Iterator<Item = &SendMeta> {
+        self.sends.values().filter(|s| !s.expired).map(|s| &s.meta)
+    }
+
+    /// What the next flush writes and deletes. Call once per flush, then [`Self::flushed`]
+    /// with where the records landed once they are durable.
+    pub fn take_flush(&mut self) -> FlushPlan {
+        let mut plan = FlushPlan::default();
+        // Collect first: a group is judged on what was durable before this flush. `Done`
+        // records that must outlive a collected group go into this flush's rows, which are
+        // written before anything is deleted.
+        let (collect, relog) = self.collectable();
+        plan.collect = collect;
+        for (number, _) in &plan.collect {
+            self.forget_group(*number);
+        }
+        for (device, seqs) in relog {
+            self.pending.push(Record::Done { device, seqs });
+        }
+        self.plan_compaction();
+        // Copies go into rows of their own: they hold mail that waits long (an offline
+        // device's), which new traffic would otherwise pin and then copy again.
+        let (copies, fresh): (Vec<Record>, Vec<Record>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|r| matches!(r, Record::Copy { .. }));
+        let mut rows: Vec<Vec<Record>> = Vec::new();
+        for records in [fresh, copies] {
+            let mut row_bytes = MAX_GROUP_BYTES;
+            for record in records {
+                let size = record.size();
+                match rows.last_mut() {
+                    Some(row) if row_bytes + size <= MAX_GROUP_BYTES => {
+                        row_bytes += size;
+                        row.push(record);
+                    }
+                    _ => {
+                        row_bytes = size;
+                        rows.push(vec![record]);
+                    }
+                }
+            }
+        }
+        for records in rows {
+            let number = self.next_group;
+            self.next_group += 1;
+            let mut group = Group::default();
+            for record in &records {
+                match record {
+                    Record::Send { meta, .. } => {
+                        plan.newest = plan.newest.max(meta.seq);
+                        group.holds.push(meta.seq);
+                        if let Some(send) = self.sends.get_mut(&meta.seq) {
+                            send.copies.push(number);
+                            send.home = Some(number);
+                        }
+                    }
+                    Record::Copy { seq, .. } => {
+                        group.holds.push(*seq);
+                        if let Some(send) = self.sends.get_mut(seq) {
+                            send.copies.push(number);
+                            send.moving_to = Some(number);
+                        }
+                    }
+                    Record::Done { device, seqs } => {
+                        group.refs.extend(seqs.iter().map(|s| (*s, *device)));
+                    }
+                }
+            }
+            self.groups.insert(number, group);
+            plan.groups.push((number, records));
+        }
+        self.next_flush += 1;
+        plan
+    }
+
+    /// Groups that can be deleted now, ascending, each with the idempotency records of the
+    /// sends whose last copy it is; and the deliveries whose `Done` records must be written
+    /// again because an older copy of their send stays on disk.
+    #[allow(clippy::type_complexity)]
+    fn collectable(&self) -> (Vec<(GroupNo, Vec<SendMeta>)>, BTreeMap<DeviceId, Vec<Seq>>) {
+        let mut out = Vec::new();
+        let mut relog: BTreeMap<DeviceId, Vec<Seq>> = BTreeMap::new();
+        let mut deleting: HashSet<GroupNo> = HashSet::new();
+        for (number, group) in &self.groups {
+            if !group.written {
+                continue;
+            }
+            let needed = group.holds.iter().any(|seq| match self.sends.get(seq) {
+                None => false,
+                // Reads use this copy, or the newer one is not written yet.
+                Some(send) => {
+                    !send.finished()
+                        && (send.home == Some(*number)
+                            || send.moving_to.is_some()
+                            || send
+                                .home
+                                .is_none_or(|h| !self.groups.get(&h).is_some_and(|g| g.written)))
+                }
+            });
+            if needed {
+                continue;
+            }
+            // A `Done` here must outlive every older copy of what it names: written again
+            // in this flush, it does.
+            for (seq, device) in &group.refs {
+                let older_copy_stays = self.sends.get(seq).is_some_and(|send| {
+                    send.copies
+                        .iter()
+                        .any(|c| c < number && !deleting.contains(c))
+                });
+                if older_copy_stays {
+                    relog.entry(*device).or_default().push(*seq);
+                }
+            }
+            let mut summary = Vec::new();
+            for seq in &group.holds {
+                if let Some(send) = self.sends.get(seq) {
+                    let last_copy = send
+                        .copies
+                        .iter()
+                        .all(|c| c == number || deleting.contains(c));
+                    if last_copy && !send.expired {
+                        summary.push(send.meta.clone());
+                    }
+                }
+            }
+            deleting.insert(*number);
+            out.push((*number, summary));
+        }
+        for seqs in relog.values_mut() {
+            seqs.sort_unstable();
+            seqs.dedup();
+        }
+        (out, relog)
+    }
+
+    /// Drops a collected group and the sends whose last copy it held.
+    fn forget_group(&mut self, number: GroupNo) {
+        let Some(group) = self.groups.remove(&number) else {
+            return;
+        };
+        for seq in group.holds {
+            let gone = match self.sends.get_mut(&seq) {
+                Some(send) => {
+                    send.copies.retain(|c| *c != number);
+                    send.copies.is_empty()
+                }
+                None => false,
+            };
+            if gone {
+                self.sends.remove(&seq);
+            }
+        }
+    }
+
+    /// Queues copies of the still-waiting sends of old, mostly finished groups.
+    fn plan_compaction(&mut self) {
+        let horizon = self.next_group.saturating_sub(COMPACT_AFTER_GROUPS);
+        let mut budget = COMPACT_BYTES_PER_FLUSH;
+        let candidates: Vec<GroupNo> = self
+            .groups
+            .range(self.compact_cursor..horizon)
+            .take(COMPACT_CHECKS_PER_FLUSH)
+            .map(|(n, _)| *n)
+            .collect();
+        self.compact_cursor = match candidates.last() {
+            Some(last) if candidates.len() == COMPACT_CHECKS_PER_FLUSH => last + 1,
+            // Reached the horizon: start over next time.
+            _ => 0,
+        };
+        for number in candidates {
+            let Some(group) = self.groups.get(&number) else {
+                continue;
+            };
+            if !group.written {
+                continue;
+            }
+            let mut copies = Vec::new();
+            let (mut live, mut dead) = (0usize, 0usize);
+            for seq in &group.holds {
+                let Some(send) = self.sends.get(seq) else {
+                    continue;
+                };
+                if send.home != Some(number) || send.moving_to.is_some() {
+                    continue;
+                }
+                let waiting: Vec<(DeviceId, Loc)> = send
+                    .waiting
+                    .iter()
+                    .filter_map(|(d, l)| l.map(|l| (*d, l)))
+                    .collect();
+                let bytes: usize = waiting.iter().map(|(_, l)| l.len as usize).sum();
+                if send.finished() {
+                    dead += 1;
+                    continue;
+                }
+                live += bytes;
+                if let Some(header) = send.header {
+                    copies.push(Record::Copy {
+                        seq: *seq,
+                        header,
+                        envelopes: waiting,
+                    });
+                }
+            }
+            // Worth it only when the row is mostly finished, or pinned by a few waiting sends.
+            let worth = live > 0 && (dead >= copies.len() || live < MAX_GROUP_BYTES / 2);
+            if !worth || live > budget {
+                continue;
+            }
+            budget -= live;
+            for copy in copies {
+                if let Record::Copy { seq, .. } = &copy {
+                    if let Some(send) = self.sends.get_mut(seq) {
+                        // Marked now so that no other flush copies it again.
+                        send.moving_to = Some(0);
+                    }
+                }
+                self.pending.push(copy);
+            }
+        }
+    }
+
+    /// Everything `plan` wrote is durable; `landed` says where its sends and copies lie.
+    pub fn flushed(&mut self, plan: &FlushPlan, landed: Vec<Landed>) {
+        for (number, _) in &plan.groups {
+            if let Some(group) = self.groups.get_mut(number) {
+                group.written = true;
+            }
+        }
+        for landed in landed {
+            let Some(send) = self.sends.get_mut(&landed.seq) else {
+                continue;
+            };
+            let group = landed.header.group;
+            send.header = Some(landed.header);
+            send.home = Some(group);
+            send.moving_to = None;
+            for (device, loc) in &mut send.waiting {
+                if let Some(found) = landed.envelopes.iter().find(|(d, _)| d == device) {
+                    *loc = Some(found.1);
+                }
+            }
+        }
+        self.durable = self.durable.max(plan.newest);
+    }
+
+    /// Every delivery up to here may be handed out.
+    pub fn durable(&self) -> Seq {
+        self.durable
+    }
+
+    /// Whether the next flush has anything of the mail log to do.
+    pub fn has_work(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Counts for metrics.
+    pub fn stats(&self) -> MailStats {
+        MailStats {
+            waiting_sends: self.sends.values().filter(|s| !s.finished()).count() as u64,
+            waiting_deliveries: self.queues.values().map(|q| q.by_seq.len() as u64).sum(),
+            groups: self.groups.len() as u64,
+            idempotency_records: self.sent.len() as u64,
+            cached_bytes: self.cache.bytes as u64,
+        }
+    }
+
+    /// Checks the internal bookkeeping against itself (tests): every waiting delivery is in
+    /// its device's queue and the other way round, and every copy names a group that holds it.
+    #[cfg(test)]
+    pub fn check(&self) -> Result<(), String> {
+        let mut expected: HashMap<DeviceId, BTreeMap<Seq, MessageId>> = HashMap::new();
+        for (seq, send) in &self.sends {
+            if send.meta.seq != *seq {
+                return Err(format!("send {seq} filed under another position"));
+            }
+            for (device, _) in &send.waiting {
+                expected
+                    .entry(*device)
+                    .or_default()
+                    .insert(*seq, send.meta.message_id);
+            }
+            for copy in &send.copies {
+                match self.groups.get(copy) {
+                    Some(group) if group.holds.contains(seq) => {}
+                    _ => return Err(format!("send {seq} names group {copy}, which lacks it")),
+                }
+            }
+            if !self.sent.contains_key(&send.meta.idempotency_key()) && !send.expired {
+                return Err(format!("send {seq} has no idempotency record"));
+            }
+        }
+        for (device, queue) in &self.queues {
+            let want = expected.remove(device).unwrap_or_default();
+            if queue.by_seq != want {
+                return Err(format!("queue of {device:?} differs from the sends"));
+            }
+            if queue.by_id.len() != queue.by_seq.len() {
+                return Err(format!("queue of {device:?} has a stale id index"));
+            }
+        }
+        if let Some((device, _)) = expected.into_iter().find(|(_, q)| !q.is_empty()) {
+            return Err(format!("{device:?} waits but has no queue"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn id<T: From<[u8; 16]>>(n: u64) -> T {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&n.to_be_bytes());
+        T::from(bytes)
+    }
+
+    fn meta(n: u64) -> SendMeta {
+        SendMeta {
+            seq: 0,
+            org: id(1),
+            message_id: id(1000 + n),
+            conversation: id(2),
+            sender_user: id(3),
+            sender_device: id(4),
+            client_message_id: id(n),
+            server_time_ms: 1_000 * n,
+        }
+    }
+
+    /// A fake disk: what the flushes wrote, as the mail log adapter would, and a counter of
+    /// positions.
+    #[derive(Default, Clone)]
+    struct Disk {
+        groups: BTreeMap<GroupNo, Vec<Recovered>>,
+        summaries: BTreeMap<GroupNo, Vec<SendMeta>>,
+        next_seq: Seq,
+        /// Sealed records as written, by location: (seq, device) of envelopes, headers.
+        envelopes: HashMap<(GroupNo, u32), (Seq, Option<DeviceId>)>,
+    }
+
+    impl Disk {
+        /// Writes a plan as the adapter does and returns where things landed.
+        fn write(&mut self, state: &MailState, plan: &FlushPlan) -> Vec<Landed> {
+            let mut landed = Vec::new();
+            for (number, records) in &plan.groups {
+                let mut row = Vec::new();
+                let mut offset = 0u32;
+                let mut place = |what: (Seq, Option<DeviceId>), disk: &mut Disk| {
+                    offset += 1;
+                    disk.envelopes.insert((*number, offset), what);
+                    Loc {
+                        group: *number,
+                        offset,
+                        len: 100,
+                    }
+                };
+                for record in records {
+                    match record {
+                        Record::Send { meta, sealed } => {
+                            let envelopes = &sealed.envelopes;
+                            let header = place((meta.seq, None), self);
+                            row.push(Recovered::Header {
+                                meta: meta.clone(),
+                                loc: header,
+                            });
+                            let mut envs = Vec::new();
+                            for (device, _) in envelopes {
+                                let loc = place((meta.seq, Some(*device)), self);
+                                row.push(Recovered::Envelope {
+                                    seq: meta.seq,
+                                    device: *device,
+                                    loc,
+                                });
+                                envs.push((*device, loc));
+                            }
+                            landed.push(Landed {
+                                seq: meta.seq,
+                                header,
+                                envelopes: envs,
+                            });
+                        }
+                        Record::Copy {
+                            seq,
+                            header,
+                            envelopes,
+                        } => {
+                            // The copied bytes must be what the locations point at.
+                            assert_eq!(
+                                self.envelopes.get(&(header.group, header.offset)),
+                                Some(&(*seq, None)),
+                                "copy of a header from a row that lacks it"
+                            );
+                            let meta = state.sends[seq].meta.clone();
+                            let new_header = place((*seq, None), self);
+                            row.push(Recovered::Header {
+                                meta,
+                                loc: new_header,
+                            });
+                            let mut envs = Vec::new();
+                            for (device, loc) in envelopes {
+                                assert_eq!(
+                                    self.envelopes.get(&(loc.group, loc.offset)),
+                                    Some(&(*seq, Some(*device))),
+                                    "copy of an envelope from a row that lacks it"
+                                );
+                                assert!(
+                                    self.groups.contains_key(&loc.group),
+                                    "copy from a deleted row"
+                                );
+                                let new = place((*seq, Some(*device)), self);
+                                row.push(Recovered::Envelope {
+                                    seq: *seq,
+                                    device: *device,
+                                    loc: new,
+                                });
+                                envs.push((*device, new));
+                            }
+                            landed.push(Landed {
+                                seq: *seq,
+                                header: new_header,
+                                envelopes: envs,
+                            });
+                        }
+                        Record::Done { device, seqs } => row.push(Recovered::Done {
+                            device: *device,
+                            seqs: seqs.clone(),
+                        }),
+                    }
+                }
+                self.groups.insert(*number, row);
+            }
+            for (number, summary) in &plan.collect {
+                if !summary.is_empty() {
+                    self.summaries.insert(*number, summary.clone());
+                }
+                assert!(
+                    self.groups.remove(number).is_some(),
+                    "collected a row never written"
+                );
+            }
+            landed
+        }
+
+        fn recover(&self, revoked: &BTreeSet<DeviceId>) -> MailState {
+            MailState::recover(
+                self.groups.clone().into_iter().collect(),
+                self.summaries.clone().into_iter().collect(),
+                |d| revoked.contains(d),
+                1 << 20,
+            )
+        }
+    }
+
+    fn flush(state: &mut MailState, disk: &mut Disk) {
+        let plan = state.take_flush();
+        let landed = disk.write(state, &plan);
+        state.flushed(&plan, landed);
+        state.check().unwrap();
+    }
+
+    fn send(state: &mut MailState, disk: &mut Disk, n: u64, to: &[DeviceId]) -> Appended {
+        let envelopes = to
+            .iter()
+            .map(|d| (*d, Bytes::from(vec![n as u8; 8])))
+            .collect();
+        // Records as a codec would seal them: here, the ciphertexts as they are.
+        let sealed = SealedSend {
+            header: Vec::new(),
+            envelopes: to.iter().map(|d| (*d, vec![n as u8; 8])).collect(),
+            archive: None,
+        };
+        append(state, disk, n, envelopes, sealed)
+    }
+
+    /// Appends send `n` with its already sealed records, numbered from the disk's counter.
+    fn append(
+        state: &mut MailState,
+        disk: &mut Disk,
+        n: u64,
+        envelopes: Vec<(DeviceId, Bytes)>,
+        sealed: SealedSend,
+    ) -> Appended {
+        let next = &mut disk.next_seq;
+        state
+            .append_send(
+                meta(n),
+                envelopes,
+                || {
+                    *next += 1;
+                    Ok::<_, ()>(*next)
+                },
+                |_| Ok(sealed),
+            )
+            .unwrap()
+    }
+
+    fn waiting(state: &MailState, device: &DeviceId) -> Vec<MessageId> {
+        state
+            .deliverable(device, None, usize::MAX)
+            .into_iter()
+            .map(|d| d.meta.message_id)
+            .collect()
+    }
+
+    #[test]
+    fn a_send_is_delivered_only_once_durable_and_an_ack_finishes_it() {
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let bob: DeviceId = id(50);
+        assert!(matches!(
+            send(&mut state, &mut disk, 1, &[bob]),
+            Appended::Stored(_)
+        ));
+        assert!(waiting(&state, &bob).is_empty(), "not durable yet");
+        flush(&mut state, &mut disk);
+        assert_eq!(waiting(&state, &bob), vec![id(1001)]);
+        assert_eq!(state.acknowledge(&bob, &[id(1001)]), 1);
+        assert_eq!(state.acknowledge(&bob, &[id(1001)]), 0, "acknowledged once");
+        assert!(waiting(&state, &bob).is_empty());
+        flush(&mut state, &mut disk); // writes the Done
+        flush(&mut state, &mut disk); // collects both groups
+        assert!(disk.groups.is_empty(), "{:?}", disk.groups.keys());
+        assert_eq!(disk.summaries.values().flatten().count(), 1);
+        // The idempotency record outlives the rows, also across a restart.
+        let recovered = disk.recover(&BTreeSet::new());
+        assert!(matches!(
+            recovered.sent(&id(4), &id(1)),
+            Some(SendRecord { message_id, .. }) if message_id == id(1001)
+        ));
+    }
+
+    #[test]
+    fn a_repeated_client_message_id_is_a_duplicate() {
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let bob: DeviceId = id(50);
+        let first = send(&mut state, &mut disk, 7, &[bob]);
+        let again = send(&mut state, &mut disk, 7, &[bob]);
+        match (first, again) {
+            (Appended::Stored(a), Appended::Duplicate(b)) => assert_eq!(a, b),
+            other => panic!("{other:?}"),
+        }
+        flush(&mut state, &mut disk);
+        assert_eq!(waiting(&state, &bob).len(), 1);
+    }
+
+    #[test]
+    fn deliveries_come_in_order_after_the_cursor_and_survive_a_restart() {
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let bob: DeviceId = id(50);
+        for n in 1..=5 {
+            send(&mut state, &mut disk, n, &[bob]);
+        }
+        flush(&mut state, &mut disk);
+        let all = state.deliverable(&bob, None, 10);
+        let seqs: Vec<Seq> = all.iter().map(|d| d.meta.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        let after = state.deliverable(&bob, Some(2), 2);
+        assert_eq!(
+            after.iter().map(|d| d.meta.seq).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
+        state.acknowledge(&bob, &[id(1002)]);
+        flush(&mut state, &mut disk);
+        let recovered = disk.recover(&BTreeSet::new());
+        recovered.check().unwrap();
+        let seqs: Vec<Seq> = recovered
+            .deliverable(&bob, None, 10)
+            .iter()
+            .map(|d| d.meta.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 3, 4, 5]);
+        // After a restart, ciphertexts come from the rows.
+        assert!(recovered
+            .deliverable(&bob, None, 10)
+            .iter()
+            .all(|d| matches!(d.source, Source::Stored(_))));
+    }
+
+    #[test]
+    fn a_done_record_outlives_the_older_copy_it_finishes() {
+        // A fan-out send: one device acknowledges, the other is offline. The group holding
+        // the acknowledgement finishes nothing else, but must stay while the send's row
+        // (with the acknowledged envelope) is on disk.
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let (bob, carol): (DeviceId, DeviceId) = (id(50), id(51));
+        send(&mut state, &mut disk, 1, &[bob, carol]);
+        flush(&mut state, &mut disk);
+        state.acknowledge(&bob, &[id(1001)]);
+        flush(&mut state, &mut disk);
+        for _ in 0..3 {
+            flush(&mut state, &mut disk);
+        }
+        assert_eq!(disk.groups.len(), 2, "both rows stay");
+        let recovered = disk.recover(&BTreeSet::new());
+        assert!(waiting(&recovered, &bob).is_empty(), "the ack was not lost");
+        assert_eq!(waiting(&recovered, &carol), vec![id(1001)]);
+        // Carol acknowledges: then everything goes.
+        state.acknowledge(&carol, &[id(1001)]);
+        flush(&mut state, &mut disk);
+        flush(&mut state, &mut disk);
+        assert!(disk.groups.is_empty(), "{:?}", disk.groups.keys());
+    }
+
+    #[test]
+    fn old_rows_pinned_by_an_offline_device_are_compacted() {
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let (online, offline): (DeviceId, DeviceId) = (id(50), id(51));
+        // One message for the offline device, among many for the online one.
+        send(&mut state, &mut disk, 1, &[offline]);
+        for n in 2..=10 {
+            send(&mut state, &mut disk, n, &[online]);
+        }
+        flush(&mut state, &mut disk);
+        let first_group = *disk.groups.keys().next().unwrap();
+        let ids: Vec<MessageId> = (2..=10).map(|n| id(1000 + n)).collect();
+        state.acknowledge(&online, &ids);
+        // Traffic goes on until the first row is old.
+        let mut n = 100;
+        while state.next_group
+            <= first_group + COMPACT_AFTER_GROUPS + 2 * COMPACT_CHECKS_PER_FLUSH as u64
+        {
+            send(&mut state, &mut disk, n, &[online]);
+            flush(&mut state, &mut disk);
+            state.acknowledge(&online, &[id(1000 + n)]);
+            n += 1;
+        }
+        flush(&mut state, &mut disk);
+        flush(&mut state, &mut disk);
+        assert!(
+            !disk.groups.contains_key(&first_group),
+            "the old row was compacted away"
+        );
+        assert!(
+            disk.groups.len() < 8,
+            "{} rows left: {:?}",
+            disk.groups.len(),
+            state
+                .groups
+                .iter()
+                .map(|(n, g)| (*n, g.written, g.holds.clone(), g.refs.clone()))
+                .collect::<Vec<_>>()
+        );
+        let recovered = disk.recover(&BTreeSet::new());
+        assert_eq!(waiting(&recovered, &offline), vec![id(1001)]);
+        assert!(waiting(&recovered, &online).is_empty());
+        assert_eq!(waiting(&state, &offline), vec![id(1001)]);
+    }
+
+    #[test]
+    fn a_revoked_device_waits_for_nothing_also_after_a_restart() {
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let (bob, carol): (DeviceId, DeviceId) = (id(50), id(51));
+        send(&mut state, &mut disk, 1, &[bob, carol]);
+        flush(&mut state, &mut disk);
+        // Revoked, and the server stops before the Done is written.
+        let revoked: BTreeSet<DeviceId> = [bob].into();
+        let recovered = disk.recover(&revoked);
+        assert!(waiting(&recovered, &bob).is_empty());
+        assert_eq!(waiting(&recovered, &carol), vec![id(1001)]);
+        assert_eq!(state.drop_device(&bob), 1);
+        assert!(waiting(&state, &bob).is_empty());
+    }
+
+    #[test]
+    fn retention_finishes_what_is_past_and_holds_keep_the_rest() {
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let bob: DeviceId = id(50);
+        for n in 1..=4 {
+            send(&mut state, &mut disk, n, &[bob]);
+        }
+        flush(&mut state, &mut disk);
+        // 1 and 2 are past retention; 2 is held.
+        let counts = state.expire(
+            |m| m.server_time_ms <= 2_000,
+            |m| m.server_time_ms == 2_000,
+            |_| true,
+        );
+        assert_eq!(counts[&id::<OrgId>(1)], (1, 1));
+        let seqs: Vec<Seq> = state
+            .deliverable(&bob, None, 10)
+            .iter()
+            .map(|d| d.meta.seq)
+            .collect();
+        assert_eq!(seqs, vec![2, 3, 4]);
+        assert!(
+            state.sent(&id(4), &id(1)).is_none(),
+            "its idempotency record went too"
+        );
+        flush(&mut state, &mut disk);
+        flush(&mut state, &mut disk);
+        assert!(disk
+            .summaries
+            .values()
+            .flatten()
+            .all(|m| m.client_message_id != id(1)));
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_budget_and_reads_fall_back_to_rows() {
+        let (mut state, mut disk) = (MailState::new(1, 20), Disk::default());
+        let bob: DeviceId = id(50);
+        for n in 1..=5 {
+            send(&mut state, &mut disk, n, &[bob]); // 8 bytes each
+        }
+        assert!(state.stats().cached_bytes <= 20);
+        flush(&mut state, &mut disk);
+        let all = state.deliverable(&bob, None, 10);
+        assert_eq!(all.len(), 5);
+        assert!(matches!(all[0].source, Source::Stored(_)));
+        assert!(matches!(all[4].source, Source::Cached(_)));
+    }
+
+    #[test]
+    fn a_flush_is_split_into_rows_within_the_size_limit() {
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let bob: DeviceId = id(50);
+        for n in 1..=40u64 {
+            let envelopes = vec![(bob, Bytes::from(vec![0u8; 1024]))];
+            let sealed = SealedSend {
+                header: vec![0; 200],
+                envelopes: vec![(bob, vec![0; 1024 + 64])],
+                archive: None,
+            };
+            append(&mut state, &mut disk, n, envelopes, sealed);
+        }
+        let plan = state.take_flush();
+        assert!(plan.groups.len() >= 3, "{} rows", plan.groups.len());
+        for (_, records) in &plan.groups {
+            assert!(records.iter().map(Record::size).sum::<usize>() <= MAX_GROUP_BYTES);
+        }
+        let landed = disk.write(&state, &plan);
+        state.flushed(&plan, landed);
+        assert_eq!(waiting(&state, &bob).len(), 40);
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Send {
+                to: Vec<u8>,
+            },
+            Ack {
+                device: u8,
+                pick: u8,
+            },
+            Revoke {
+                device: u8,
+            },
+            Flush,
+            /// A flush that writes its rows, then the process dies before they are durable:
+            /// what it wrote may or may not be there (the rows are kept, the deletions not).
+            Crash {
+                keep_rows: bool,
+            },
+            Restart,
+            Expire {
+                before: u8,
+            },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => prop::collection::vec(0u8..4, 0..4).prop_map(|to| Op::Send { to }),
+                4 => (0u8..4, any::<u8>()).prop_map(|(device, pick)| Op::Ack { device, pick }),
+                1 => (0u8..4).prop_map(|device| Op::Revoke { device }),
+                4 => Just(Op::Flush),
+                1 => any::<bool>().prop_map(|keep_rows| Op::Crash { keep_rows }),
+                1 => Just(Op::Restart),
+                1 => (0u8..40).prop_map(|before| Op::Expire { before }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+            /// Nothing made durable is lost, nothing finished and made durable comes back,
+            /// order holds, and the bookkeeping stays consistent, through flushes, crashes
+            /// and restarts.
+            #[test]
+            fn the_log_keeps_exactly_what_it_must(ops in prop::collection::vec(op(), 1..120)) {
+                let mut state = MailState::new(1, 64);
+                let mut disk = Disk::default();
+                let mut revoked: BTreeSet<DeviceId> = BTreeSet::new();
+                // The model: what must wait for each device once durable; what may.
+                let mut durable_waiting: BTreeMap<DeviceId, BTreeSet<Seq>> = BTreeMap::new();
+                let mut pending_waiting: BTreeMap<DeviceId, BTreeSet<Seq>> = BTreeMap::new();
+                let mut durable_finished: BTreeSet<(Seq, DeviceId)> = BTreeSet::new();
+                let mut pending_finished: BTreeSet<(Seq, DeviceId)> = BTreeSet::new();
+                let mut n = 0u64;
+                let dev = |d: u8| -> DeviceId { id(50 + u64::from(d)) };
+                for op in ops {
+                    match op {
+                        Op::Send { to } => {
+                            n += 1;
+                            let to: BTreeSet<DeviceId> = to.into_iter().map(dev).filter(|d| !revoked.contains(d)).collect();
+                            let to: Vec<DeviceId> = to.into_iter().collect();
+                            let before = disk.next_seq;
+                            send(&mut state, &mut disk, n, &to);
+                            let seq = disk.next_seq;
+                            prop_assert_eq!(seq, before + 1);
+                            for d in to {
+                                pending_waiting.entry(d).or_default().insert(seq);
+                            }
+                        }
+                        Op::Ack { device, pick } => {
+                            let d = dev(device);
+                            let list = state.deliverable(&d, None, usize::MAX);
+                            if list.is_empty() { continue; }
+                            let chosen = &list[pick as usize % list.len()];
+                            prop_assert_eq!(state.acknowledge(&d, &[chosen.meta.message_id]), 1);
+                            pending_finished.insert((chosen.meta.seq, d));
+                        }
+                        Op::Revoke { device } => {
+                            let d = dev(device);
+                            revoked.insert(d);
+                            state.drop_device(&d);
+                            for s in durable_waiting.get(&d).into_iter().flatten().chain(pending_waiting.get(&d).into_iter().flatten()) {
+                                pending_finished.insert((*s, d));
+                            }
+                        }
+                        Op::Flush => {
+                            flush(&mut state, &mut disk);
+                            for (d, seqs) in std::mem::take(&mut pending_waiting) {
+                                durable_waiting.entry(d).or_default().extend(seqs);
+                            }
+                            durable_finished.extend(std::mem::take(&mut pending_finished));
+                        }
+                        Op::Crash { keep_rows } => {
+                            let plan = state.take_flush();
+                            if keep_rows {
+                                // The rows made it; the deletions did not.
+                                let mut partial = FlushPlan { groups: plan.groups, collect: Vec::new(), newest: plan.newest };
+                                let landed = disk.write(&state, &partial);
+                                let _ = landed;
+                                partial.groups.clear();
+                                // Whatever was pending is on disk now: durable.
+                                for (d, seqs) in std::mem::take(&mut pending_waiting) {
+                                    durable_waiting.entry(d).or_default().extend(seqs);
+                                }
+                                durable_finished.extend(std::mem::take(&mut pending_finished));
+                            } else {
+                                // Sends never durable: their senders were never answered.
+                                for (_, seqs) in std::mem::take(&mut pending_waiting) {
+                                    let _ = seqs;
+                                }
+                                pending_finished.clear();
+                            }
+                            state = disk.recover(&revoked);
+                            state.check().map_err(TestCaseError::fail)?;
+                            disk.next_seq += 1_000; // sled's counter jumps ahead after a crash
+                        }
+                        Op::Restart => {
+                            flush(&mut state, &mut disk);
+                            for (d, seqs) in std::mem::take(&mut pending_waiting) {
+                                durable_waiting.entry(d).or_default().extend(seqs);
+                            }
+                            durable_finished.extend(std::mem::take(&mut pending_finished));
+                            state = disk.recover(&revoked);
+                            state.check().map_err(TestCaseError::fail)?;
+                        }
+                        Op::Expire { before } => {
+                            let cutoff = u64::from(before) * 1_000;
+                            state.expire(|m| m.server_time_ms <= cutoff, |_| false, |_| true);
+                            for (d, seqs) in durable_waiting.iter().chain(pending_waiting.iter()) {
+                                for s in seqs {
+                                    // seq == n here, and server_time_ms = 1000 * n.
+                                    let time = state_time(&state, *s).unwrap_or(u64::MAX);
+                                    if time <= cutoff {
+                                        pending_finished.insert((*s, *d));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // What the state offers: every durable delivery not finished, in order,
+                    // and nothing finished durably.
+                    for d in (0..4).map(dev) {
+                        let offered: Vec<Seq> = state.deliverable(&d, None, usize::MAX).iter().map(|x| x.meta.seq).collect();
+                        let mut sorted = offered.clone();
+                        sorted.sort_unstable();
+                        prop_assert_eq!(&offered, &sorted, "in order");
+                        let offered: BTreeSet<Seq> = offered.into_iter().collect();
+                        for s in durable_waiting.get(&d).into_iter().flatten() {
+                            // Revocation is durable at once (the device record), the rest
+                            // once a flush wrote it.
+                            let finished = durable_finished.contains(&(*s, d))
+                                || pending_finished.contains(&(*s, d))
+                                || revoked.contains(&d);
+                            if !finished {
+                                prop_assert!(offered.contains(s), "durable delivery {} to {:?} lost", s, d);
+                            }
+                        }
+                        for s in &offered {
+                            prop_assert!(
+                                durable_waiting.get(&d).is_some_and(|w| w.contains(s)),
+                                "delivery {} to {:?} offered before it was durable", s, d
+                            );
+                            prop_assert!(!durable_finished.contains(&(*s, d)), "finished delivery {} to {:?} came back", s, d);
+                            prop_assert!(!pending_finished.contains(&(*s, d)), "finished delivery {} offered", s);
+                        }
+                    }
+                }
+            }
+        }
+
+        fn state_time(state: &MailState, seq: Seq) -> Option<u64> {
+            state.sends.get(&seq).map(|s| s.meta.server_time_ms)
+        }
+    }
+}
