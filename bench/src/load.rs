@@ -318,6 +318,8 @@ pub struct Measured {
     pub flushes: Option<u64>,
     /// Durability waits in that time (relay only).
     pub syncs: Option<u64>,
+    /// Microseconds spent in storage flushes in that time (relay only).
+    pub flush_us: Option<u64>,
 }
 
 impl Measured {

@@ -14,7 +14,7 @@ fn num(value: &Value, digits: usize) -> String {
 fn phase_row(out: &mut String, name: &str, phase: &Value) {
     let _ = writeln!(
         out,
-        "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
         num(&phase["delivered_per_s"], 0),
         num(&phase["server_cpu_us_per_msg"], 2),
         num(&phase["server_cores"], 2),
@@ -22,6 +22,7 @@ fn phase_row(out: &mut String, name: &str, phase: &Value) {
         num(&phase["p99_ms"], 3),
         num(&phase["p999_ms"], 3),
         num(&phase["msgs_per_flush"], 1),
+        num(&phase["flush_ms_mean"], 2),
     );
 }
 
@@ -51,10 +52,10 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
     let _ = writeln!(out, "# medrelay benchmark results\n");
     let _ = writeln!(
         out,
-        "Written by `bench/run` from `bench/results.json` (same run). The machine is shared with \
-         other engineers' builds while these figures were taken, so they are noisy: rerun \
-         `bench/run` on a quiet machine for figures to quote. Ratios hold better than absolute \
-         numbers.\n"
+        "Written by `bench/run` from `bench/results.json` (same run). The machine may be shared \
+         with other work while the figures are taken, so they are noisy: rerun `bench/run` on \
+         a quiet machine for figures to quote. Ratios, measured side by side in one run, hold \
+         better than absolute numbers.\n"
     );
     let _ = writeln!(
         out,
@@ -135,7 +136,7 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
     let _ = writeln!(out, "\n## Throughput and latency\n");
     let _ = writeln!(
         out,
-        "| system, phase | delivered msgs/s | server CPU µs/msg | server cores | p50 ms | p99 ms | p99.9 ms | msgs/flush |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| system, phase | delivered msgs/s | server CPU µs/msg | server cores | p50 ms | p99 ms | p99.9 ms | msgs/flush | ms/flush |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let scenarios = &results["scenarios"];
     for (key, name) in [
@@ -164,7 +165,7 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
         let s = &scenarios[key];
         let _ = writeln!(
             out,
-            "| {name} | {} | {} | | | | | |",
+            "| {name} | {} | {} | | | | | | |",
             num(&s["delivered_per_s"], 1),
             num(&s["server_cpu_us_per_msg"], 2)
         );
@@ -181,12 +182,17 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
     let d = &scenarios["d_e_idle_connections_and_connects"];
     let _ = writeln!(
         out,
-        "- (d) idle authenticated connections: {} held, server RSS {} -> {} bytes, {} bytes \
-         per connection",
+        "- (d) idle authenticated connections: {} held; server RSS {} bytes freshly started, \
+         {} with every connection open: {} bytes per connection (each device's first \
+         connection, so this includes warming sled's page cache and the record caches with \
+         the device's records); {} bytes after they closed, so closing gave back {} bytes per \
+         connection (a lower bound on what an open connection holds)",
         num(&d["connections"], 0),
         num(&d["rss_before"], 0),
         num(&d["rss_after"], 0),
-        num(&d["bytes_per_connection"], 0)
+        num(&d["bytes_per_connection"], 0),
+        num(&d["rss_closed"], 0),
+        num(&d["released_bytes_per_connection"], 0)
     );
     let _ = writeln!(
         out,

@@ -50,6 +50,8 @@ pub struct PhaseReport {
     pub msgs_per_flush: Option<f64>,
     /// Storage flushes per second (relay only).
     pub flushes_per_s: Option<f64>,
+    /// Mean time of one storage flush, ms (relay only).
+    pub flush_ms_mean: Option<f64>,
 }
 
 impl PhaseReport {
@@ -72,6 +74,10 @@ impl PhaseReport {
                 _ => None,
             },
             flushes_per_s: m.flushes.map(|f| round(f as f64 / m.seconds, 0)),
+            flush_ms_mean: match (m.flush_us, m.flushes) {
+                (Some(us), Some(f)) if f > 0 => Some(round(us as f64 / f as f64 / 1000.0, 2)),
+                _ => None,
+            },
         }
     }
 }
@@ -143,6 +149,9 @@ pub async fn measure(
         syncs: commit0
             .zip(commit1)
             .map(|(a, b)| b.syncs.saturating_sub(a.syncs)),
+        flush_us: commit0
+            .zip(commit1)
+            .map(|(a, b)| b.flush_us.saturating_sub(a.flush_us)),
     })
 }
 

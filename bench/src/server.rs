@@ -217,6 +217,8 @@ pub struct CommitCounters {
     pub flushes: u64,
     /// Writers that waited for durability so far.
     pub syncs: u64,
+    /// Microseconds spent in flushes so far.
+    pub flush_us: u64,
 }
 
 /// Reads `/metrics` over HTTPS.
@@ -245,5 +247,6 @@ pub async fn metrics(
     Ok(CommitCounters {
         flushes: value("medrelay_storage_flushes_total ")?,
         syncs: value("medrelay_storage_syncs_total ")?,
+        flush_us: value("medrelay_storage_flush_microseconds_total ")?,
     })
 }
