@@ -40,11 +40,8 @@ pub struct SledStore {
     codec: Codec,
     /// The mailboxes (set once at open, after the records are migrated).
     mail: std::sync::OnceLock<Arc<MailLog>>,
-    /// Writes each flush writes first: the mail log's and the access log's.
-    hooks: Hooks,
-    /// Keeps a flush from taking deferred writes while a request is between changing the
-    /// mail log and recording its access-log entry (see [`Store::hold_flush`]).
-    barrier: Arc<std::sync::RwLock<()>>,
+    /// How a flush is done: the hooks, the barrier, and whether one failed.
+    flusher: Arc<DbFlush>,
     /// Active device ids per user (see [`DeviceCache`]).
     device_cache: DeviceCache,
     /// Decoded records every send reads (see [`RecordCache`]).
@@ -80,7 +77,7 @@ pub struct SledStore {
 
 /// The deferred writes every flush writes first, in order (the access log's before the mail
 /// log's: a crash that kept a send also kept its access-log entry).
-type Hooks = Arc<std::sync::RwLock<Vec<Arc<dyn FlushHook>>>>;
+type Hooks = std::sync::RwLock<Vec<Arc<dyn FlushHook>>>;
 
 /// Bytes of sled's page cache. Its default, 1 GiB, is more than a clinic's records and
 /// grows the server's memory with every device seen; the mail log keeps its own cache of
@@ -218,30 +215,63 @@ impl DeviceCache {
     }
 }
 
+/// One flush of the database: every hook's deferred writes, then sled's own flush.
+#[derive(Debug)]
 struct DbFlush {
     db: Db,
+    /// Writes each flush writes first: the mail log's and the access log's.
     hooks: Hooks,
-    barrier: Arc<std::sync::RwLock<()>>,
+    /// Keeps a flush from taking deferred writes while a request is between changing the
+    /// mail log and recording its access-log entry (see [`Store::hold_flush`]).
+    barrier: std::sync::RwLock<()>,
+    /// Set by the first flush that fails. The hooks handed their writes to that flush and
+    /// count on it (the mail log has moved the sends it took to rows that may not exist),
+    /// so no later flush may report anything durable: every later write is refused until
+    /// a restart recovers the state from what is on disk.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl DbFlush {
-    /// Writes every hook's deferred writes, then flushes the database: one flush.
-    fn flush_now(
-        db: &Db,
-        hooks: &Hooks,
-        barrier: &std::sync::RwLock<()>,
-    ) -> Result<(), StoreError> {
+    fn new(db: Db) -> DbFlush {
+        DbFlush {
+            db,
+            hooks: Hooks::default(),
+            barrier: std::sync::RwLock::new(()),
+            failed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Writes every hook's deferred writes, then flushes the database: one flush. After a
+    /// failed flush, every flush fails.
+    fn flush_now(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::Database(
+                "an earlier storage flush failed, so nothing more can be made durable: fix the \
+                 disk (see the error logged before this one), then restart the server"
+                    .to_owned(),
+            ));
+        }
+        let result = self.write_and_flush();
+        if let Err(error) = &result {
+            self.failed.store(true, Ordering::SeqCst);
+            tracing::error!(%error, "storage flush failed; every write is refused until restart");
+        }
+        result
+    }
+
+    fn write_and_flush(&self) -> Result<(), StoreError> {
         let hooks: Vec<Arc<dyn FlushHook>> =
-            hooks.read().unwrap_or_else(|e| e.into_inner()).clone();
+            self.hooks.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut pending: Vec<Box<dyn PendingFlush>> = {
             // New writes wait this long: only while each hook swaps out what it holds.
-            let _held = barrier.write().unwrap_or_else(|e| e.into_inner());
+            let _held = self.barrier.write().unwrap_or_else(|e| e.into_inner());
             hooks.iter().map(|hook| hook.take()).collect()
         };
         for part in &mut pending {
             part.write()?;
         }
-        db.flush().map_err(db_error)?;
+        self.db.flush().map_err(db_error)?;
         for part in pending {
             part.durable();
         }
@@ -249,13 +279,14 @@ impl DbFlush {
     }
 }
 
-impl Flush for DbFlush {
+/// The group commit's handle on the flusher.
+struct GroupFlush(Arc<DbFlush>);
+
+impl Flush for GroupFlush {
     fn flush(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>> {
-        let db = self.db.clone();
-        let hooks = self.hooks.clone();
-        let barrier = self.barrier.clone();
+        let flusher = self.0.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || DbFlush::flush_now(&db, &hooks, &barrier))
+            tokio::task::spawn_blocking(move || flusher.flush_now())
                 .await
                 .map_err(io::Error::other)?
                 .map_err(|e| io::Error::other(e.to_string()))
@@ -389,18 +420,12 @@ impl SledStore {
                 other => db_error(other),
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(db_error);
-        let hooks: Hooks = Arc::default();
-        let barrier: Arc<std::sync::RwLock<()>> = Arc::default();
+        let flusher = Arc::new(DbFlush::new(db.clone()));
         let store = SledStore {
             codec: Codec::new(keyring),
             mail: std::sync::OnceLock::new(),
-            commit: GroupCommit::start(Arc::new(DbFlush {
-                db: db.clone(),
-                hooks: hooks.clone(),
-                barrier: barrier.clone(),
-            })),
-            hooks,
-            barrier,
+            commit: GroupCommit::start(Arc::new(GroupFlush(flusher.clone()))),
+            flusher,
             device_cache: DeviceCache::default(),
             records: RecordCache::default(),
             orgs: tree("orgs")?,
@@ -448,6 +473,7 @@ impl SledStore {
         )?;
         let mail = Arc::new(mail);
         store
+            .flusher
             .hooks
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -467,7 +493,8 @@ impl SledStore {
     /// Adds deferred writes every flush writes first, before the mail log's (the access
     /// log's).
     pub fn add_flush_hook(&self, hook: Arc<dyn FlushHook>) {
-        self.hooks
+        self.flusher
+            .hooks
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(0, hook);
@@ -475,7 +502,7 @@ impl SledStore {
 
     /// Writes what waits and flushes, now, without the group commit (at open and for tools).
     pub fn flush_now(&self) -> Result<(), StoreError> {
-        DbFlush::flush_now(&self.db, &self.hooks, &self.barrier)
+        self.flusher.flush_now()
     }
 
     /// Counts of the mailboxes, for metrics.
@@ -895,7 +922,12 @@ impl SledStore {
 
 impl Store for SledStore {
     fn hold_flush(&self) -> FlushHold<'_> {
-        FlushHold(Some(self.barrier.read().unwrap_or_else(|e| e.into_inner())))
+        FlushHold(Some(
+            self.flusher
+                .barrier
+                .read()
+                .unwrap_or_else(|e| e.into_inner()),
+        ))
     }
 
     fn sync(&self) -> SyncFuture<'_> {
@@ -1902,5 +1934,58 @@ mod prekey_count_tests {
         // Moved to another device's row, it does not open.
         store.prekey_counts.insert(b.as_bytes(), sealed).unwrap();
         assert!(store.count_one_time_prekeys(&b).is_err());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod failed_flush_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A hook whose write fails while `fail` is set, as a full disk would.
+    #[derive(Debug, Default)]
+    struct FaultyHook {
+        fail: AtomicBool,
+    }
+
+    #[derive(Debug)]
+    struct FaultyWrite(bool);
+
+    impl FlushHook for FaultyHook {
+        fn take(&self) -> Box<dyn PendingFlush> {
+            Box::new(FaultyWrite(self.fail.load(Ordering::SeqCst)))
+        }
+    }
+
+    impl PendingFlush for FaultyWrite {
+        fn write(&mut self) -> Result<(), StoreError> {
+            if self.0 {
+                Err(StoreError::Database("no space left on device".to_owned()))
+            } else {
+                Ok(())
+            }
+        }
+
+        fn durable(self: Box<Self>) {}
+    }
+
+    #[tokio::test]
+    async fn after_one_failed_flush_nothing_more_is_made_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring =
+            Keyring::open(&dir.path().join("keyring"), &dir.path().join("master.key")).unwrap();
+        let store = SledStore::open(&dir.path().join("db"), Arc::new(keyring)).unwrap();
+        let hook = Arc::new(FaultyHook::default());
+        store.add_flush_hook(hook.clone());
+        store.sync().await.unwrap();
+
+        hook.fail.store(true, Ordering::SeqCst);
+        assert!(store.sync().await.is_err());
+        // The disk recovers, but what the failed flush took is gone: still refused.
+        hook.fail.store(false, Ordering::SeqCst);
+        assert!(store.sync().await.is_err());
+        let error = store.flush_now().unwrap_err().to_string();
+        assert!(error.contains("restart the server"), "{error}");
     }
 }
