@@ -49,6 +49,9 @@ const KIND_DONE: u8 = 4;
 /// The idempotency records of one org and day in a summary row (one sealed list).
 const KIND_SENT: u8 = 5;
 /// Sealing labels (part of the associated data), one per kind of record.
+/// Times a mailbox read starts again because compaction moved a row under it (each needs a
+/// whole flush to happen during one read, so more than a couple means something is wrong).
+const MAX_MAILBOX_READ_ATTEMPTS: usize = 8;
 const LABEL_HEADER: &str = "mail_header";
 const LABEL_ENVELOPE: &str = "mail_envelope";
 const LABEL_DONE: &str = "mail_done";
@@ -284,9 +287,10 @@ impl MailLog {
                             .payload
                             .split_at_checked(ENVELOPE_ADDRESS)
                             .ok_or_else(|| corrupt("truncated envelope"))?;
-                        let shredded =
-                            key_id_of(sealed).is_none_or(|id| codec.keyring().key(id).is_none());
-                        if shredded {
+                        let key_id = key_id_of(sealed)
+                            .ok_or_else(|| corrupt("an envelope is not a sealed record"))?;
+                        if codec.keyring().key(key_id).is_none() {
+                            // Shredded by retention: nothing is left to deliver.
                             continue;
                         }
                         let (seq, device) = address.split_at(8);
@@ -391,15 +395,40 @@ impl MailLog {
     }
 
     /// Up to `limit` durable deliveries waiting for `device` after `after`, oldest first.
+    ///
+    /// The state's lock is not held while rows are read, so compaction can move a send to a
+    /// new row and collect the old one between the two: the read then starts again after the
+    /// last delivery it has (the state now points at the new row), never skipping one.
     pub fn mailbox_after(
         &self,
         device: &DeviceId,
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<MailboxItem>, StoreError> {
-        let deliverable = self.state().deliverable(device, after, limit);
+        let mut items = Vec::with_capacity(limit);
+        for _ in 0..MAX_MAILBOX_READ_ATTEMPTS {
+            let after = items.last().map(|i: &MailboxItem| i.seq).or(after);
+            let deliverable =
+                self.state()
+                    .deliverable(device, after, limit.saturating_sub(items.len()));
+            if self.read_deliverable(device, deliverable, &mut items)? {
+                return Ok(items);
+            }
+        }
+        Err(StoreError::Database(format!(
+            "a mailbox row moved {MAX_MAILBOX_READ_ATTEMPTS} times while it was read"
+        )))
+    }
+
+    /// Reads these deliveries' ciphertexts into `items`, in order; false if a row was
+    /// collected meanwhile (`items` then ends before that delivery).
+    fn read_deliverable(
+        &self,
+        device: &DeviceId,
+        deliverable: Vec<Deliverable>,
+        items: &mut Vec<MailboxItem>,
+    ) -> Result<bool, StoreError> {
         let mut rows: BTreeMap<GroupNo, sled::IVec> = BTreeMap::new();
-        let mut items = Vec::with_capacity(deliverable.len());
         for Deliverable { meta, source } in deliverable {
             let ciphertext = match source {
                 Source::Cached(bytes) => bytes,
@@ -411,8 +440,8 @@ impl MailLog {
                                 rows.insert(loc.group, row.clone());
                                 row
                             }
-                            // Finished and collected meanwhile.
-                            None => continue,
+                            // Moved by compaction and collected meanwhile: read again.
+                            None => return Ok(false),
                         },
                     };
                     match self.open_envelope(&row, loc, meta.seq, device)? {
@@ -432,7 +461,7 @@ impl MailLog {
                 ciphertext,
             });
         }
-        Ok(items)
+        Ok(true)
     }
 
     /// Opens the envelope at `loc`, checking it is the one of (`seq`, `device`).
@@ -1070,6 +1099,43 @@ mod tests {
             vec![format!("ciphertext-1-{offline}")]
         );
         assert!(texts(&fixture, &online).is_empty());
+    }
+
+    #[test]
+    fn a_read_that_races_compaction_starts_again_instead_of_skipping_a_message() {
+        let fixture = open(tempfile::tempdir().unwrap());
+        let (online, offline): (DeviceId, DeviceId) = (id(50), id(51));
+        send(&fixture, 1, &[offline], false);
+        let record = send(&fixture, 2, &[online], false);
+        flush(&fixture);
+        fixture.log.ack(&online, &[record.message_id]);
+        flush(&fixture);
+        // Read from its row, not from the cache of recent mail.
+        let fixture = reopen(fixture);
+        let stale = fixture.log.state().deliverable(&offline, None, 10);
+        assert!(matches!(
+            stale.first().map(|d| &d.source),
+            Some(Source::Stored(_))
+        ));
+        let mut n = 2u8;
+        for _ in 0..(super::super::mail_state::COMPACT_AFTER_GROUPS + 40) {
+            n = n.wrapping_add(1).max(3);
+            let record = send(&fixture, n, &[online], false);
+            flush(&fixture);
+            fixture.log.ack(&online, &[record.message_id]);
+        }
+        flush(&fixture);
+        // The row the stale location names is gone: the read says so rather than skipping.
+        let mut items = Vec::new();
+        assert!(!fixture
+            .log
+            .read_deliverable(&offline, stale, &mut items)
+            .unwrap());
+        assert!(items.is_empty());
+        assert_eq!(
+            texts(&fixture, &offline),
+            vec![format!("ciphertext-1-{offline}")]
+        );
     }
 
     #[test]

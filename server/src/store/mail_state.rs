@@ -367,6 +367,9 @@ pub struct MailState {
     /// Where the compaction scan resumes.
     compact_cursor: GroupNo,
     cache: Cache,
+    /// Devices revoked since the start: a send that read its device list before the
+    /// revocation and appends after it leaves nothing waiting for them.
+    revoked: HashSet<DeviceId>,
 }
 
 impl MailState {
@@ -389,6 +392,7 @@ impl MailState {
                 bytes: 0,
                 budget: cache_budget,
             },
+            revoked: HashSet::new(),
         }
     }
 
@@ -457,6 +461,13 @@ impl MailState {
             }
             state.groups.insert(number, group);
         }
+        // Summaries first: a send still in the log is newer than any summary entry with
+        // the same key (a client that reused an id after its record expired).
+        for (_, metas) in summaries {
+            for meta in metas {
+                state.sent.insert(meta.idempotency_key(), meta.record());
+            }
+        }
         for (seq, send) in &mut state.sends {
             send.waiting
                 .retain(|(device, _)| !done.contains(&(*seq, *device)) && !revoked(device));
@@ -467,11 +478,6 @@ impl MailState {
                 let queue = state.queues.entry(*device).or_default();
                 queue.by_seq.insert(*seq, send.meta.message_id);
                 queue.by_id.insert(send.meta.message_id, *seq);
-            }
-        }
-        for (_, metas) in summaries {
-            for meta in metas {
-                state.sent.insert(meta.idempotency_key(), meta.record());
             }
         }
         state
@@ -513,6 +519,9 @@ impl MailState {
         self.sent.insert(key, meta.record());
         let mut waiting = Vec::with_capacity(envelopes.len());
         for (device, ciphertext) in &envelopes {
+            if self.revoked.contains(device) {
+                continue;
+            }
             waiting.push((*device, None));
             let queue = self.queues.entry(*device).or_default();
             queue.by_seq.insert(seq, meta.message_id);
@@ -601,6 +610,7 @@ impl MailState {
 
     /// Finishes every delivery waiting for `device` (revoked); returns how many.
     pub fn drop_device(&mut self, device: &DeviceId) -> u32 {
+        self.revoked.insert(*device);
         let seqs: Vec<Seq> = match self.queues.get(device) {
             Some(queue) => queue.by_seq.keys().copied().collect(),
             None => return 0,
@@ -683,9 +693,16 @@ impl MailState {
 
     /// Forgets an idempotency record (its summary entry is past retention).
     pub fn forget_sent(&mut self, meta: &SendMeta) {
-        // A send still in the log keeps its own record until its last copy goes.
-        if !self.sends.contains_key(&meta.seq) {
-            self.sent.remove(&meta.idempotency_key());
+        // A send still in the log keeps its own record until its last copy goes, and a
+        // later send that reused the key keeps its own.
+        let key = meta.idempotency_key();
+        if !self.sends.contains_key(&meta.seq)
+            && self
+                .sent
+                .get(&key)
+                .is_some_and(|r| r.message_id == meta.message_id)
+        {
+            self.sent.remove(&key);
         }
     }
 
@@ -794,15 +811,26 @@ impl MailState {
             }
             // A `Done` here must outlive every older copy of what it names: written again
             // in this flush, it does.
-            for (seq, device) in &group.refs {
-                let older_copy_stays = self.sends.get(seq).is_some_and(|send| {
-                    send.copies
-                        .iter()
-                        .any(|c| c < number && !deleting.contains(c))
-                });
-                if older_copy_stays {
-                    relog.entry(*device).or_default().push(*seq);
-                }
+            let must_relog: Vec<(Seq, DeviceId)> = group
+                .refs
+                .iter()
+                .filter(|(seq, _)| {
+                    self.sends.get(seq).is_some_and(|send| {
+                        send.copies
+                            .iter()
+                            .any(|c| c < number && !deleting.contains(c))
+                    })
+                })
+                .copied()
+                .collect();
+            // A row of nothing but such `Done` records would only be written again, flush
+            // after flush, for as long as the older copy stays: keep it instead.
+            let frees_a_send = group.holds.iter().any(|seq| self.sends.contains_key(seq));
+            if !must_relog.is_empty() && !frees_a_send {
+                continue;
+            }
+            for (seq, device) in must_relog {
+                relog.entry(device).or_default().push(seq);
             }
             let mut summary = Vec::new();
             for seq in &group.holds {
@@ -1228,6 +1256,49 @@ mod tests {
             recovered.sent(&id(4), &id(1)),
             Some(SendRecord { message_id, .. }) if message_id == id(1001)
         ));
+    }
+
+    #[test]
+    fn a_row_of_done_records_that_must_stay_is_kept_not_written_again_every_flush() {
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let (online, offline): (DeviceId, DeviceId) = (id(50), id(51));
+        send(&mut state, &mut disk, 1, &[online, offline]);
+        flush(&mut state, &mut disk);
+        assert_eq!(state.acknowledge(&online, &[id(1001)]), 1);
+        flush(&mut state, &mut disk); // writes the Done, in a row of its own
+        let rows: Vec<GroupNo> = disk.groups.keys().copied().collect();
+        assert_eq!(rows.len(), 2);
+        // The offline device's copy stays, so the Done must too: nothing more to write.
+        for _ in 0..5 {
+            let plan = state.take_flush();
+            assert!(plan.is_empty(), "{plan:?}");
+            let landed = disk.write(&state, &plan);
+            state.flushed(&plan, landed);
+        }
+        assert_eq!(disk.groups.keys().copied().collect::<Vec<_>>(), rows);
+        // Once the offline device has its message, both rows go.
+        assert_eq!(state.acknowledge(&offline, &[id(1001)]), 1);
+        flush(&mut state, &mut disk);
+        flush(&mut state, &mut disk);
+        assert!(disk.groups.is_empty(), "{:?}", disk.groups.keys());
+        let recovered = disk.recover(&BTreeSet::new());
+        assert!(waiting(&recovered, &online).is_empty());
+        assert!(waiting(&recovered, &offline).is_empty());
+    }
+
+    #[test]
+    fn a_send_appended_after_a_revocation_leaves_nothing_waiting_for_the_revoked_device() {
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let (revoked, kept): (DeviceId, DeviceId) = (id(50), id(51));
+        send(&mut state, &mut disk, 1, &[revoked, kept]);
+        flush(&mut state, &mut disk);
+        assert_eq!(state.drop_device(&revoked), 1);
+        // A send that read the device list before the revocation lands after it.
+        send(&mut state, &mut disk, 2, &[revoked, kept]);
+        flush(&mut state, &mut disk);
+        assert!(waiting(&state, &revoked).is_empty());
+        assert_eq!(waiting(&state, &kept), vec![id(1001), id(1002)]);
+        assert_eq!(state.stats().waiting_deliveries, 2);
     }
 
     #[test]
