@@ -58,6 +58,13 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
     /// then on: the server fails closed.
     fn record(&self, event: &AuditEvent) -> Result<(), AuditError>;
 
+    /// Records one event of a request that changed records outside the mail log, and puts
+    /// it in the database at once: that change is already in the database, and the next
+    /// flush, whichever starts first, must not make it durable without its entry.
+    fn record_now(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        self.record(event)
+    }
+
     /// Whether events can be recorded now; requests are refused, unchanged, when not.
     fn ready(&self) -> Result<(), AuditError> {
         Ok(())

@@ -103,6 +103,57 @@ fn audit_unavailable(error: crate::audit::AuditError) -> WireError {
     )
 }
 
+/// Whether an allowed request of this kind changes records outside the mail log, in the
+/// database at once: its access-log entry is then written at once too
+/// ([`AuditSink::record_now`]), not left for the next flush, which could make the change
+/// durable without it. Sends and acknowledgements change only the mail log, whose writes
+/// wait for the same flush as their entries; an authentication changes only when the device
+/// was last seen.
+fn changes_records(request: &ClientRequest) -> bool {
+    match request {
+        ClientRequest::Enroll(_)
+        | ClientRequest::UploadPrekeys(_)
+        | ClientRequest::FetchPrekeys(_)
+        | ClientRequest::CreateInvite(_)
+        | ClientRequest::OpenConversation(_)
+        | ClientRequest::SetupCredentials { .. }
+        | ClientRequest::Login { .. }
+        | ClientRequest::Logout
+        | ClientRequest::ChangePassword { .. }
+        | ClientRequest::RevokeDevice { .. }
+        | ClientRequest::DeactivateUser { .. }
+        | ClientRequest::SetPermissions { .. }
+        | ClientRequest::CreateTeam { .. }
+        | ClientRequest::SetTeamMembers { .. }
+        | ClientRequest::AssignCare { .. }
+        | ClientRequest::SetSessionPolicy { .. }
+        | ClientRequest::SetAllowList(_)
+        | ClientRequest::SetConsentText { .. }
+        | ClientRequest::AcceptConsent { .. }
+        | ClientRequest::WithdrawConsent
+        | ClientRequest::GrantBreakGlass { .. }
+        | ClientRequest::SetRetention { .. }
+        | ClientRequest::SetHold { .. }
+        | ClientRequest::SetArchiveKey { .. }
+        | ClientRequest::RunSweep => true,
+        ClientRequest::Auth(_)
+        | ClientRequest::Send(_)
+        | ClientRequest::Ack(_)
+        | ClientRequest::GetConversation { .. }
+        | ClientRequest::ListConversations(_)
+        | ClientRequest::WhoAmI
+        | ClientRequest::Ping
+        | ClientRequest::ListUsers
+        | ClientRequest::ListDevices { .. }
+        | ClientRequest::ListTeams
+        | ClientRequest::GetPolicy
+        | ClientRequest::GetRetention
+        | ClientRequest::ExportArchive { .. }
+        | ClientRequest::VerifyAccessLog
+        | ClientRequest::ExportAccessLog(_) => false,
+    }
+}
+
 fn audit_objects(request: &ClientRequest) -> Vec<String> {
     match request {
         ClientRequest::SetRetention {
@@ -609,7 +660,7 @@ impl Unauthenticated {
                 }
                 _ => None,
             };
-            let recorded = self.context.audit.record(&AuditEvent {
+            let event = AuditEvent {
                 at_ms: now_ms(&self.context),
                 actor: result
                     .as_ref()
@@ -628,7 +679,13 @@ impl Unauthenticated {
                 },
                 outcome,
                 source: self.peer.addr.ip(),
-            });
+            };
+            // An enrolment created the account's records: its entry goes in at once.
+            let recorded = if result.is_ok() && changes_records(&frame.request) {
+                self.context.audit.record_now(&event)
+            } else {
+                self.context.audit.record(&event)
+            };
             if let Err(error) = recorded {
                 writer
                     .send(&error_frame(request_id, audit_unavailable(error)))
@@ -1069,19 +1126,25 @@ impl Authenticated {
                 | ClientRequest::DeactivateUser { .. }
         )
         .then(|| store.hold_flush());
+        let changes_records = changes_records(&frame.request);
         let (reply, end) = self.decide(frame.request);
         let outcome = match &reply {
             Reply::Now(Ok(_)) | Reply::AfterSync(Ok(_), _) | Reply::Later(_) => Outcome::Allowed,
             Reply::Now(Err(e)) | Reply::AfterSync(Err(e), _) => Outcome::Denied(e.code),
         };
-        let recorded = self.context.audit.record(&AuditEvent {
+        let event = AuditEvent {
             at_ms: now_ms(&self.context),
             actor: Some(self.actor()),
             action,
             objects,
             outcome,
             source: self.peer_ip,
-        });
+        };
+        let recorded = if changes_records && outcome == Outcome::Allowed {
+            self.context.audit.record_now(&event)
+        } else {
+            self.context.audit.record(&event)
+        };
         drop(hold);
         if let Err(error) = recorded {
             writer
