@@ -871,10 +871,21 @@ mod tests {
     }
 
     fn open(dir: tempfile::TempDir) -> Fixture {
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .unwrap();
+        // sled's background flusher lets go of the database's file lock a moment after the
+        // last handle is dropped: wait for it rather than fail a reopen.
+        let mut attempts = 0;
+        let db = loop {
+            match sled::Config::new().path(dir.path().join("db")).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::Other && attempts < 200 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let keyring =
             Keyring::open(&dir.path().join("keyring"), &dir.path().join("master.key")).unwrap();
         let log = MailLog::open(
