@@ -12,13 +12,12 @@
 
 use std::sync::Arc;
 
-use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zeroize::{Zeroize, Zeroizing};
 
+use super::xchacha;
 use super::StoreError;
 use crate::keyring::{KeyId, Keyring, Scope};
 
@@ -128,12 +127,8 @@ impl Codec {
                 StoreError::Keyring("could not seal a record".to_owned()),
             );
         };
-        let tag = XChaCha20Poly1305::new(key.as_slice().into()).encrypt_in_place_detached(
-            XNonce::from_slice(&nonce),
-            &aad(kind, key_id, row_key),
-            plain,
-        );
-        let Ok(tag) = tag else {
+        let tag = xchacha::seal_in_place(&key, &nonce, &aad(kind, key_id, row_key), plain);
+        let Some(tag) = tag else {
             return fail(
                 buffer,
                 StoreError::Keyring("could not seal a record".to_owned()),
@@ -196,24 +191,13 @@ impl Codec {
         };
         let (nonce, sealed) = bytes
             .get(5..)
-            .and_then(|rest| rest.split_at_checked(24))
+            .and_then(|rest| rest.split_first_chunk::<{ xchacha::NONCE_LEN }>())
             .ok_or_else(|| corrupt("truncated value"))?;
         let Some((_, key)) = self.keyring.key(key_id) else {
             return Err(StoreError::Shredded { kind });
         };
-        Ok(Zeroizing::new(
-            XChaCha20Poly1305::new(key.as_slice().into())
-                .decrypt(
-                    XNonce::from_slice(nonce),
-                    Payload {
-                        msg: sealed,
-                        aad: &aad(kind, key_id, row_key),
-                    },
-                )
-                .map_err(|_| {
-                    corrupt("does not authenticate (changed, or moved from another row)")
-                })?,
-        ))
+        xchacha::open(&key, nonce, &aad(kind, key_id, row_key), sealed)
+            .ok_or_else(|| corrupt("does not authenticate (changed, or moved from another row)"))
     }
 }
 

@@ -13,6 +13,7 @@ pub mod mail_log;
 pub mod mail_state;
 pub mod records;
 pub mod sled_store;
+pub mod xchacha;
 
 use std::future::Future;
 use std::pin::Pin;

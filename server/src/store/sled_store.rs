@@ -1809,14 +1809,26 @@ mod cache_coherence_tests {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod prekey_count_tests {
     use super::*;
     use medrelay_proto::X25519PublicKey;
 
     fn open(dir: &Path) -> SledStore {
-        let keyring = Keyring::open(&dir.join("keyring"), &dir.join("master.key")).unwrap();
-        SledStore::open(&dir.join("db"), Arc::new(keyring)).unwrap()
+        let keyring =
+            Arc::new(Keyring::open(&dir.join("keyring"), &dir.join("master.key")).unwrap());
+        // sled's background threads let go of the file lock a moment after the last handle
+        // is dropped: wait for it rather than fail a reopen.
+        for _ in 0..200 {
+            match SledStore::open(&dir.join("db"), keyring.clone()) {
+                Ok(store) => return store,
+                Err(StoreError::Database(e)) if e.contains("in use by another process") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the database stayed locked");
     }
 
     fn prekeys(ids: std::ops::Range<u32>) -> Vec<OneTimePrekey> {
