@@ -12,7 +12,7 @@ use medrelay_proto::{
 
 use crate::credentials::{self, NewCredentials};
 use crate::permissions;
-use crate::relay::{default_consent_text, internal, not_found, AuthedDevice, Relay};
+use crate::relay::{default_consent_text, internal, not_found, AuthedDevice, ConsentSource, Relay};
 use crate::store::{
     BreakGlassRecord, CareRecord, DeviceRecord, LoginSession, OrgPolicy, TeamRecord, UserRecord,
 };
@@ -121,13 +121,45 @@ impl Relay {
         }
     }
 
+    /// SHA-256 of the org's consent text as it stands now (hashed once per text).
+    fn consent_sha256(&self, org_id: &medrelay_proto::OrgId) -> Result<[u8; 32], WireError> {
+        let org = self
+            .store
+            .org(org_id)
+            .map_err(internal)?
+            .ok_or_else(|| not_found("organisation"))?;
+        let mut cache = self
+            .consent_hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let unchanged = |source: &ConsentSource| match (source, &org.policy.consent_text) {
+            (ConsentSource::Set(cached), Some(text)) => cached == text.as_str(),
+            (ConsentSource::Default(name), None) => *name == org.name,
+            _ => false,
+        };
+        if let Some((_, hash)) = cache.get(org_id).filter(|(source, _)| unchanged(source)) {
+            return Ok(*hash);
+        }
+        let (source, text) = match org.policy.consent_text {
+            Some(text) => (ConsentSource::Set(text.as_str().to_owned()), text),
+            None => (
+                ConsentSource::Default(org.name.clone()),
+                ConsentText::new(default_consent_text(&org.name))
+                    .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?,
+            ),
+        };
+        let hash = text.sha256();
+        cache.insert(*org_id, (source, hash));
+        Ok(hash)
+    }
+
     /// A patient's consent as it stands now: an acceptance counts only for the text it was
     /// given to, so a changed consent text asks every patient again.
     pub fn effective_consent(&self, user: &UserRecord) -> Result<ConsentState, WireError> {
         if user.consent.state != ConsentState::Accepted {
             return Ok(user.consent.state);
         }
-        let current = self.consent_text(&user.org)?.sha256();
+        let current = self.consent_sha256(&user.org)?;
         Ok(if user.consent.text_sha256 == Some(current) {
             ConsentState::Accepted
         } else {
