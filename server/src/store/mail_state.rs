@@ -726,6 +726,17 @@ impl MailState {
         for (device, seqs) in relog {
             self.pending.push(Record::Done { device, seqs });
         }
+        // A `Done` naming only sends whose last copy this flush deletes says nothing the
+        // deletion does not: the acknowledgement is answered after this flush either way.
+        // Most acknowledgements arrive before the next flush, so most `Done`s go here.
+        let sends = &self.sends;
+        self.pending.retain_mut(|record| match record {
+            Record::Done { seqs, .. } => {
+                seqs.retain(|seq| sends.contains_key(seq));
+                !seqs.is_empty()
+            }
+            Record::Send { .. } | Record::Copy { .. } => true,
+        });
         self.plan_compaction();
         // Copies go into rows of their own: they hold mail that waits long (an offline
         // device's), which new traffic would otherwise pin and then copy again.
@@ -1604,15 +1615,29 @@ mod tests {
                             let plan = state.take_flush();
                             if keep_rows {
                                 // The rows made it; the deletions did not.
+                                let written: BTreeSet<(Seq, DeviceId)> = plan
+                                    .groups
+                                    .iter()
+                                    .flat_map(|(_, records)| records.iter())
+                                    .flat_map(|record| match record {
+                                        Record::Done { device, seqs } => seqs.iter().map(|s| (*s, *device)).collect(),
+                                        _ => Vec::new(),
+                                    })
+                                    .collect();
                                 let mut partial = FlushPlan { groups: plan.groups, collect: Vec::new(), newest: plan.newest };
                                 let landed = disk.write(&state, &partial);
                                 let _ = landed;
                                 partial.groups.clear();
-                                // Whatever was pending is on disk now: durable.
+                                // Every send pending is on disk now: durable. A finished delivery
+                                // is durably finished only if its `Done` was written; one whose
+                                // `Done` the flush left to its deletions may come back (no one
+                                // was answered yet).
                                 for (d, seqs) in std::mem::take(&mut pending_waiting) {
                                     durable_waiting.entry(d).or_default().extend(seqs);
                                 }
-                                durable_finished.extend(std::mem::take(&mut pending_finished));
+                                durable_finished.extend(
+                                    std::mem::take(&mut pending_finished).into_iter().filter(|f| written.contains(f)),
+                                );
                             } else {
                                 // Sends never durable: their senders were never answered.
                                 for (_, seqs) in std::mem::take(&mut pending_waiting) {
