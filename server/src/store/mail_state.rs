@@ -26,7 +26,7 @@
 //! Only sends that are durable are handed out for delivery ([`MailState::deliverable`]), so a
 //! recipient never sees a message the server could still lose.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use medrelay_proto::ids::{ClientMessageId, ConversationId, DeviceId, MessageId, OrgId, UserId};
@@ -50,6 +50,10 @@ pub const COMPACT_AFTER_GROUPS: u64 = 64;
 pub const COMPACT_CHECKS_PER_FLUSH: usize = 8;
 /// Bytes of envelopes copied by compaction in one flush at most.
 pub const COMPACT_BYTES_PER_FLUSH: usize = 256 * 1024;
+
+/// Flushes between two looks at every group for collection (in between, only the groups
+/// something happened to are looked at; the full look is a safety net).
+pub const FULL_COLLECTION_SCAN_EVERY: u32 = 64;
 
 /// Bytes a record costs in a row besides its payload (sealing header, tag and framing).
 const RECORD_OVERHEAD: usize = 64;
@@ -370,6 +374,16 @@ pub struct MailState {
     /// Devices revoked since the start: a send that read its device list before the
     /// revocation and appends after it leaves nothing waiting for them.
     revoked: HashSet<DeviceId>,
+    /// Groups that may have become collectable since the last flush looked: a send they
+    /// hold finished or moved, or they were written. Only these, and the groups holding
+    /// `Done` records, are looked at (at saturation the log holds hundreds of rows, each
+    /// pinned by a message or two still in flight).
+    dirty: BTreeSet<GroupNo>,
+    /// Groups holding `Done` records: looked at every flush, as the older copies their
+    /// records outlive may go at any time.
+    with_refs: BTreeSet<GroupNo>,
+    /// Flushes until the next look at every group.
+    full_scan_in: u32,
 }
 
 impl MailState {
@@ -393,6 +407,9 @@ impl MailState {
                 budget: cache_budget,
             },
             revoked: HashSet::new(),
+            dirty: BTreeSet::new(),
+            with_refs: BTreeSet::new(),
+            full_scan_in: 0,
         }
     }
 
@@ -458,6 +475,9 @@ impl MailState {
                         }
                     }
                 }
+            }
+            if !group.refs.is_empty() {
+                state.with_refs.insert(number);
             }
             state.groups.insert(number, group);
         }
@@ -630,6 +650,9 @@ impl MailState {
             if send.waiting.len() == before {
                 continue;
             }
+            if send.finished() {
+                self.dirty.extend(send.copies.iter().copied());
+            }
             if let Some(queue) = self.queues.get_mut(device) {
                 queue.by_seq.remove(seq);
                 queue.by_id.remove(&send.meta.message_id);
@@ -719,6 +742,11 @@ impl MailState {
         // records that must outlive a collected group go into this flush's rows, which are
         // written before anything is deleted.
         let (collect, relog) = self.collectable();
+        self.dirty.clear();
+        self.full_scan_in = match self.full_scan_in {
+            0 => FULL_COLLECTION_SCAN_EVERY,
+            n => n - 1,
+        };
         plan.collect = collect;
         for (number, _) in &plan.collect {
             self.forget_group(*number);
@@ -786,6 +814,9 @@ impl MailState {
                     }
                 }
             }
+            if !group.refs.is_empty() {
+                self.with_refs.insert(number);
+            }
             self.groups.insert(number, group);
             plan.groups.push((number, records));
         }
@@ -798,10 +829,23 @@ impl MailState {
     /// again because an older copy of their send stays on disk.
     #[allow(clippy::type_complexity)]
     fn collectable(&self) -> (Vec<(GroupNo, Vec<SendMeta>)>, BTreeMap<DeviceId, Vec<Seq>>) {
+        self.collectable_among(self.collection_candidates())
+    }
+
+    /// [`Self::collectable`], looking at these groups (ascending) only.
+    #[allow(clippy::type_complexity)]
+    fn collectable_among(
+        &self,
+        candidates: Vec<GroupNo>,
+    ) -> (Vec<(GroupNo, Vec<SendMeta>)>, BTreeMap<DeviceId, Vec<Seq>>) {
         let mut out = Vec::new();
         let mut relog: BTreeMap<DeviceId, Vec<Seq>> = BTreeMap::new();
         let mut deleting: HashSet<GroupNo> = HashSet::new();
-        for (number, group) in &self.groups {
+        for number in candidates {
+            let Some(group) = self.groups.get(&number) else {
+                continue;
+            };
+            let number = &number;
             if !group.written {
                 continue;
             }
@@ -865,8 +909,19 @@ impl MailState {
         (out, relog)
     }
 
+    /// The groups [`Self::collectable`] looks at, ascending: every group now and then, else
+    /// those something happened to and those holding `Done` records.
+    fn collection_candidates(&self) -> Vec<GroupNo> {
+        if self.full_scan_in == 0 {
+            self.groups.keys().copied().collect()
+        } else {
+            self.dirty.union(&self.with_refs).copied().collect()
+        }
+    }
+
     /// Drops a collected group and the sends whose last copy it held.
     fn forget_group(&mut self, number: GroupNo) {
+        self.with_refs.remove(&number);
         let Some(group) = self.groups.remove(&number) else {
             return;
         };
@@ -957,6 +1012,7 @@ impl MailState {
         for (number, _) in &plan.groups {
             if let Some(group) = self.groups.get_mut(number) {
                 group.written = true;
+                self.dirty.insert(*number);
             }
         }
         for landed in landed {
@@ -964,6 +1020,9 @@ impl MailState {
                 continue;
             };
             let group = landed.header.group;
+            // Reads move to the new copy: the older ones may be collectable now.
+            self.dirty
+                .extend(send.copies.iter().copied().filter(|c| *c != group));
             send.header = Some(landed.header);
             send.home = Some(group);
             send.moving_to = None;
@@ -1033,6 +1092,19 @@ impl MailState {
         }
         if let Some((device, _)) = expected.into_iter().find(|(_, q)| !q.is_empty()) {
             return Err(format!("{device:?} waits but has no queue"));
+        }
+        // Looking only where something happened finds every group a look at all would.
+        let everywhere = self.collectable_among(self.groups.keys().copied().collect());
+        let looked: BTreeSet<GroupNo> = self
+            .collectable_among(self.collection_candidates())
+            .0
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect();
+        if let Some((missed, _)) = everywhere.0.iter().find(|(g, _)| !looked.contains(g)) {
+            return Err(format!(
+                "group {missed} is collectable but was not looked at"
+            ));
         }
         Ok(())
     }
