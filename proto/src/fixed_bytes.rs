@@ -8,6 +8,18 @@ use std::fmt;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserializer, Serializer};
 
+/// Writes `bytes` as lowercase hex, through a buffer on the stack (ids are formatted for
+/// every access-log entry: no allocation per id).
+pub(crate) fn write_hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let mut buffer = [0u8; 64];
+    for chunk in bytes.chunks(32) {
+        let text = buffer.get_mut(..chunk.len() * 2).ok_or(fmt::Error)?;
+        hex::encode_to_slice(chunk, text).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(text).map_err(|_| fmt::Error)?)?;
+    }
+    Ok(())
+}
+
 /// Serialises `bytes` as a byte string, or as hex for human-readable formats.
 pub(crate) fn serialize<S: Serializer, const N: usize>(
     bytes: &[u8; N],
@@ -129,7 +141,7 @@ macro_rules! fixed_bytes_newtype {
         impl std::fmt::Display for $name {
             /// The full value in lowercase hex.
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&hex::encode(self.0))
+                $crate::fixed_bytes::write_hex(&self.0, f)
             }
         }
 

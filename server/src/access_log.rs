@@ -76,7 +76,7 @@ const ENTRIES_PER_ROW: usize = 64;
 const ROW_BYTES: usize = 7 * 1024;
 
 /// Roughly how many bytes an entry takes sealed.
-fn entry_size(body: &EntryBody) -> usize {
+fn entry_size(body: &EntryBodyRef<'_>) -> usize {
     150 + body.action.len()
         + body.outcome.len()
         + body.source.len()
@@ -105,6 +105,27 @@ pub struct EntryBody {
     pub outcome: String,
     /// Source address.
     pub source: String,
+}
+
+/// [`EntryBody`] borrowed from the event being recorded: postcard writes a `&str` as it
+/// writes a `String` and a slice as it writes a `Vec`, so the bytes (and the hash) are the
+/// same, without copying the event's strings or allocating the actor's ids as text.
+#[derive(Debug, Serialize)]
+struct EntryBodyRef<'a> {
+    seq: u64,
+    prev_hash: [u8; 32],
+    at_ms: u64,
+    actor: Option<(&'a str, &'a str, &'a str, &'a str)>,
+    action: &'a str,
+    objects: &'a [String],
+    outcome: &'a str,
+    source: &'a str,
+}
+
+/// An id as lowercase hex, in place.
+fn hex_of<'b>(bytes: &[u8; 16], buffer: &'b mut [u8; 32]) -> Result<&'b str, AuditError> {
+    hex::encode_to_slice(bytes, buffer).map_err(|e| AuditError(e.to_string()))?;
+    std::str::from_utf8(buffer).map_err(|e| AuditError(e.to_string()))
 }
 
 /// A stored entry: its body and hash.
@@ -143,8 +164,8 @@ fn hash_of(body_bytes: &[u8]) -> [u8; 32] {
 
 /// An entry's encoding, as stored (sealed) and hashed: the body's bytes, then its hash. The
 /// same bytes as encoding an [`Entry`], made with one encoding of the body instead of two.
-fn encode_entry(body: &EntryBody) -> Result<([u8; 32], Vec<u8>), String> {
-    let mut bytes = Vec::with_capacity(entry_size(body) + 32);
+fn encode_entry<B: Serialize>(body: &B, size: usize) -> Result<([u8; 32], Vec<u8>), String> {
+    let mut bytes = Vec::with_capacity(size + 32);
     bytes = postcard::to_extend(body, bytes).map_err(|e| e.to_string())?;
     let hash = hash_of(&bytes);
     bytes.extend_from_slice(&hash);
@@ -733,27 +754,40 @@ impl AccessLog {
         }
         // Time in the log never runs backwards (events are timed before they queue here).
         let at_ms = event.at_ms.max(head.last_at_ms);
-        let body = EntryBody {
+        let (mut org, mut user, mut device) = ([0u8; 32], [0u8; 32], [0u8; 32]);
+        let actor = match &event.actor {
+            Some(a) => Some((
+                hex_of(a.org.as_bytes(), &mut org)?,
+                hex_of(a.user.as_bytes(), &mut user)?,
+                hex_of(a.device.as_bytes(), &mut device)?,
+                a.role.as_str(),
+            )),
+            None => None,
+        };
+        let mut source = std::io::Cursor::new([0u8; 64]);
+        std::io::Write::write_fmt(&mut source, format_args!("{}", event.source))
+            .map_err(|e| AuditError(e.to_string()))?;
+        let source_len = usize::try_from(source.position()).unwrap_or(0);
+        let source = source
+            .get_ref()
+            .get(..source_len)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .ok_or_else(|| AuditError("unprintable source address".to_owned()))?;
+        let body = EntryBodyRef {
             seq: head.seq + 1,
             prev_hash: head.hash,
             at_ms,
-            actor: event.actor.map(|a| {
-                (
-                    a.org.to_string(),
-                    a.user.to_string(),
-                    a.device.to_string(),
-                    a.role.as_str().to_owned(),
-                )
-            }),
-            action: event.action.to_owned(),
-            objects: event.objects.clone(),
+            actor,
+            action: event.action,
+            objects: &event.objects,
             outcome: match event.outcome {
-                Outcome::Allowed => "allowed".to_owned(),
-                Outcome::Denied(code) => code.as_str().to_owned(),
+                Outcome::Allowed => "allowed",
+                Outcome::Denied(code) => code.as_str(),
             },
-            source: event.source.to_string(),
+            source,
         };
-        let (hash, encoded) = encode_entry(&body).map_err(AuditError)?;
+        let size = entry_size(&body);
+        let (hash, encoded) = encode_entry(&body, size).map_err(AuditError)?;
         let seq = body.seq;
         // A new day starts in a new row, behind a checkpoint: retention trims whole days.
         let new_day = seq > 1 && day_of(at_ms) != day_of(head.last_at_ms);
@@ -762,9 +796,7 @@ impl AccessLog {
                 row.day_ends = true;
                 true
             }
-            Some(row) => {
-                row.entries.len() >= ENTRIES_PER_ROW || row.bytes + entry_size(&body) > ROW_BYTES
-            }
+            Some(row) => row.entries.len() >= ENTRIES_PER_ROW || row.bytes + size > ROW_BYTES,
             None => true,
         };
         if new_row {
@@ -775,7 +807,6 @@ impl AccessLog {
             }
         }
         // Sealed now, on the request's thread: the flush only writes rows.
-        let size = entry_size(&body);
         let scope = Scope::Audit { day: day_of(at_ms) };
         let sealed = self
             .codec
@@ -1434,11 +1465,60 @@ mod encoding_tests {
             outcome: "allowed".to_owned(),
             source: "127.0.0.1".to_owned(),
         };
-        let (hash, encoded) = encode_entry(&body).unwrap();
+        let (hash, encoded) = encode_entry(&body, 0).unwrap();
         assert_eq!(hash, entry_hash(&body).unwrap());
         assert_eq!(
             encoded,
             postcard::to_allocvec(&Entry { body, hash }).unwrap()
+        );
+    }
+
+    /// What `append` encodes, borrowed, is byte for byte the stored body.
+    #[test]
+    fn a_borrowed_body_encodes_as_the_stored_one() {
+        for (actor, objects) in [
+            (None, Vec::new()),
+            (
+                Some((
+                    "a".repeat(32),
+                    "b".repeat(32),
+                    "c".repeat(32),
+                    "patient".to_owned(),
+                )),
+                (0..40).map(|i| format!("{i:032x}")).collect(),
+            ),
+        ] {
+            let body = EntryBody {
+                seq: 300,
+                prev_hash: [9; 32],
+                at_ms: 1_700_000_000_123,
+                actor: actor.clone(),
+                action: "delivery".to_owned(),
+                objects: objects.clone(),
+                outcome: "FORBIDDEN".to_owned(),
+                source: "2001:db8::1".to_owned(),
+            };
+            let borrowed = EntryBodyRef {
+                seq: 300,
+                prev_hash: [9; 32],
+                at_ms: 1_700_000_000_123,
+                actor: actor
+                    .as_ref()
+                    .map(|(o, u, d, r)| (o.as_str(), u.as_str(), d.as_str(), r.as_str())),
+                action: "delivery",
+                objects: &objects,
+                outcome: "FORBIDDEN",
+                source: "2001:db8::1",
+            };
+            assert_eq!(
+                encode_entry(&borrowed, 0).unwrap(),
+                encode_entry(&body, 0).unwrap()
+            );
+        }
+        let mut buffer = [0u8; 32];
+        assert_eq!(
+            hex_of(&[0xab; 16], &mut buffer).unwrap(),
+            medrelay_proto::OrgId::from([0xab; 16]).to_string()
         );
     }
 
