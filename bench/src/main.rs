@@ -28,11 +28,15 @@ use crate::scenarios::{forwarder_load, relay_load, Probe, RelayFlow, Timing};
 #[command(about = "medrelay benchmarks: relay, transport limit and peers in one run")]
 struct Args {
     /// The `medrelay` server binary.
-    #[arg(long)]
-    medrelay: PathBuf,
+    #[arg(long, required_unless_present = "report_from")]
+    medrelay: Option<PathBuf>,
     /// The `medrelay-forwarder` binary.
+    #[arg(long, required_unless_present = "report_from")]
+    forwarder: Option<PathBuf>,
+    /// Run nothing: write RESULTS.md again from this results.json (with --findings and
+    /// --command), for findings written after the run.
     #[arg(long)]
-    forwarder: PathBuf,
+    report_from: Option<PathBuf>,
     /// Where to put data directories, logs and results.
     #[arg(long)]
     out: PathBuf,
@@ -51,6 +55,10 @@ struct Args {
     /// Measured seconds per phase (warm-up is a third of it).
     #[arg(long)]
     seconds: Option<u64>,
+    /// The open-loop phase's rate as a fraction of saturation (the report's "half load" is
+    /// 0.5; other values explore the latency curve, and the report then says so).
+    #[arg(long, default_value_t = 0.5)]
+    open_loop_fraction: f64,
     /// The command line to print in the report.
     #[arg(long, default_value = "bench/run")]
     command: String,
@@ -75,9 +83,16 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)?;
-    let results = run(&args).await?;
     let path = args.out.join("results.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+    let results = match &args.report_from {
+        Some(from) => serde_json::from_slice(&std::fs::read(from)?)
+            .with_context(|| format!("{} is not a results.json", from.display()))?,
+        None => {
+            let results = run(&args).await?;
+            std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+            results
+        }
+    };
     let findings = match &args.findings {
         Some(path) => std::fs::read_to_string(path)?,
         None => String::new(),
@@ -87,13 +102,24 @@ async fn main() -> anyhow::Result<()> {
         &report_path,
         report::markdown(&results, &args.command, &findings),
     )?;
-    eprintln!("wrote {} and {}", path.display(), report_path.display());
+    if args.report_from.is_some() {
+        eprintln!("wrote {}", report_path.display());
+    } else {
+        eprintln!("wrote {} and {}", path.display(), report_path.display());
+    }
     Ok(())
 }
 
 async fn run(args: &Args) -> anyhow::Result<Value> {
+    let (Some(medrelay), Some(forwarder_binary)) = (&args.medrelay, &args.forwarder) else {
+        anyhow::bail!("--medrelay and --forwarder are needed to run the benchmarks");
+    };
     let seconds = args.seconds.unwrap_or(if args.quick { 5 } else { 10 });
+    if !(0.01..=1.0).contains(&args.open_loop_fraction) {
+        anyhow::bail!("--open-loop-fraction must lie between 0.01 and 1");
+    }
     let timing = Timing {
+        open_loop_fraction: args.open_loop_fraction,
         warmup: Duration::from_secs(seconds.div_ceil(3).max(2)),
         measure: Duration::from_secs(seconds),
     };
@@ -103,7 +129,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     std::fs::create_dir_all(&work)?;
 
     eprintln!("starting medrelay");
-    let mut relay = server::Relay::start(&args.medrelay, &work.join("relay/data"))?;
+    let mut relay = server::Relay::start(medrelay, &work.join("relay/data"))?;
     let target = Target::new(relay.addr, &relay.ca(), "/v1/ws")?;
     let invite = relay
         .admin_invite
@@ -197,7 +223,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     eprintln!("starting the forwarder");
     let certs = work.join("relay/data/certs");
     let forwarder = server::Forwarder::start(
-        &args.forwarder,
+        forwarder_binary,
         &certs.join("server.pem"),
         &certs.join("server.key"),
     )?;
@@ -275,6 +301,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             "window_per_pair": args.window,
             "payload_bytes": args.payload,
             "measure_seconds": seconds,
+            "open_loop_fraction": args.open_loop_fraction,
         },
         "relay_msgs_per_s": relay_msgs,
         "transport_msgs_per_s": transport_msgs,

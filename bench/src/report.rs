@@ -71,6 +71,14 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
          the cores.\n",
         shape["pairs"], shape["window_per_pair"], shape["payload_bytes"], shape["measure_seconds"]
     );
+    if let Some(fraction) = shape["open_loop_fraction"].as_f64().filter(|f| *f != 0.5) {
+        let _ = writeln!(
+            out,
+            "- **The open-loop phases ran at {:.0}% of saturation, not half: the \"half load\" \
+             figures below are at that rate.**\n",
+            fraction * 100.0
+        );
+    }
 
     let _ = writeln!(out, "## Targets\n");
     let _ = writeln!(out, "| figure | measured | target | |\n|---|---:|---|---|");

@@ -25,6 +25,9 @@ pub struct Timing {
     pub warmup: Duration,
     /// Measured time.
     pub measure: Duration,
+    /// The open-loop phase's rate as a fraction of the saturation rate (0.5 for the report:
+    /// "half load"; other values explore the latency curve).
+    pub open_loop_fraction: f64,
 }
 
 /// One measured phase, for the report.
@@ -192,12 +195,22 @@ pub async fn saturate_then_half(
         saturation.cpu_us_per_msg()
     );
     settle(tracker, phases, Duration::from_secs(30)).await;
-    let sends_per_s = saturation.delivered_per_s / 2.0 / f64::from(tracker.fan_out);
+    let sends_per_s =
+        saturation.delivered_per_s * timing.open_loop_fraction / f64::from(tracker.fan_out);
     let per_flow = sends_per_s / flows.max(1) as f64;
-    eprintln!("[{label}] open loop at half: {:.0} sends/s", sends_per_s);
+    eprintln!(
+        "[{label}] open loop at {:.0}%: {:.0} sends/s",
+        timing.open_loop_fraction * 100.0,
+        sends_per_s
+    );
     let half = measure(tracker, phases, Phase::Rate(per_flow), timing, probe).await?;
     eprintln!(
-        "[{label}] half load: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
+        "[{label}] {} load: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
+        if timing.open_loop_fraction == 0.5 {
+            "half".to_owned()
+        } else {
+            format!("{:.0}%", timing.open_loop_fraction * 100.0)
+        },
         half.latency_ms(0.5),
         half.latency_ms(0.99),
         half.latency_ms(0.999)
