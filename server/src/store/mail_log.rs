@@ -49,6 +49,9 @@ const KIND_DONE: u8 = 4;
 /// The idempotency records of one org and day in a summary row (one sealed list).
 const KIND_SENT: u8 = 5;
 /// Sealing labels (part of the associated data), one per kind of record.
+/// Idempotency records in one summary row: about 7 KiB, within a group row's size (sled
+/// writes a leaf over 128 KiB as a blob file of its own).
+const SUMMARY_RECORDS_PER_ROW: usize = 60;
 /// Times a mailbox read starts again because compaction moved a row under it (each needs a
 /// whole flush to happen during one read, so more than a couple means something is wrong).
 const MAX_MAILBOX_READ_ATTEMPTS: usize = 8;
@@ -824,23 +827,40 @@ impl MailFlush {
         for (key, value) in archive_items {
             log.archive.insert(key, value).map_err(db_error)?;
         }
-        for (number, summary) in &self.plan.collect {
-            if !summary.is_empty() {
-                // One sealed list per org and day: retention shreds them by that key anyway.
-                let mut by_scope: BTreeMap<Scope, Vec<&SendMeta>> = BTreeMap::new();
-                for meta in summary {
-                    by_scope.entry(mail_scope(meta)).or_default().push(meta);
-                }
-                let mut row = RowWriter::new(flush);
-                for (scope, metas) in by_scope {
-                    let index = row.count;
-                    let sealed = codec.seal(LABEL_SENT, scope, &place(*number, index), &metas)?;
-                    row.push(KIND_SENT, &[&sealed])?;
-                }
-                log.summaries
-                    .insert(number.to_be_bytes(), row.bytes)
-                    .map_err(db_error)?;
+        // The idempotency records of every send whose last copy this flush deletes, in as few
+        // summary rows as fit them (each at most a group row's size, one sealed list per org
+        // and day in each: retention shreds them by that key anyway), each under the number
+        // of a row this flush deletes, all before any row is deleted.
+        let mut metas: Vec<&SendMeta> = self.plan.collect.iter().flat_map(|(_, s)| s).collect();
+        metas.sort_by_key(|meta| mail_scope(meta));
+        let mut numbers = self.plan.collect.iter().map(|(number, _)| *number);
+        // Never more rows than numbers to put them under (a row of very small sends can
+        // hold more than a summary row's share).
+        let per_row =
+            SUMMARY_RECORDS_PER_ROW.max(metas.len().div_ceil(self.plan.collect.len().max(1)));
+        for chunk in metas.chunks(per_row) {
+            let Some(number) = numbers.next() else {
+                return Err(corrupt("more summary rows than rows collected"));
+            };
+            let mut row = RowWriter::new(flush);
+            for same_scope in chunk.chunk_by(|a, b| mail_scope(a) == mail_scope(b)) {
+                let Some(first) = same_scope.first() else {
+                    continue;
+                };
+                let index = row.count;
+                let sealed = codec.seal(
+                    LABEL_SENT,
+                    mail_scope(first),
+                    &place(number, index),
+                    &same_scope,
+                )?;
+                row.push(KIND_SENT, &[&sealed])?;
             }
+            log.summaries
+                .insert(number.to_be_bytes(), row.bytes)
+                .map_err(db_error)?;
+        }
+        for (number, _) in &self.plan.collect {
             log.groups.remove(number.to_be_bytes()).map_err(db_error)?;
         }
         Ok(())
@@ -990,6 +1010,27 @@ mod tests {
         let fixture = reopen(fixture);
         assert!(texts(&fixture, &bob).is_empty(), "the ack held");
         assert_eq!(fixture.log.sent(&id(4), &id(1)), Some(record));
+    }
+
+    #[test]
+    fn the_records_of_a_flush_share_summary_rows_and_all_survive_a_restart() {
+        let fixture = open(tempfile::tempdir().unwrap());
+        let bob: DeviceId = id(50);
+        let records: Vec<SendRecord> = (1..=100)
+            .map(|n| send(&fixture, n, &[bob], false))
+            .collect();
+        flush(&fixture);
+        let groups = fixture.log.groups.len();
+        assert!(groups > 2, "{groups} rows");
+        let ids: Vec<MessageId> = records.iter().map(|r| r.message_id).collect();
+        assert_eq!(fixture.log.ack(&bob, &ids), 100);
+        flush(&fixture);
+        assert_eq!(fixture.log.groups.len(), 0, "every row collected");
+        assert_eq!(fixture.log.summaries.len(), 2, "100 records in rows of 60");
+        let fixture = reopen(fixture);
+        for (n, record) in (1..=100).zip(&records) {
+            assert_eq!(fixture.log.sent(&id(4), &id(n)), Some(*record), "send {n}");
+        }
     }
 
     #[test]
