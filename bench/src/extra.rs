@@ -79,6 +79,7 @@ pub async fn fan_out(
         timing,
         probe,
         "relay fan-out to 10",
+        &[],
     )
     .await
 }
@@ -364,5 +365,56 @@ pub fn crypto() -> anyhow::Result<CryptoReport> {
     Ok(CryptoReport {
         encrypt_decrypt_1kib_us: (encrypt_decrypt * 100.0).round() / 100.0,
         session_setup_us: (setup * 10.0).round() / 10.0,
+    })
+}
+
+/// The disk under the data directory: what one durable write costs before any server runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskReport {
+    /// Appends timed.
+    pub writes: u32,
+    /// Bytes per append.
+    pub bytes: usize,
+    /// Latency of an append plus `fdatasync`, ms.
+    pub p50_ms: f64,
+    /// Latency of an append plus `fdatasync`, ms.
+    pub p99_ms: f64,
+    /// Latency of an append plus `fdatasync`, ms.
+    pub p999_ms: f64,
+    /// Latency of an append plus `fdatasync`, ms.
+    pub max_ms: f64,
+}
+
+/// Times `writes` appends of 4 KiB, each followed by `fdatasync`, to a file in `dir`: the
+/// floor under any acknowledgement that waits for the disk (the relay's group commit waits
+/// for one such sync per flush, plus sled's own writes).
+pub fn disk_sync(dir: &std::path::Path, writes: u32) -> anyhow::Result<DiskReport> {
+    use std::io::Write as _;
+    const BYTES: usize = 4096;
+    let path = dir.join("disk-sync-probe");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    let block = vec![0x5au8; BYTES];
+    let mut latencies = crate::load::histogram()?;
+    for _ in 0..writes {
+        let started = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        latencies.record(us.max(1))?;
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
+    Ok(DiskReport {
+        writes,
+        bytes: BYTES,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: ms(1.0),
     })
 }

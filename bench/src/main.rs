@@ -22,7 +22,12 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 use crate::client::Target;
-use crate::scenarios::{forwarder_load, relay_load, Probe, RelayFlow, Timing};
+use crate::scenarios::{forwarder_load, relay_load, ExtraPhase, Probe, Rate, RelayFlow, Timing};
+
+/// Appends timed by the disk probe.
+const DISK_SYNC_WRITES: u32 = 2000;
+/// The low point on the relay's latency curve, as a fraction of saturation (full run only).
+const LOW_LOAD: f64 = 0.1;
 
 #[derive(Debug, Parser)]
 #[command(about = "medrelay benchmarks: relay, transport limit and peers in one run")]
@@ -128,6 +133,18 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
 
+    // The disk first, while nothing else runs: the floor under every durable acknowledgement.
+    let disk = if args.quick {
+        Value::Null
+    } else {
+        let r = extra::disk_sync(&work, DISK_SYNC_WRITES)?;
+        eprintln!(
+            "[disk] 4 KiB append + fdatasync: p50 {:.3} ms, p99 {:.3} ms",
+            r.p50_ms, r.p99_ms
+        );
+        serde_json::to_value(r)?
+    };
+
     eprintln!("starting medrelay");
     let mut relay = server::Relay::start(medrelay, &work.join("relay/data"))?;
     let target = Target::new(relay.addr, &relay.ca(), "/v1/ws")?;
@@ -153,6 +170,11 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         })
         .collect();
     let receivers: Vec<_> = clinic.pairs.iter().map(|p| p.staff.clone()).collect();
+    // The full run adds a point low on the latency curve, where the cores are not busy.
+    let low_load = [ExtraPhase {
+        name: format!("{:.0}% load", LOW_LOAD * 100.0),
+        rate: Rate::OfSaturation(LOW_LOAD),
+    }];
     let relay_a = relay_load(
         &target,
         &flows,
@@ -162,6 +184,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         timing,
         &relay_probe,
         "relay 1:1",
+        if args.quick { &[] } else { &low_load },
     )
     .await?;
 
@@ -232,6 +255,18 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         pids: vec![forwarder.pid()?],
         metrics: None,
     };
+    // The forwarder also at the relay's own half-load and low-load rates: what the transport
+    // and this machine give at the same load, without storage.
+    let relay_rates = [
+        ExtraPhase {
+            name: "the relay's half-load rate".to_owned(),
+            rate: Rate::Delivered(relay_a.saturation.delivered_per_s * args.open_loop_fraction),
+        },
+        ExtraPhase {
+            name: format!("the relay's {:.0}% rate", LOW_LOAD * 100.0),
+            rate: Rate::Delivered(relay_a.saturation.delivered_per_s * LOW_LOAD),
+        },
+    ];
     let transport = forwarder_load(
         &forwarder_target,
         &clinic,
@@ -239,6 +274,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         payload.clone(),
         timing,
         &forwarder_probe,
+        if args.quick { &[] } else { &relay_rates },
     )
     .await?;
     drop(forwarder);
@@ -313,6 +349,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         "vs_synapse": synapse.get("delivered_per_s").and_then(Value::as_f64).map(|s| ratio(relay_msgs, s)),
         "vs_nats_jetstream": nats.get("delivered_per_s").and_then(Value::as_f64).map(|n| ratio(relay_msgs, n)),
         "server_cpu_us_per_msg": relay_a.saturation.server_cpu_us_per_msg,
+        "disk_sync_p99_ms": disk.get("p99_ms").cloned().unwrap_or(Value::Null),
         "skipped": skipped,
         "scenarios": {
             "a_relay_1to1": relay_a,
@@ -320,6 +357,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             "c_drain_offline_queue": drain,
             "d_e_idle_connections_and_connects": connect,
             "f_sdk_crypto": crypto,
+            "disk_sync": disk,
             "transport_forwarder": transport,
             "peer_nats_jetstream": nats,
             "peer_synapse": synapse,

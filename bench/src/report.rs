@@ -162,6 +162,20 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
             &format!("{name}, half load (open loop)"),
             &s["half_load"],
         );
+        for extra in s["extra"].as_array().into_iter().flatten() {
+            phase_row(
+                &mut out,
+                &format!(
+                    "{name}, open loop at {} ({}% of its saturation)",
+                    extra["name"].as_str().unwrap_or("?"),
+                    num(
+                        &(extra["fraction_of_saturation"].as_f64().unwrap_or(0.0) * 100.0).into(),
+                        0
+                    )
+                ),
+                &extra["phase"],
+            );
+        }
     }
     for (key, name) in [
         (
@@ -208,6 +222,22 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
          per second",
         num(&d["connects_per_s"], 0)
     );
+    let disk = &scenarios["disk_sync"];
+    if !disk.is_null() {
+        let _ = writeln!(
+            out,
+            "- The disk under the data directory, before any server ran: {} appends of {} bytes, \
+             each followed by `fdatasync`: p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms. A \
+             durable acknowledgement waits for at least one such sync (the group commit's), so \
+             this is the floor under the relay's send-to-deliver latency.",
+            num(&disk["writes"], 0),
+            num(&disk["bytes"], 0),
+            num(&disk["p50_ms"], 3),
+            num(&disk["p99_ms"], 3),
+            num(&disk["p999_ms"], 3),
+            num(&disk["max_ms"], 3)
+        );
+    }
     let f = &scenarios["f_sdk_crypto"];
     let _ = writeln!(
         out,

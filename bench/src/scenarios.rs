@@ -85,6 +85,35 @@ impl PhaseReport {
     }
 }
 
+/// The rate of an extra open-loop phase, measured after the half-load one.
+#[derive(Debug, Clone, Copy)]
+pub enum Rate {
+    /// A fraction of the system's own saturation rate.
+    OfSaturation(f64),
+    /// A delivered rate in msgs/s (another system's, to compare both at the same load).
+    Delivered(f64),
+}
+
+/// An extra open-loop phase: a point on the latency curve.
+#[derive(Debug, Clone)]
+pub struct ExtraPhase {
+    /// What the report calls it.
+    pub name: String,
+    /// At what rate.
+    pub rate: Rate,
+}
+
+/// The figures of one extra open-loop phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExtraReport {
+    /// What the report calls it.
+    pub name: String,
+    /// The rate as a fraction of the system's saturation.
+    pub fraction_of_saturation: f64,
+    /// The figures.
+    pub phase: PhaseReport,
+}
+
 /// Saturation and half-load results of one system.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
@@ -92,6 +121,9 @@ pub struct LoadReport {
     pub saturation: PhaseReport,
     /// Open loop at half the saturation rate.
     pub half_load: PhaseReport,
+    /// Further open-loop phases, if asked for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<ExtraReport>,
     /// Errors seen (and the first).
     pub errors: u64,
     /// The first error, if any.
@@ -178,15 +210,48 @@ async fn settle(tracker: &Tracker, phases: &watch::Sender<Phase>, limit: Duratio
     }
 }
 
-/// Saturation, then open loop at half of it: the shape every system is measured with.
-pub async fn saturate_then_half(
+/// What [`saturate_then_half`] measured.
+struct Phases {
+    saturation: Measured,
+    half: Measured,
+    extra: Vec<(String, f64, Measured)>,
+}
+
+/// One open-loop phase at `delivered_per_s`, then settle.
+async fn open_loop(
+    tracker: &Arc<Tracker>,
+    phases: &watch::Sender<Phase>,
+    flows: usize,
+    delivered_per_s: f64,
+    timing: Timing,
+    probe: &Probe,
+    label: &str,
+) -> anyhow::Result<Measured> {
+    let sends_per_s = delivered_per_s / f64::from(tracker.fan_out);
+    let per_flow = sends_per_s / flows.max(1) as f64;
+    eprintln!("[{label}]: {sends_per_s:.0} sends/s");
+    let measured = measure(tracker, phases, Phase::Rate(per_flow), timing, probe).await?;
+    eprintln!(
+        "[{label}]: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
+        measured.latency_ms(0.5),
+        measured.latency_ms(0.99),
+        measured.latency_ms(0.999)
+    );
+    settle(tracker, phases, Duration::from_secs(30)).await;
+    Ok(measured)
+}
+
+/// Saturation, then open loop at half of it (the shape every system is measured with), then
+/// the `extra` open-loop phases.
+async fn saturate_then_half(
     tracker: &Arc<Tracker>,
     phases: &watch::Sender<Phase>,
     flows: usize,
     timing: Timing,
     probe: &Probe,
     label: &str,
-) -> anyhow::Result<(Measured, Measured)> {
+    extra: &[ExtraPhase],
+) -> anyhow::Result<Phases> {
     eprintln!("[{label}] saturation");
     let saturation = measure(tracker, phases, Phase::Saturate, timing, probe).await?;
     eprintln!(
@@ -195,35 +260,62 @@ pub async fn saturate_then_half(
         saturation.cpu_us_per_msg()
     );
     settle(tracker, phases, Duration::from_secs(30)).await;
-    let sends_per_s =
-        saturation.delivered_per_s * timing.open_loop_fraction / f64::from(tracker.fan_out);
-    let per_flow = sends_per_s / flows.max(1) as f64;
-    eprintln!(
-        "[{label}] open loop at {:.0}%: {:.0} sends/s",
-        timing.open_loop_fraction * 100.0,
-        sends_per_s
-    );
-    let half = measure(tracker, phases, Phase::Rate(per_flow), timing, probe).await?;
-    eprintln!(
-        "[{label}] {} load: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
-        if timing.open_loop_fraction == 0.5 {
-            "half".to_owned()
-        } else {
-            format!("{:.0}%", timing.open_loop_fraction * 100.0)
-        },
-        half.latency_ms(0.5),
-        half.latency_ms(0.99),
-        half.latency_ms(0.999)
-    );
-    settle(tracker, phases, Duration::from_secs(30)).await;
-    Ok((saturation, half))
+    let half_name = if timing.open_loop_fraction == 0.5 {
+        "half load".to_owned()
+    } else {
+        format!("{:.0}% load", timing.open_loop_fraction * 100.0)
+    };
+    let half = open_loop(
+        tracker,
+        phases,
+        flows,
+        saturation.delivered_per_s * timing.open_loop_fraction,
+        timing,
+        probe,
+        &format!("{label} {half_name}"),
+    )
+    .await?;
+    let mut measured = Vec::with_capacity(extra.len());
+    for phase in extra {
+        let delivered_per_s = match phase.rate {
+            Rate::OfSaturation(fraction) => saturation.delivered_per_s * fraction,
+            Rate::Delivered(rate) => rate,
+        };
+        let m = open_loop(
+            tracker,
+            phases,
+            flows,
+            delivered_per_s,
+            timing,
+            probe,
+            &format!("{label} {}", phase.name),
+        )
+        .await?;
+        let fraction = delivered_per_s / saturation.delivered_per_s.max(1.0);
+        measured.push((phase.name.clone(), fraction, m));
+    }
+    Ok(Phases {
+        saturation,
+        half,
+        extra: measured,
+    })
 }
 
-fn report(tracker: &Tracker, saturation: &Measured, half: &Measured) -> LoadReport {
+fn report(tracker: &Tracker, measured: &Phases) -> LoadReport {
     let (errors, first_error) = tracker.errors();
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
     LoadReport {
-        saturation: PhaseReport::from(saturation),
-        half_load: PhaseReport::from(half),
+        saturation: PhaseReport::from(&measured.saturation),
+        half_load: PhaseReport::from(&measured.half),
+        extra: measured
+            .extra
+            .iter()
+            .map(|(name, fraction, m)| ExtraReport {
+                name: name.clone(),
+                fraction_of_saturation: round3(*fraction),
+                phase: PhaseReport::from(m),
+            })
+            .collect(),
         errors,
         first_error,
     }
@@ -281,6 +373,7 @@ pub async fn relay_load(
     timing: Timing,
     probe: &Probe,
     label: &str,
+    extra: &[ExtraPhase],
 ) -> anyhow::Result<LoadReport> {
     let first = flows.first().ok_or_else(|| anyhow!("no flows"))?;
     let mut conn = first.sender.connect(target, false).await?;
@@ -318,10 +411,18 @@ pub async fn relay_load(
         });
     }
     spawn_senders(sinks, &tracker, &phases, &mut tasks);
-    let result = saturate_then_half(&tracker, &phases_tx, flows.len(), timing, probe, label).await;
+    let result = saturate_then_half(
+        &tracker,
+        &phases_tx,
+        flows.len(),
+        timing,
+        probe,
+        label,
+        extra,
+    )
+    .await;
     finish(&tracker, &phases_tx, tasks).await;
-    let (saturation, half) = result?;
-    Ok(report(&tracker, &saturation, &half))
+    Ok(report(&tracker, &result?))
 }
 
 /// Forwarder load: the same frames, the same pairs, no authentication or storage.
@@ -332,6 +433,7 @@ pub async fn forwarder_load(
     payload: Arc<Vec<u8>>,
     timing: Timing,
     probe: &Probe,
+    extra: &[ExtraPhase],
 ) -> anyhow::Result<LoadReport> {
     let pairs = clinic.pairs.len();
     let tracker = Tracker::new(pairs, window, 1)?;
@@ -372,8 +474,16 @@ pub async fn forwarder_load(
         });
     }
     spawn_senders(sinks, &tracker, &phases, &mut tasks);
-    let result = saturate_then_half(&tracker, &phases_tx, pairs, timing, probe, "forwarder").await;
+    let result = saturate_then_half(
+        &tracker,
+        &phases_tx,
+        pairs,
+        timing,
+        probe,
+        "forwarder",
+        extra,
+    )
+    .await;
     finish(&tracker, &phases_tx, tasks).await;
-    let (saturation, half) = result?;
-    Ok(report(&tracker, &saturation, &half))
+    Ok(report(&tracker, &result?))
 }
