@@ -11,6 +11,15 @@ fn num(value: &Value, digits: usize) -> String {
     }
 }
 
+/// A figure the system does not have (a forwarder has no storage flushes): a dash.
+fn num_or_dash(value: &Value, digits: usize) -> String {
+    if value.is_null() {
+        "-".to_owned()
+    } else {
+        num(value, digits)
+    }
+}
+
 fn phase_row(out: &mut String, name: &str, phase: &Value) {
     let _ = writeln!(
         out,
@@ -21,8 +30,8 @@ fn phase_row(out: &mut String, name: &str, phase: &Value) {
         num(&phase["p50_ms"], 3),
         num(&phase["p99_ms"], 3),
         num(&phase["p999_ms"], 3),
-        num(&phase["msgs_per_flush"], 1),
-        num(&phase["flush_ms_mean"], 2),
+        num_or_dash(&phase["msgs_per_flush"], 1),
+        num_or_dash(&phase["flush_ms_mean"], 2),
     );
 }
 
@@ -163,18 +172,17 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
             &s["half_load"],
         );
         for extra in s["extra"].as_array().into_iter().flatten() {
-            phase_row(
-                &mut out,
-                &format!(
-                    "{name}, open loop at {} ({}% of its saturation)",
-                    extra["name"].as_str().unwrap_or("?"),
-                    num(
-                        &(extra["fraction_of_saturation"].as_f64().unwrap_or(0.0) * 100.0).into(),
-                        0
-                    )
-                ),
-                &extra["phase"],
+            let what = extra["name"].as_str().unwrap_or("?");
+            let percent = format!(
+                "{:.0}%",
+                extra["fraction_of_saturation"].as_f64().unwrap_or(0.0) * 100.0
             );
+            let name = if what.contains(&percent) {
+                format!("{name}, open loop at {what}")
+            } else {
+                format!("{name}, open loop at {what} ({percent} of its saturation)")
+            };
+            phase_row(&mut out, &name, &extra["phase"]);
         }
     }
     for (key, name) in [
@@ -229,7 +237,7 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
             "- The disk under the data directory, before any server ran: {} appends of {} bytes, \
              each followed by `fdatasync`: p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms. A \
              durable acknowledgement waits for at least one such sync (the group commit's), so \
-             this is the floor under the relay's send-to-deliver latency.",
+             this is a floor under the relay's send-to-deliver latency.",
             num(&disk["writes"], 0),
             num(&disk["bytes"], 0),
             num(&disk["p50_ms"], 3),
