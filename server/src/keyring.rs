@@ -194,6 +194,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Undoes [`Keyring::create`] for a key that could not be made durable. Its id stays
+/// used: ids are never handed out twice.
+fn forget(state: &mut State, id: KeyId, scope: Scope) {
+    state.by_id.remove(&id);
+    state.by_scope.remove(&scope);
+    state.wrapped.remove(&id);
+}
+
 fn read_master(path: &Path) -> Result<Option<Zeroizing<[u8; 32]>>, KeyringError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => Zeroizing::new(text),
@@ -370,6 +378,55 @@ impl Keyring {
                 return Ok((*id, key.clone()));
             }
         }
+        let (id, key) = self.create(&mut state, scope)?;
+        if let Err(error) = self.persist(&state) {
+            forget(&mut state, id, scope);
+            return Err(error);
+        }
+        Ok((id, key))
+    }
+
+    /// Creates the keys of `scopes` that have none, with one write of the keyring file, and
+    /// returns how many it created. The sweeper calls it ahead of a new day, off the
+    /// runtime's workers: otherwise the day's first seal of each scope would write the file
+    /// (two fsyncs) under the keyring's lock, and every sealer would wait for it.
+    pub fn prepare(&self, scopes: &[Scope]) -> Result<usize, KeyringError> {
+        {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            if scopes.iter().all(|s| state.by_scope.contains_key(s)) {
+                return Ok(0);
+            }
+        }
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut created = Vec::new();
+        for scope in scopes {
+            if state.by_scope.contains_key(scope) {
+                continue;
+            }
+            match self.create(&mut state, *scope) {
+                Ok((id, _)) => created.push((id, *scope)),
+                Err(error) => {
+                    for (id, scope) in created {
+                        forget(&mut state, id, scope);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        if created.is_empty() {
+            return Ok(0);
+        }
+        if let Err(error) = self.persist(&state) {
+            for (id, scope) in created {
+                forget(&mut state, id, scope);
+            }
+            return Err(error);
+        }
+        Ok(created.len())
+    }
+
+    /// A new key for `scope`, in memory only: the caller persists (or forgets) it.
+    fn create(&self, state: &mut State, scope: Scope) -> Result<(KeyId, DataKey), KeyringError> {
         let mut key = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(key.as_mut_slice());
         let key: DataKey = Arc::new(key);
@@ -385,12 +442,6 @@ impl Keyring {
         state.by_id.insert(id, (scope, key.clone()));
         state.by_scope.insert(scope, id);
         state.wrapped.insert(id, wrapped);
-        if let Err(error) = self.persist(&state) {
-            state.by_id.remove(&id);
-            state.by_scope.remove(&scope);
-            state.wrapped.remove(&id);
-            return Err(error);
-        }
         Ok((id, key))
     }
 
@@ -486,6 +537,56 @@ mod tests {
         let (again, key_again) = keyring.key_for(Scope::Mail { org, day: 1 }).unwrap();
         assert_ne!(again, day1);
         assert_ne!(key_again, key1);
+    }
+
+    #[test]
+    fn prepared_keys_are_durable_and_are_the_ones_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, master) = (dir.path().join("keyring"), dir.path().join("master.key"));
+        let keyring = Keyring::open(&ring, &master).unwrap();
+        let org = OrgId::from([7; 16]);
+        let (existing, _) = keyring.key_for(Scope::Audit { day: 4 }).unwrap();
+        let scopes = [Scope::Audit { day: 4 }, Scope::Mail { org, day: 4 }];
+        assert_eq!(keyring.prepare(&scopes).unwrap(), 1, "only the missing one");
+        assert_eq!(keyring.prepare(&scopes).unwrap(), 0);
+        let mail = keyring
+            .scopes()
+            .into_iter()
+            .find(|(_, scope)| *scope == Scope::Mail { org, day: 4 })
+            .unwrap()
+            .0;
+        drop(keyring);
+
+        let keyring = Keyring::open(&ring, &master).unwrap();
+        assert_eq!(
+            keyring.key_for(Scope::Mail { org, day: 4 }).unwrap().0,
+            mail
+        );
+        assert_eq!(
+            keyring.key_for(Scope::Audit { day: 4 }).unwrap().0,
+            existing
+        );
+    }
+
+    #[test]
+    fn a_prepare_that_cannot_write_the_file_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, master) = (dir.path().join("keyring"), dir.path().join("master.key"));
+        let keyring = Keyring::open(&ring, &master).unwrap();
+        keyring.key_for(Scope::Standing).unwrap();
+        let before = keyring.scopes();
+        // A directory where the replacement file goes: the write fails.
+        let blocker = ring.with_extension("tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        let org = OrgId::from([7; 16]);
+        let scopes = [Scope::Audit { day: 9 }, Scope::Mail { org, day: 9 }];
+        assert!(keyring.prepare(&scopes).is_err());
+        assert_eq!(keyring.scopes(), before, "nothing half-created in memory");
+        std::fs::remove_dir(&blocker).unwrap();
+        drop(keyring);
+        let keyring = Keyring::open(&ring, &master).unwrap();
+        assert_eq!(keyring.scopes(), before, "nor on disk");
+        assert_eq!(keyring.prepare(&scopes).unwrap(), 2);
     }
 
     #[test]

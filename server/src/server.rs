@@ -153,6 +153,9 @@ impl Context {
     }
 }
 
+/// How long before a day begins the sweeper makes its data keys.
+const PREPARE_KEYS_AHEAD_MS: u64 = 60 * 60 * 1000;
+
 /// Runs the retention sweeper until `shutdown` flips: a sweep whenever `interval_ms` of the
 /// server's clock (which tests drive) has passed since the last one, the first counted from
 /// `started_ms`. The caller reads that before spawning the task, so a clock moved the moment
@@ -160,6 +163,7 @@ impl Context {
 pub async fn sweeper(context: Arc<Context>, interval_ms: u64, started_ms: u64) {
     let mut shutdown = context.shutdown.clone();
     let mut last = started_ms;
+    let mut prepared_day = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -187,6 +191,29 @@ pub async fn sweeper(context: Arc<Context>, interval_ms: u64, started_ms: u64) {
                 }
             }
             Err(error) => tracing::error!(%error, "could not flush the access log's tail"),
+        }
+        // The data keys of the day about to begin (and, at start, of today), made before
+        // their first use: see `Keyring::prepare`.
+        let ahead = crate::keyring::day_of(now.saturating_add(PREPARE_KEYS_AHEAD_MS));
+        if prepared_day != Some(ahead) {
+            let store = context.relay.store().clone();
+            let today = crate::keyring::day_of(now);
+            let prepared = tokio::task::spawn_blocking(move || {
+                Ok::<usize, crate::store::StoreError>(
+                    store.prepare_keys(today)? + store.prepare_keys(ahead)?,
+                )
+            })
+            .await;
+            match prepared {
+                Ok(Ok(created)) => {
+                    if created > 0 {
+                        tracing::info!(created, day = ahead, "data keys made ahead of the day");
+                    }
+                    prepared_day = Some(ahead);
+                }
+                Ok(Err(error)) => tracing::error!(%error, "could not make the day's keys ahead"),
+                Err(error) => tracing::error!(%error, "making the day's keys ahead failed"),
+            }
         }
         if now.saturating_sub(last) < interval_ms {
             continue;

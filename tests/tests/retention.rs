@@ -291,3 +291,50 @@ async fn legal_hold_stops_expiry_and_lifting_it_lets_the_next_sweep_proceed() {
         .iter()
         .any(|e| e.objects == ["org".to_owned(), "held=true".to_owned()]));
 }
+
+/// The days of the keyring's per-day keys: (access-log days, mail days).
+fn key_days(data: &Path) -> (Vec<u32>, Vec<u32>) {
+    use medrelay_server::keyring::Scope;
+    let keyring = DataDir::new(data).open_keyring().unwrap();
+    let (mut audit, mut mail) = (Vec::new(), Vec::new());
+    for (_, scope) in keyring.scopes() {
+        match scope {
+            Scope::Audit { day } => audit.push(day),
+            Scope::Mail { day, .. } => mail.push(day),
+            _ => {}
+        }
+    }
+    (audit, mail)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_makes_a_days_keys_before_the_day_begins() {
+    // A new day's first seal would otherwise create its key, and write the keyring file,
+    // while every other sealer waits.
+    let server = Server::start_with_test_clock().unwrap();
+    let now = server.advance_clock(0).unwrap();
+    // Noon of tomorrow, then half an hour before the day after begins.
+    let day = now / DAY_MS + 1;
+    let noon = day * DAY_MS + DAY_MS / 2;
+    server.advance_clock(noon - now).unwrap();
+    let next = u32::try_from(day + 1).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (audit, mail) = key_days(&server.data());
+    assert!(
+        !audit.contains(&next) && !mail.contains(&next),
+        "control: no keys for a day twelve hours away: {audit:?} {mail:?}"
+    );
+    server.advance_clock(DAY_MS / 2 - 30 * 60_000).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (audit, mail) = key_days(&server.data());
+        if audit.contains(&next) && mail.contains(&next) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no keys for the coming day within 20 s: {audit:?} {mail:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -1620,6 +1620,17 @@ impl Store for SledStore {
             .map_err(|e| StoreError::Keyring(e.to_string()))?;
         Ok(u64::try_from(shredded).unwrap_or(u64::MAX))
     }
+
+    fn prepare_keys(&self, day: u32) -> Result<usize, StoreError> {
+        let mut scopes = vec![Scope::Audit { day }];
+        for org in self.orgs()? {
+            scopes.push(Scope::Mail { org: org.id, day });
+        }
+        self.codec
+            .keyring()
+            .prepare(&scopes)
+            .map_err(|e| StoreError::Keyring(e.to_string()))
+    }
 }
 
 #[cfg(test)]
