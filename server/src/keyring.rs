@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -145,6 +145,10 @@ pub struct Keyring {
     master_path: PathBuf,
     master: Zeroizing<[u8; 32]>,
     state: RwLock<State>,
+    /// Held by whoever changes the file (new keys, shredding), for the whole change: the
+    /// file is written with `state` unlocked, so sealing and opening under existing keys
+    /// never waits for the disk.
+    writer: Mutex<()>,
     created: bool,
     created_master: bool,
 }
@@ -194,14 +198,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Undoes [`Keyring::create`] for a key that could not be made durable. Its id stays
-/// used: ids are never handed out twice.
-fn forget(state: &mut State, id: KeyId, scope: Scope) {
-    state.by_id.remove(&id);
-    state.by_scope.remove(&scope);
-    state.wrapped.remove(&id);
-}
-
 fn read_master(path: &Path) -> Result<Option<Zeroizing<[u8; 32]>>, KeyringError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => Zeroizing::new(text),
@@ -248,6 +244,7 @@ impl Keyring {
             master_path: master_path.to_owned(),
             master,
             state: RwLock::new(State::default()),
+            writer: Mutex::new(()),
             created,
             created_master,
         };
@@ -331,7 +328,9 @@ impl Keyring {
 
     fn wrap(&self, id: KeyId, scope: Scope, key: &DataKey) -> Result<WrappedKey, KeyringError> {
         let mut nonce = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut nonce)
+            .map_err(|e| io_error(&self.path, format!("no randomness for a nonce: {e}")))?;
         let aad = wrap_aad(id, &scope);
         let wrapped = self
             .cipher()
@@ -352,97 +351,101 @@ impl Keyring {
     }
 
     fn persist(&self, state: &State) -> Result<(), KeyringError> {
-        let body = FileBody {
+        self.persist_body(&FileBody {
             next_id: state.next_id,
             keys: state.wrapped.values().cloned().collect(),
-        };
+        })
+    }
+
+    fn persist_body(&self, body: &FileBody) -> Result<(), KeyringError> {
         let mut bytes = MAGIC.to_vec();
-        bytes
-            .extend_from_slice(&postcard::to_allocvec(&body).map_err(|e| io_error(&self.path, e))?);
+        bytes.extend_from_slice(&postcard::to_allocvec(body).map_err(|e| io_error(&self.path, e))?);
         write_atomically(&self.path, &bytes).map_err(|e| io_error(&self.path, e))
     }
 
     /// The key of `scope`, created (and made durable in the keyring file) if there is none.
     pub fn key_for(&self, scope: Scope) -> Result<(KeyId, DataKey), KeyringError> {
-        {
-            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(id) = state.by_scope.get(&scope) {
-                if let Some((_, key)) = state.by_id.get(id) {
-                    return Ok((*id, key.clone()));
-                }
-            }
+        if let Some(found) = self.existing(scope) {
+            return Ok(found);
         }
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = state.by_scope.get(&scope) {
-            if let Some((_, key)) = state.by_id.get(id) {
-                return Ok((*id, key.clone()));
-            }
-        }
-        let (id, key) = self.create(&mut state, scope)?;
-        if let Err(error) = self.persist(&state) {
-            forget(&mut state, id, scope);
-            return Err(error);
-        }
-        Ok((id, key))
+        self.add(&[scope])?;
+        self.existing(scope)
+            .ok_or_else(|| io_error(&self.path, "a key just written is missing"))
     }
 
     /// Creates the keys of `scopes` that have none, with one write of the keyring file, and
-    /// returns how many it created. The sweeper calls it ahead of a new day, off the
-    /// runtime's workers: otherwise the day's first seal of each scope would write the file
-    /// (two fsyncs) under the keyring's lock, and every sealer would wait for it.
+    /// returns how many it created. The sweeper calls it ahead of a new day, on a blocking
+    /// thread, so the day's first seal of each scope does not write the file itself.
     pub fn prepare(&self, scopes: &[Scope]) -> Result<usize, KeyringError> {
-        {
-            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-            if scopes.iter().all(|s| state.by_scope.contains_key(s)) {
-                return Ok(0);
-            }
-        }
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let mut created = Vec::new();
-        for scope in scopes {
-            if state.by_scope.contains_key(scope) {
-                continue;
-            }
-            match self.create(&mut state, *scope) {
-                Ok((id, _)) => created.push((id, *scope)),
-                Err(error) => {
-                    for (id, scope) in created {
-                        forget(&mut state, id, scope);
-                    }
-                    return Err(error);
-                }
-            }
-        }
-        if created.is_empty() {
+        if scopes.iter().all(|scope| self.existing(*scope).is_some()) {
             return Ok(0);
         }
-        if let Err(error) = self.persist(&state) {
-            for (id, scope) in created {
-                forget(&mut state, id, scope);
-            }
-            return Err(error);
-        }
-        Ok(created.len())
+        self.add(scopes)
     }
 
-    /// A new key for `scope`, in memory only: the caller persists (or forgets) it.
-    fn create(&self, state: &mut State, scope: Scope) -> Result<(KeyId, DataKey), KeyringError> {
-        let mut key = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(key.as_mut_slice());
-        let key: DataKey = Arc::new(key);
-        let id = state.next_id;
-        if id == KeyId::MAX || state.by_id.contains_key(&id) {
-            return Err(io_error(
-                &self.path,
-                "no key id left; the keyring is damaged",
-            ));
+    fn existing(&self, scope: Scope) -> Option<(KeyId, DataKey)> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let id = state.by_scope.get(&scope)?;
+        let (_, key) = state.by_id.get(id)?;
+        Some((*id, key.clone()))
+    }
+
+    /// Adds keys for the `scopes` that have none: made and written to the file first, with
+    /// the state unlocked (only other writers wait), and visible only once durable, so no key
+    /// is ever handed out that a restart would lose, and a failure changes nothing.
+    fn add(&self, scopes: &[Scope]) -> Result<usize, KeyringError> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // Only writers change the state, and this one holds the writer lock: the snapshot
+        // stays true until the insert below.
+        let (mut next_id, mut keys, missing) = {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            let mut missing: Vec<Scope> = Vec::new();
+            for scope in scopes {
+                if !state.by_scope.contains_key(scope) && !missing.contains(scope) {
+                    missing.push(*scope);
+                }
+            }
+            if missing.is_empty() {
+                return Ok(0);
+            }
+            if state.by_id.range(state.next_id..).next().is_some() {
+                return Err(io_error(
+                    &self.path,
+                    "a key id at or above the next id is in use; the keyring is damaged",
+                ));
+            }
+            let keys: Vec<WrappedKey> = state.wrapped.values().cloned().collect();
+            (state.next_id, keys, missing)
+        };
+        let mut made = Vec::with_capacity(missing.len());
+        for scope in missing {
+            let id = next_id;
+            if id == KeyId::MAX {
+                return Err(io_error(
+                    &self.path,
+                    "no key id left; the keyring is damaged",
+                ));
+            }
+            let mut key = Zeroizing::new([0u8; 32]);
+            rand::rngs::OsRng
+                .try_fill_bytes(key.as_mut_slice())
+                .map_err(|e| io_error(&self.path, format!("no randomness for a key: {e}")))?;
+            let key: DataKey = Arc::new(key);
+            let wrapped = self.wrap(id, scope, &key)?;
+            keys.push(wrapped.clone());
+            made.push((id, scope, key, wrapped));
+            next_id = id + 1;
         }
-        let wrapped = self.wrap(id, scope, &key)?;
-        state.next_id = id + 1;
-        state.by_id.insert(id, (scope, key.clone()));
-        state.by_scope.insert(scope, id);
-        state.wrapped.insert(id, wrapped);
-        Ok((id, key))
+        self.persist_body(&FileBody { next_id, keys })?;
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.next_id = next_id;
+        let count = made.len();
+        for (id, scope, key, wrapped) in made {
+            state.by_id.insert(id, (scope, key));
+            state.by_scope.insert(scope, id);
+            state.wrapped.insert(id, wrapped);
+        }
+        Ok(count)
     }
 
     /// The key with this id, or `None` if it was shredded (or never existed).
@@ -464,30 +467,38 @@ impl Keyring {
     /// Destroys these keys: everything sealed under them becomes unreadable everywhere.
     /// Returns how many were destroyed. The standing and index keys are never shredded.
     pub fn shred(&self, ids: &[KeyId]) -> Result<usize, KeyringError> {
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let mut removed = Vec::new();
-        for id in ids {
-            if let Some((scope, key)) = state.by_id.get(id).cloned() {
-                if scope.day().is_some() {
-                    state.by_id.remove(id);
-                    state.by_scope.remove(&scope);
-                    let wrapped = state.wrapped.remove(id);
-                    removed.push((*id, scope, key, wrapped));
-                }
-            }
-        }
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // The file is written without the keys first, with the state unlocked; they leave
+        // memory once that is durable. A failure changes nothing.
+        let (removed, body) = {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            let removed: BTreeMap<KeyId, Scope> = ids
+                .iter()
+                .filter_map(|id| {
+                    let (scope, _) = state.by_id.get(id)?;
+                    scope.day().map(|_| (*id, *scope))
+                })
+                .collect();
+            let body = FileBody {
+                next_id: state.next_id,
+                keys: state
+                    .wrapped
+                    .values()
+                    .filter(|w| !removed.contains_key(&w.id))
+                    .cloned()
+                    .collect(),
+            };
+            (removed, body)
+        };
         if removed.is_empty() {
             return Ok(0);
         }
-        if let Err(error) = self.persist(&state) {
-            for (id, scope, key, wrapped) in removed {
-                state.by_id.insert(id, (scope, key));
-                state.by_scope.insert(scope, id);
-                if let Some(wrapped) = wrapped {
-                    state.wrapped.insert(id, wrapped);
-                }
-            }
-            return Err(error);
+        self.persist_body(&body)?;
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        for (id, scope) in &removed {
+            state.by_id.remove(id);
+            state.by_scope.remove(scope);
+            state.wrapped.remove(id);
         }
         Ok(removed.len())
     }

@@ -155,6 +155,8 @@ impl Context {
 
 /// How long before a day begins the sweeper makes its data keys.
 const PREPARE_KEYS_AHEAD_MS: u64 = 60 * 60 * 1000;
+/// How long the sweeper waits after a failed attempt to make a day's keys.
+const PREPARE_KEYS_RETRY: Duration = Duration::from_secs(60);
 
 /// Runs the retention sweeper until `shutdown` flips: a sweep whenever `interval_ms` of the
 /// server's clock (which tests drive) has passed since the last one, the first counted from
@@ -164,6 +166,7 @@ pub async fn sweeper(context: Arc<Context>, interval_ms: u64, started_ms: u64) {
     let mut shutdown = context.shutdown.clone();
     let mut last = started_ms;
     let mut prepared_day = None;
+    let mut prepare_retry_at: Option<std::time::Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -193,26 +196,29 @@ pub async fn sweeper(context: Arc<Context>, interval_ms: u64, started_ms: u64) {
             Err(error) => tracing::error!(%error, "could not flush the access log's tail"),
         }
         // The data keys of the day about to begin (and, at start, of today), made before
-        // their first use: see `Keyring::prepare`.
+        // their first use on a blocking thread: see `Keyring::prepare`. After a failure,
+        // the next attempt waits a minute.
         let ahead = crate::keyring::day_of(now.saturating_add(PREPARE_KEYS_AHEAD_MS));
-        if prepared_day != Some(ahead) {
+        let retry_due = prepare_retry_at.is_none_or(|at| std::time::Instant::now() >= at);
+        if prepared_day != Some(ahead) && retry_due {
             let store = context.relay.store().clone();
             let today = crate::keyring::day_of(now);
-            let prepared = tokio::task::spawn_blocking(move || {
-                Ok::<usize, crate::store::StoreError>(
-                    store.prepare_keys(today)? + store.prepare_keys(ahead)?,
-                )
-            })
-            .await;
+            let prepared =
+                tokio::task::spawn_blocking(move || store.prepare_keys(today, ahead)).await;
             match prepared {
                 Ok(Ok(created)) => {
-                    if created > 0 {
-                        tracing::info!(created, day = ahead, "data keys made ahead of the day");
-                    }
+                    tracing::debug!(created, today, ahead, "data keys ready ahead of the day");
                     prepared_day = Some(ahead);
+                    prepare_retry_at = None;
                 }
-                Ok(Err(error)) => tracing::error!(%error, "could not make the day's keys ahead"),
-                Err(error) => tracing::error!(%error, "making the day's keys ahead failed"),
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "could not make the day's keys ahead; retrying in a minute");
+                    prepare_retry_at = Some(std::time::Instant::now() + PREPARE_KEYS_RETRY);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "making the day's keys ahead failed; retrying in a minute");
+                    prepare_retry_at = Some(std::time::Instant::now() + PREPARE_KEYS_RETRY);
+                }
             }
         }
         if now.saturating_sub(last) < interval_ms {

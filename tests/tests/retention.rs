@@ -307,23 +307,56 @@ fn key_days(data: &Path) -> (Vec<u32>, Vec<u32>) {
     (audit, mail)
 }
 
+/// Whether the server's log says the sweeper has made the keys of `ahead` (colours removed).
+fn sweeper_prepared(server: &Server, ahead: u64) -> bool {
+    let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An ANSI colour sequence: ESC [ ... m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain.lines().any(|line| {
+        line.contains("data keys ready ahead of the day")
+            && line.contains(&format!("ahead={ahead}"))
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweeper_makes_a_days_keys_before_the_day_begins() {
     // A new day's first seal would otherwise create its key, and write the keyring file,
-    // while every other sealer waits.
+    // while other sealers of that scope wait.
     let server = Server::start_with_test_clock().unwrap();
     let now = server.advance_clock(0).unwrap();
-    // Noon of tomorrow, then half an hour before the day after begins.
+    // Noon of tomorrow: the clinic has mail that day, so its org is active.
     let day = now / DAY_MS + 1;
     let noon = day * DAY_MS + DAY_MS / 2;
     server.advance_clock(noon - now).unwrap();
+    let mut clinic = RawClinic::new(&server, noon).await.unwrap();
+    patient_sends(&mut clinic, 1, b"keys-ahead").await;
     let next = u32::try_from(day + 1).unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !sweeper_prepared(&server, day) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweeper did not handle day {day} within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (audit, mail) = key_days(&server.data());
     assert!(
         !audit.contains(&next) && !mail.contains(&next),
         "control: no keys for a day twelve hours away: {audit:?} {mail:?}"
     );
+    // Half an hour before the next day begins.
     server.advance_clock(DAY_MS / 2 - 30 * 60_000).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -329,10 +329,10 @@ pub trait Store: Send + Sync + 'static {
     fn expire(&self, now_ms: u64) -> Result<Expired, StoreError>;
     /// Destroys epoch keys (crypto-shredding); returns how many.
     fn shred(&self, keys: &[crate::keyring::KeyId]) -> Result<u64, StoreError>;
-    /// Creates the data keys of `day` that will be needed (every org's mail, the access log)
-    /// ahead of their first use; returns how many were created. Blocking: it may write the
-    /// keyring file.
-    fn prepare_keys(&self, day: u32) -> Result<usize, StoreError>;
+    /// Creates the data keys of `today` and `ahead` that will be needed (the access log's;
+    /// the mail and archive keys of every org that had mail today or yesterday) ahead of their
+    /// first use, in one write of the keyring file; returns how many were created. Blocking.
+    fn prepare_keys(&self, today: u32, ahead: u32) -> Result<usize, StoreError>;
 }
 
 /// A bounded read of the org archive.

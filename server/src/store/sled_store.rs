@@ -1621,13 +1621,31 @@ impl Store for SledStore {
         Ok(u64::try_from(shredded).unwrap_or(u64::MAX))
     }
 
-    fn prepare_keys(&self, day: u32) -> Result<usize, StoreError> {
-        let mut scopes = vec![Scope::Audit { day }];
+    fn prepare_keys(&self, today: u32, ahead: u32) -> Result<usize, StoreError> {
+        let keyring = self.codec.keyring();
+        let held: HashSet<Scope> = keyring.scopes().into_iter().map(|(_, s)| s).collect();
+        let days: &[u32] = if today == ahead {
+            &[today]
+        } else {
+            &[today, ahead]
+        };
+        let mut scopes: Vec<Scope> = days.iter().map(|&day| Scope::Audit { day }).collect();
         for org in self.orgs()? {
-            scopes.push(Scope::Mail { org: org.id, day });
+            // An org with mail today or yesterday gets the coming day's keys; a quiet one
+            // makes its key on first use, so idle orgs do not fill the keyring.
+            let had_mail = |day: u32| held.contains(&Scope::Mail { org: org.id, day });
+            if !had_mail(today) && !had_mail(today.saturating_sub(1)) {
+                continue;
+            }
+            let archives = self.retention(&org.id)?.archive_public_key.is_some();
+            for &day in days {
+                scopes.push(Scope::Mail { org: org.id, day });
+                if archives {
+                    scopes.push(Scope::Archive { org: org.id, day });
+                }
+            }
         }
-        self.codec
-            .keyring()
+        keyring
             .prepare(&scopes)
             .map_err(|e| StoreError::Keyring(e.to_string()))
     }
