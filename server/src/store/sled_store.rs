@@ -410,7 +410,12 @@ impl SledStore {
             .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock => {
+                // sled reports a held lock as `Other` with this text (0.34), not as
+                // `WouldBlock`.
+                sled::Error::Io(io)
+                    if io.kind() == io::ErrorKind::WouldBlock
+                        || io.to_string().starts_with("could not acquire lock") =>
+                {
                     StoreError::Database(format!(
                         "the database at {} is in use by another process (is `medrelay serve` \
                          running on this data directory?)",
@@ -1842,6 +1847,21 @@ mod cache_coherence_tests {
 mod prekey_count_tests {
     use super::*;
     use medrelay_proto::X25519PublicKey;
+
+    #[tokio::test]
+    async fn a_database_in_use_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = Arc::new(
+            Keyring::open(&dir.path().join("keyring"), &dir.path().join("master.key")).unwrap(),
+        );
+        let first = SledStore::open(&dir.path().join("db"), keyring.clone()).unwrap();
+        let Err(StoreError::Database(error)) = SledStore::open(&dir.path().join("db"), keyring)
+        else {
+            panic!("a second open of a database in use must fail");
+        };
+        assert!(error.contains("in use by another process"), "{error}");
+        drop(first);
+    }
 
     fn open(dir: &Path) -> SledStore {
         let keyring =
