@@ -249,7 +249,10 @@ impl Keyring {
             created_master,
         };
         if created {
-            keyring.persist(&State::default())?;
+            keyring.persist_body(&FileBody {
+                next_id: 0,
+                keys: Vec::new(),
+            })?;
         } else {
             keyring.load()?;
         }
@@ -347,13 +350,6 @@ impl Keyring {
             scope,
             nonce,
             wrapped,
-        })
-    }
-
-    fn persist(&self, state: &State) -> Result<(), KeyringError> {
-        self.persist_body(&FileBody {
-            next_id: state.next_id,
-            keys: state.wrapped.values().cloned().collect(),
         })
     }
 
@@ -518,10 +514,16 @@ impl Keyring {
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_survive_reopen_and_shredding_is_permanent() {
+    /// A fresh directory and the keyring and master-key paths in it.
+    fn paths() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let (ring, master) = (dir.path().join("keyring"), dir.path().join("master.key"));
+        (dir, ring, master)
+    }
+
+    #[test]
+    fn keys_survive_reopen_and_shredding_is_permanent() {
+        let (_dir, ring, master) = paths();
         let keyring = Keyring::open(&ring, &master).unwrap();
         let org = OrgId::from([7; 16]);
         let (day1, key1) = keyring.key_for(Scope::Mail { org, day: 1 }).unwrap();
@@ -552,8 +554,7 @@ mod tests {
 
     #[test]
     fn prepared_keys_are_durable_and_are_the_ones_handed_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ring, master) = (dir.path().join("keyring"), dir.path().join("master.key"));
+        let (_dir, ring, master) = paths();
         let keyring = Keyring::open(&ring, &master).unwrap();
         let org = OrgId::from([7; 16]);
         let (existing, _) = keyring.key_for(Scope::Audit { day: 4 }).unwrap();
@@ -581,8 +582,7 @@ mod tests {
 
     #[test]
     fn a_prepare_that_cannot_write_the_file_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ring, master) = (dir.path().join("keyring"), dir.path().join("master.key"));
+        let (_dir, ring, master) = paths();
         let keyring = Keyring::open(&ring, &master).unwrap();
         keyring.key_for(Scope::Standing).unwrap();
         let before = keyring.scopes();
@@ -602,8 +602,7 @@ mod tests {
 
     #[test]
     fn a_wrong_or_missing_master_key_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ring, master) = (dir.path().join("keyring"), dir.path().join("master.key"));
+        let (_dir, ring, master) = paths();
         let keyring = Keyring::open(&ring, &master).unwrap();
         keyring.key_for(Scope::Standing).unwrap();
         drop(keyring);

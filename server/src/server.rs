@@ -204,19 +204,18 @@ pub async fn sweeper(context: Arc<Context>, interval_ms: u64, started_ms: u64) {
             let store = context.relay.store().clone();
             let today = crate::keyring::day_of(now);
             let prepared =
-                tokio::task::spawn_blocking(move || store.prepare_keys(today, ahead)).await;
+                match tokio::task::spawn_blocking(move || store.prepare_keys(today, ahead)).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(join) => Err(join.to_string()),
+                };
             match prepared {
-                Ok(Ok(created)) => {
+                Ok(created) => {
                     tracing::debug!(created, today, ahead, "data keys ready ahead of the day");
                     prepared_day = Some(ahead);
                     prepare_retry_at = None;
                 }
-                Ok(Err(error)) => {
-                    tracing::error!(%error, "could not make the day's keys ahead; retrying in a minute");
-                    prepare_retry_at = Some(std::time::Instant::now() + PREPARE_KEYS_RETRY);
-                }
                 Err(error) => {
-                    tracing::error!(%error, "making the day's keys ahead failed; retrying in a minute");
+                    tracing::error!(%error, "could not make the day's keys ahead; retrying in a minute");
                     prepare_retry_at = Some(std::time::Instant::now() + PREPARE_KEYS_RETRY);
                 }
             }
