@@ -27,6 +27,7 @@
 //! recipient never sees a message the server could still lose.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 
 use bytes::Bytes;
 use medrelay_proto::ids::{ClientMessageId, ConversationId, DeviceId, MessageId, OrgId, UserId};
@@ -58,6 +59,9 @@ pub const FULL_COLLECTION_SCAN_EVERY: u32 = 64;
 /// Bytes a record costs in a row besides its payload (sealing header, tag and framing).
 const RECORD_OVERHEAD: usize = 64;
 
+/// Shards of the idempotency index (a power of two).
+const SENT_SHARDS: usize = 256;
+
 /// What the server knows of a send besides its ciphertexts: its routing and its identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendMeta {
@@ -88,8 +92,64 @@ impl SendMeta {
         }
     }
 
-    fn idempotency_key(&self) -> (DeviceId, ClientMessageId) {
+    fn idempotency_key(&self) -> SentKey {
         (self.sender_device, self.client_message_id)
+    }
+}
+
+/// An idempotency key: the sending device and its own id for the message.
+type SentKey = (DeviceId, ClientMessageId);
+
+/// The idempotency index: every send's record until retention, so it grows with the mail a
+/// retention period holds. One map would, at each doubling, rehash every record at once
+/// while the mail state's lock is held: at a million records, hundreds of milliseconds in
+/// which no send, flush or delivery moves. In shards, a doubling moves one shard's share.
+/// The shard is picked by a keyed hash, so a client choosing its ids cannot fill one shard.
+#[derive(Debug)]
+struct SentIndex {
+    pick: RandomState,
+    shards: Vec<HashMap<SentKey, SendRecord>>,
+    len: usize,
+}
+
+impl SentIndex {
+    fn new() -> SentIndex {
+        SentIndex {
+            pick: RandomState::new(),
+            shards: (0..SENT_SHARDS).map(|_| HashMap::new()).collect(),
+            len: 0,
+        }
+    }
+
+    fn shard(&self, key: &SentKey) -> usize {
+        // The hash's low bits pick the shard; each shard's map hashes with keys of its own.
+        (self.pick.hash_one(key) as usize) & (SENT_SHARDS - 1)
+    }
+
+    fn get(&self, key: &SentKey) -> Option<&SendRecord> {
+        self.shards.get(self.shard(key))?.get(key)
+    }
+
+    fn insert(&mut self, key: SentKey, record: SendRecord) {
+        let shard = self.shard(&key);
+        if let Some(map) = self.shards.get_mut(shard) {
+            if map.insert(key, record).is_none() {
+                self.len += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &SentKey) {
+        let shard = self.shard(key);
+        if let Some(map) = self.shards.get_mut(shard) {
+            if map.remove(key).is_some() {
+                self.len -= 1;
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
@@ -364,7 +424,7 @@ pub struct MailState {
     pending: Vec<Record>,
     sends: HashMap<Seq, Send>,
     queues: HashMap<DeviceId, Queue>,
-    sent: HashMap<(DeviceId, ClientMessageId), SendRecord>,
+    sent: SentIndex,
     groups: BTreeMap<GroupNo, Group>,
     /// Every send up to here is durable.
     durable: Seq,
@@ -396,7 +456,7 @@ impl MailState {
             pending: Vec::new(),
             sends: HashMap::new(),
             queues: HashMap::new(),
-            sent: HashMap::new(),
+            sent: SentIndex::new(),
             groups: BTreeMap::new(),
             durable: 0,
             compact_cursor: 0,
@@ -1077,7 +1137,7 @@ impl MailState {
                     _ => return Err(format!("send {seq} names group {copy}, which lacks it")),
                 }
             }
-            if !self.sent.contains_key(&send.meta.idempotency_key()) && !send.expired {
+            if self.sent.get(&send.meta.idempotency_key()).is_none() && !send.expired {
                 return Err(format!("send {seq} has no idempotency record"));
             }
         }
@@ -1138,6 +1198,36 @@ mod tests {
             client_message_id: id(n),
             server_time_ms: 1_000 * n,
         }
+    }
+
+    #[test]
+    fn the_idempotency_index_spreads_even_ids_a_client_chose_alike() {
+        // One device whose ids are alike in every byte but a few, and all end in the same
+        // byte: ids a client could pick to crowd one shard of a plainly split index. No shard
+        // may end up with much more than its share, or its doubling would again move a large
+        // part of the index at once.
+        let mut index = SentIndex::new();
+        let records = 64 * SENT_SHARDS;
+        for n in 0..records as u64 {
+            let mut client_id = [0u8; 16];
+            client_id[8..].copy_from_slice(&(n * SENT_SHARDS as u64).to_be_bytes());
+            index.insert((id(4), ClientMessageId::from(client_id)), meta(n).record());
+        }
+        index.insert((id(4), id(0)), meta(0).record());
+        assert_eq!(index.len(), records, "a key inserted twice is counted once");
+        let largest = index.shards.iter().map(HashMap::len).max().unwrap();
+        assert!(
+            largest < 2 * records / SENT_SHARDS,
+            "largest shard {largest} of {records} records"
+        );
+        let mut client_id = [0u8; 16];
+        client_id[8..].copy_from_slice(&(7 * SENT_SHARDS as u64).to_be_bytes());
+        let key = (id(4), ClientMessageId::from(client_id));
+        assert_eq!(index.get(&key), Some(&meta(7).record()));
+        index.remove(&key);
+        index.remove(&key);
+        assert_eq!(index.get(&key), None);
+        assert_eq!(index.len(), records - 1);
     }
 
     /// A fake disk: what the flushes wrote, as the mail log adapter would, and a counter of
