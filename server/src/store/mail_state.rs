@@ -109,7 +109,6 @@ type SentKey = (DeviceId, ClientMessageId);
 struct SentIndex {
     pick: RandomState,
     shards: Vec<HashMap<SentKey, SendRecord>>,
-    len: usize,
 }
 
 impl SentIndex {
@@ -117,7 +116,6 @@ impl SentIndex {
         SentIndex {
             pick: RandomState::new(),
             shards: (0..SENT_SHARDS).map(|_| HashMap::new()).collect(),
-            len: 0,
         }
     }
 
@@ -133,23 +131,19 @@ impl SentIndex {
     fn insert(&mut self, key: SentKey, record: SendRecord) {
         let shard = self.shard(&key);
         if let Some(map) = self.shards.get_mut(shard) {
-            if map.insert(key, record).is_none() {
-                self.len += 1;
-            }
+            map.insert(key, record);
         }
     }
 
     fn remove(&mut self, key: &SentKey) {
         let shard = self.shard(key);
         if let Some(map) = self.shards.get_mut(shard) {
-            if map.remove(key).is_some() {
-                self.len -= 1;
-            }
+            map.remove(key);
         }
     }
 
     fn len(&self) -> usize {
-        self.len
+        self.shards.iter().map(HashMap::len).sum()
     }
 }
 
