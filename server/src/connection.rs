@@ -935,6 +935,13 @@ impl Authenticated {
                         }
                     }
                 }
+                // Deliveries are queued before the queue is written: answers and deliveries made
+                // ready by the same flush go out in one write.
+                () = signals.wake.notified(), if can_deliver => {
+                    if let Err(end) = self.deliver(writer).await {
+                        return end;
+                    }
+                }
                 // Before reading more: what is queued goes out first.
                 written = writer.drain(), if writing => {
                     if let Err(end) = written {
@@ -966,11 +973,6 @@ impl Authenticated {
                             }
                             return end;
                         }
-                    }
-                }
-                () = signals.wake.notified(), if can_deliver => {
-                    if let Err(end) = self.deliver(writer).await {
-                        return end;
                     }
                 }
                 () = tokio::time::sleep_until(write_deadline), if writing => {
@@ -1625,15 +1627,21 @@ impl Authenticated {
         let store = self.context.relay.store().clone();
         let hub = self.context.hub.clone();
         self.pending.push_back(Box::pin(async move {
-            // Also for a refusal: its access-log entry is durable before the answer.
-            let synced = store.sync().await;
+            // Also for a refusal: its access-log entry is durable before the answer. The
+            // recipients are woken by the flush itself, before anyone waiting on it runs: a
+            // recipient whose acknowledgement waits on the same flush then writes its answer
+            // and the new deliveries together.
+            let synced = if recipients.is_empty() {
+                store.sync().await
+            } else {
+                store
+                    .sync_then(Box::new(move || hub.wake(&recipients)))
+                    .await
+            };
             let message = match answer {
                 Err(error) => ServerMessage::Error(error),
                 Ok(message) => match synced {
-                    Ok(()) => {
-                        hub.wake(&recipients);
-                        message
-                    }
+                    Ok(()) => message,
                     Err(error) => {
                         tracing::error!(%error, "write not durable; not acknowledged");
                         ServerMessage::Error(WireError::new(

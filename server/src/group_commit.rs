@@ -9,6 +9,11 @@
 //! write was applied. `sync` is called after the write, so it waits for the first flush that
 //! starts after the call. While one flush runs, every `sync` that arrives asks for the next one;
 //! when the running flush ends, one flush covers them all.
+//!
+//! [`GroupCommit::sync_then`] also runs an action once the write is durable, on the flusher,
+//! before any waiter of that flush hears of it: the relay wakes a send's recipients there, so
+//! a recipient waiting on the same flush (for its acknowledgement's answer) finds its new mail
+//! already signalled when it wakes, and writes the answer and the deliveries together.
 
 use std::future::Future;
 use std::io;
@@ -24,11 +29,26 @@ pub trait Flush: Send + Sync + 'static {
     fn flush(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>>;
 }
 
+/// What to run once a flush covers a write: the generation it needs, and the action.
+type After = (u64, Box<dyn FnOnce() + Send>);
+
 /// Generations of flushes: requested by waiters, started and completed by the flusher.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Generations {
     requested: u64,
     started: u64,
+    /// Actions waiting for their generation's flush, in the order they were asked for.
+    after: Vec<After>,
+}
+
+impl std::fmt::Debug for Generations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generations")
+            .field("requested", &self.requested)
+            .field("started", &self.started)
+            .field("after", &self.after.len())
+            .finish()
+    }
 }
 
 /// The outcome of the latest completed flush, as seen by waiters.
@@ -108,6 +128,14 @@ impl GroupCommit {
                 if let Err(error) = &result {
                     tracing::error!(%error, "storage flush failed");
                 }
+                // The actions this flush covers run before its waiters hear of it; after a
+                // failed flush they are dropped, since nothing they follow is durable.
+                let covered = commit.take_covered(generation);
+                if result.is_ok() {
+                    for action in covered {
+                        action();
+                    }
+                }
                 let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 commit.flush_us.fetch_add(took, Ordering::Relaxed);
                 commit.slowest_flush_us.fetch_max(took, Ordering::Relaxed);
@@ -132,13 +160,41 @@ impl GroupCommit {
         }
     }
 
+    /// Takes the actions a flush of `generation` covers.
+    fn take_covered(&self, generation: u64) -> Vec<Box<dyn FnOnce() + Send>> {
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        if generations.after.is_empty() {
+            return Vec::new();
+        }
+        let (covered, later) = std::mem::take(&mut generations.after)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(need, _)| *need <= generation);
+        generations.after = later;
+        covered.into_iter().map(|(_, action)| action).collect()
+    }
+
     /// Returns once every write applied before this call is durable.
     pub async fn sync(&self) -> Result<(), SyncError> {
+        self.sync_inner(None).await
+    }
+
+    /// Like [`GroupCommit::sync`], and runs `after` once the write is durable: on the flusher,
+    /// before this call or any other waiting on the same flush returns. If the flush fails,
+    /// `after` is dropped without running. Every waiter of the flush waits for it: keep it
+    /// quick (waking tasks, not work).
+    pub async fn sync_then(&self, after: Box<dyn FnOnce() + Send>) -> Result<(), SyncError> {
+        self.sync_inner(Some(after)).await
+    }
+
+    async fn sync_inner(&self, after: Option<Box<dyn FnOnce() + Send>>) -> Result<(), SyncError> {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         let need = {
             let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
             let need = generations.started + 1;
             generations.requested = generations.requested.max(need);
+            if let Some(after) = after {
+                generations.after.push((need, after));
+            }
             need
         };
         let mut completed = self.completed.subscribe();
@@ -247,5 +303,71 @@ mod tests {
             assert_eq!(target.durable.load(Ordering::SeqCst), i);
         }
         assert_eq!(commit.stats().flushes, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_action_runs_once_its_write_is_durable_before_any_waiter_returns() {
+        let target = recorder();
+        let commit = GroupCommit::start(target.clone());
+        let seen = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (commit, target, seen) = (commit.clone(), target.clone(), seen.clone());
+            tasks.push(tokio::spawn(async move {
+                let mine = target.applied.fetch_add(1, Ordering::SeqCst) + 1;
+                let (durable, actions) = (target.clone(), seen.clone());
+                commit
+                    .sync_then(Box::new(move || {
+                        assert!(durable.durable.load(Ordering::SeqCst) >= mine);
+                        actions.fetch_add(1, Ordering::SeqCst);
+                    }))
+                    .await
+                    .unwrap();
+                mine
+            }));
+        }
+        // Each action ran, after its write was durable, by the time its own sync returned.
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 50);
+
+        // And one waiter on the same flush as an action sees it done.
+        let action_ran = Arc::new(AtomicBool::new(false));
+        let flag = action_ran.clone();
+        // The action is slow, so a waiter woken before it ran would see it unfinished.
+        let with_action = commit.sync_then(Box::new(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            flag.store(true, Ordering::SeqCst);
+        }));
+        let plain = commit.sync();
+        let (a, b) = tokio::join!(with_action, async {
+            plain.await.unwrap();
+            action_ran.load(Ordering::SeqCst)
+        });
+        a.unwrap();
+        assert!(
+            b,
+            "a waiter of the same flush returned before the action ran"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_drops_its_actions() {
+        let target = recorder();
+        target.fail.store(true, Ordering::SeqCst);
+        let commit = GroupCommit::start(target.clone());
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let result = commit
+            .sync_then(Box::new(move || flag.store(true, Ordering::SeqCst)))
+            .await;
+        assert!(matches!(result, Err(SyncError::FlushFailed)));
+        target.fail.store(false, Ordering::SeqCst);
+        commit.sync().await.unwrap();
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "an action ran after a failed flush"
+        );
     }
 }

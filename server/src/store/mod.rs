@@ -147,6 +147,18 @@ pub trait Store: Send + Sync + 'static {
     /// Returns once every change applied before this call is durable (group commit).
     fn sync(&self) -> SyncFuture<'_>;
 
+    /// Like [`Store::sync`], and runs `after` once the changes are durable and before any
+    /// other waiter of the same flush returns, where the store can promise that (so a
+    /// recipient waiting on that flush already finds its wake-up when it runs); `after` does
+    /// not run if they could not be made durable.
+    fn sync_then(&self, after: Box<dyn FnOnce() + Send>) -> SyncFuture<'_> {
+        Box::pin(async move {
+            self.sync().await?;
+            after();
+            Ok(())
+        })
+    }
+
     /// Keeps the next flush from taking deferred writes until the hold is dropped: hold it
     /// from a change to the mail log through recording its access-log entry, so the two are
     /// durable together. Hold it briefly; never across an await.

@@ -939,6 +939,10 @@ impl Store for SledStore {
         Box::pin(async move { self.commit.sync().await.map_err(StoreError::from) })
     }
 
+    fn sync_then(&self, after: Box<dyn FnOnce() + Send>) -> SyncFuture<'_> {
+        Box::pin(async move { self.commit.sync_then(after).await.map_err(StoreError::from) })
+    }
+
     fn put_org(&self, org: &OrgRecord) -> Result<(), StoreError> {
         self.put(&self.orgs, "org", org.id.as_bytes(), org)
     }
