@@ -9,7 +9,7 @@
 //! measures the server and not client crypto.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,11 +35,57 @@ pub enum Phase {
     Done,
 }
 
+/// Where a sender flow is waiting, for the report of flows that fall behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FlowWait {
+    /// Between phases.
+    Idle = 0,
+    /// For its next scheduled send time.
+    Turn = 1,
+    /// For room in its window (deliveries of its earlier sends).
+    Window = 2,
+    /// For its socket to take a message.
+    Write = 3,
+    /// For its socket to flush.
+    Flush = 4,
+    /// It has ended.
+    Ended = 5,
+}
+
+impl FlowWait {
+    fn from_u8(value: u8) -> FlowWait {
+        match value {
+            1 => FlowWait::Turn,
+            2 => FlowWait::Window,
+            3 => FlowWait::Write,
+            4 => FlowWait::Flush,
+            5 => FlowWait::Ended,
+            _ => FlowWait::Idle,
+        }
+    }
+
+    /// What the report says of it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FlowWait::Idle => "idle",
+            FlowWait::Turn => "waiting for its next send time",
+            FlowWait::Window => "waiting for room in its window",
+            FlowWait::Write => "waiting for its socket to take a message",
+            FlowWait::Flush => "waiting for its socket to flush",
+            FlowWait::Ended => "ended",
+        }
+    }
+}
+
 /// Counters and latencies shared by senders and receivers.
 #[derive(Debug)]
 pub struct Tracker {
     epoch: Instant,
     windows: Vec<Semaphore>,
+    /// Sends per flow, and where each flow waits now.
+    flow_sent: Vec<AtomicU64>,
+    flow_wait: Vec<AtomicU8>,
     /// Deliveries a send produces (fan-out); a send takes that many window permits.
     pub fan_out: u32,
     delivered: AtomicU64,
@@ -64,6 +110,8 @@ impl Tracker {
             windows: (0..flows)
                 .map(|_| Semaphore::new((window * fan_out) as usize))
                 .collect(),
+            flow_sent: (0..flows).map(|_| AtomicU64::new(0)).collect(),
+            flow_wait: (0..flows).map(|_| AtomicU8::new(0)).collect(),
             fan_out,
             delivered: AtomicU64::new(0),
             sent: AtomicU64::new(0),
@@ -125,6 +173,34 @@ impl Tracker {
     /// Sends so far.
     pub fn sent_count(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Sends so far, per flow.
+    pub fn flow_sent(&self) -> Vec<u64> {
+        self.flow_sent
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Where `flow` waits now.
+    pub fn flow_wait(&self, flow: usize) -> FlowWait {
+        self.flow_wait.get(flow).map_or(FlowWait::Ended, |w| {
+            FlowWait::from_u8(w.load(Ordering::Relaxed))
+        })
+    }
+
+    fn count_sent(&self, flow: u32, batch: usize) {
+        self.sent.fetch_add(batch as u64, Ordering::Relaxed);
+        if let Some(n) = self.flow_sent.get(flow as usize) {
+            n.fetch_add(batch as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn waits(&self, flow: u32, wait: FlowWait) {
+        if let Some(w) = self.flow_wait.get(flow as usize) {
+            w.store(wait as u8, Ordering::Relaxed);
+        }
     }
 
     /// Errors so far, and the first one.
@@ -205,10 +281,22 @@ pub trait FrameSink: Send + 'static {
 
 /// Drives one flow's sender through the phases until [`Phase::Done`]; returns the sink.
 pub async fn drive<S: FrameSink>(
-    mut sink: S,
+    sink: S,
     flow: u32,
     flows: u32,
     tracker: Arc<Tracker>,
+    phases: watch::Receiver<Phase>,
+) -> S {
+    let sink = drive_phases(sink, flow, flows, &tracker, phases).await;
+    tracker.waits(flow, FlowWait::Ended);
+    sink
+}
+
+async fn drive_phases<S: FrameSink>(
+    mut sink: S,
+    flow: u32,
+    flows: u32,
+    tracker: &Arc<Tracker>,
     mut phases: watch::Receiver<Phase>,
 ) -> S {
     let Some(window) = tracker.windows.get(flow as usize) else {
@@ -221,12 +309,14 @@ pub async fn drive<S: FrameSink>(
         let result: anyhow::Result<()> = match phase {
             Phase::Done => return sink,
             Phase::Idle => {
+                tracker.waits(flow, FlowWait::Idle);
                 if phases.changed().await.is_err() {
                     return sink;
                 }
                 Ok(())
             }
             Phase::Saturate => loop {
+                tracker.waits(flow, FlowWait::Window);
                 tokio::select! {
                     changed = phases.changed() => {
                         if changed.is_err() { return sink; }
@@ -235,6 +325,7 @@ pub async fn drive<S: FrameSink>(
                     permit = window.acquire_many(permits) => {
                         let Ok(permit) = permit else { return sink };
                         permit.forget();
+                        tracker.waits(flow, FlowWait::Write);
                         let mut result = sink.feed(flow, seq, tracker.now_ns()).await;
                         seq = seq.wrapping_add(1);
                         let mut batch = 1;
@@ -245,8 +336,9 @@ pub async fn drive<S: FrameSink>(
                             seq = seq.wrapping_add(1);
                             batch += 1;
                         }
-                        tracker.sent.fetch_add(batch as u64, Ordering::Relaxed);
+                        tracker.count_sent(flow, batch);
                         if result.is_ok() {
+                            tracker.waits(flow, FlowWait::Flush);
                             result = sink.flush().await;
                         }
                         if let Err(error) = result {
@@ -262,6 +354,7 @@ pub async fn drive<S: FrameSink>(
                     tracker.now_ns() + interval_ns * u64::from(flow) / u64::from(flows.max(1));
                 loop {
                     let due = tracker.instant(next_ns);
+                    tracker.waits(flow, FlowWait::Turn);
                     tokio::select! {
                         changed = phases.changed() => {
                             if changed.is_err() { return sink; }
@@ -273,17 +366,20 @@ pub async fn drive<S: FrameSink>(
                     let mut batch = 0;
                     // Everything due by now goes out in one flush.
                     while next_ns <= tracker.now_ns() && batch < MAX_SEND_BATCH && result.is_ok() {
+                        tracker.waits(flow, FlowWait::Window);
                         match window.acquire_many(permits).await {
                             Ok(permit) => permit.forget(),
                             Err(_) => return sink,
                         }
+                        tracker.waits(flow, FlowWait::Write);
                         result = sink.feed(flow, seq, next_ns).await;
                         seq = seq.wrapping_add(1);
                         next_ns += interval_ns;
                         batch += 1;
                     }
-                    tracker.sent.fetch_add(batch as u64, Ordering::Relaxed);
+                    tracker.count_sent(flow, batch);
                     if result.is_ok() {
+                        tracker.waits(flow, FlowWait::Flush);
                         result = sink.flush().await;
                     }
                     if let Err(error) = result {
@@ -320,6 +416,10 @@ pub struct Measured {
     pub syncs: Option<u64>,
     /// Microseconds spent in storage flushes in that time (relay only).
     pub flush_us: Option<u64>,
+    /// Flows that sent less than half of what the phase asked of them (none at all, at
+    /// saturation): how many, and the first few, each with where it waited at the end.
+    pub flows_behind: usize,
+    pub flows_behind_detail: Vec<String>,
 }
 
 impl Measured {

@@ -21,9 +21,17 @@ fn num_or_dash(value: &Value, digits: usize) -> String {
 }
 
 fn phase_row(out: &mut String, name: &str, phase: &Value) {
+    // A phase some sender flows fell behind in measured less load than it names: say so.
+    let behind = match phase["flows_behind"].as_u64() {
+        Some(n) if n > 0 => format!(
+            " ({n} sender flows fell behind, sent {} msgs/s)",
+            num(&phase["sent_per_s"], 0)
+        ),
+        _ => String::new(),
+    };
     let _ = writeln!(
         out,
-        "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {name}{behind} | {} | {} | {} | {} | {} | {} | {} | {} |",
         num(&phase["delivered_per_s"], 0),
         num(&phase["server_cpu_us_per_msg"], 2),
         num(&phase["server_cores"], 2),

@@ -55,6 +55,9 @@ pub struct PhaseReport {
     pub flushes_per_s: Option<f64>,
     /// Mean time of one storage flush, ms (relay only).
     pub flush_ms_mean: Option<f64>,
+    /// Sender flows that fell behind (see `Measured::flows_behind`), and the first few.
+    pub flows_behind: usize,
+    pub flows_behind_detail: Vec<String>,
 }
 
 impl PhaseReport {
@@ -81,6 +84,8 @@ impl PhaseReport {
                 (Some(us), Some(f)) if f > 0 => Some(round(us as f64 / f as f64 / 1000.0, 2)),
                 _ => None,
             },
+            flows_behind: m.flows_behind,
+            flows_behind_detail: m.flows_behind_detail.clone(),
         }
     }
 }
@@ -162,15 +167,43 @@ pub async fn measure(
     let cpu0 = procfs::sample(&probe.pids)?;
     let delivered0 = tracker.delivered_count();
     let sent0 = tracker.sent_count();
+    let flows0 = tracker.flow_sent();
     tracker.start_recording();
     tokio::time::sleep(timing.measure).await;
     let delivered1 = tracker.delivered_count();
     let sent1 = tracker.sent_count();
+    let flows1 = tracker.flow_sent();
     let cpu1 = procfs::sample(&probe.pids)?;
     let latency = tracker.stop_recording();
     let commit1 = probe.counters().await?;
     let seconds = cpu1.at.duration_since(cpu0.at).as_secs_f64();
     let delivered = delivered1 - delivered0;
+    // A flow behind: under half its share in an open-loop phase, nothing at saturation.
+    let floor = match phase {
+        Phase::Rate(per_flow) => per_flow * seconds / 2.0,
+        _ => 0.5,
+    };
+    let behind: Vec<String> = flows0
+        .iter()
+        .zip(&flows1)
+        .enumerate()
+        .filter(|(_, (before, after))| ((**after - **before) as f64) < floor)
+        .map(|(flow, (before, after))| {
+            format!(
+                "flow {flow}: {} sent, {}",
+                after - before,
+                tracker.flow_wait(flow).describe()
+            )
+        })
+        .collect();
+    if !behind.is_empty() {
+        eprintln!(
+            "warning: {} of {} flows fell behind in this phase (first: {})",
+            behind.len(),
+            flows1.len(),
+            behind.first().map_or("", String::as_str)
+        );
+    }
     Ok(Measured {
         seconds,
         delivered,
@@ -187,6 +220,8 @@ pub async fn measure(
         flush_us: commit0
             .zip(commit1)
             .map(|(a, b)| b.flush_us.saturating_sub(a.flush_us)),
+        flows_behind: behind.len(),
+        flows_behind_detail: behind.into_iter().take(5).collect(),
     })
 }
 
@@ -486,4 +521,72 @@ pub async fn forwarder_load(
     .await;
     finish(&tracker, &phases_tx, tasks).await;
     Ok(report(&tracker, &result?))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::load::stamp;
+
+    /// A sink that "delivers" what it is given at once, or never takes anything.
+    struct TestSink {
+        tracker: Arc<Tracker>,
+        stuck: bool,
+    }
+
+    impl FrameSink for TestSink {
+        async fn feed(&mut self, flow: u32, seq: u32, sent_ns: u64) -> anyhow::Result<()> {
+            if self.stuck {
+                std::future::pending::<()>().await;
+            }
+            let mut payload = vec![0u8; 32];
+            stamp(&mut payload, flow, seq, sent_ns);
+            self.tracker.delivered(&payload);
+            Ok(())
+        }
+
+        async fn flush(&mut self) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flow_that_stops_sending_is_reported_with_where_it_waits() {
+        let tracker = Tracker::new(3, 4, 1).unwrap();
+        let (phases_tx, phases) = watch::channel(Phase::Idle);
+        let sinks = (0..3)
+            .map(|flow| TestSink {
+                tracker: tracker.clone(),
+                stuck: flow == 1,
+            })
+            .collect();
+        let mut tasks = JoinSet::new();
+        spawn_senders(sinks, &tracker, &phases, &mut tasks);
+        let probe = Probe {
+            pids: vec![std::process::id()],
+            metrics: None,
+        };
+        let timing = Timing {
+            warmup: Duration::from_millis(50),
+            measure: Duration::from_millis(300),
+            open_loop_fraction: 0.5,
+        };
+        let measured = measure(&tracker, &phases_tx, Phase::Rate(200.0), timing, &probe)
+            .await
+            .unwrap();
+        assert_eq!(
+            measured.flows_behind, 1,
+            "{:?}",
+            measured.flows_behind_detail
+        );
+        let detail = measured.flows_behind_detail.first().unwrap();
+        assert!(
+            detail.starts_with("flow 1: 0 sent") && detail.contains("socket to take a message"),
+            "{detail}"
+        );
+        // The stuck flow never returns from its write: stop the tasks rather than wait.
+        phases_tx.send_replace(Phase::Done);
+        tasks.shutdown().await;
+    }
 }
