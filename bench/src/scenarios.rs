@@ -168,30 +168,30 @@ pub async fn measure(
     let delivered0 = tracker.delivered_count();
     let sent0 = tracker.sent_count();
     let flows0 = tracker.flow_sent();
+    let flows_at0 = Instant::now();
     tracker.start_recording();
     tokio::time::sleep(timing.measure).await;
     let delivered1 = tracker.delivered_count();
     let sent1 = tracker.sent_count();
     let flows1 = tracker.flow_sent();
+    let flows_seconds = flows_at0.elapsed().as_secs_f64();
     let cpu1 = procfs::sample(&probe.pids)?;
     let latency = tracker.stop_recording();
     let commit1 = probe.counters().await?;
     let seconds = cpu1.at.duration_since(cpu0.at).as_secs_f64();
     let delivered = delivered1 - delivered0;
-    // A flow behind: under half its share in an open-loop phase, nothing at saturation.
-    let floor = match phase {
-        Phase::Rate(per_flow) => per_flow * seconds / 2.0,
-        _ => 0.5,
-    };
-    let behind: Vec<String> = flows0
+    let sent_by_flow: Vec<u64> = flows0
         .iter()
         .zip(&flows1)
+        .map(|(before, after)| after - before)
+        .collect();
+    let behind: Vec<String> = sent_by_flow
+        .iter()
         .enumerate()
-        .filter(|(_, (before, after))| ((**after - **before) as f64) < floor)
-        .map(|(flow, (before, after))| {
+        .filter(|(_, sent)| (**sent as f64) < behind_floor(phase, flows_seconds, &sent_by_flow))
+        .map(|(flow, sent)| {
             format!(
-                "flow {flow}: {} sent, {}",
-                after - before,
+                "flow {flow}: {sent} sent, {}",
                 tracker.flow_wait(flow).describe()
             )
         })
@@ -223,6 +223,22 @@ pub async fn measure(
         flows_behind: behind.len(),
         flows_behind_detail: behind.into_iter().take(5).collect(),
     })
+}
+
+/// Fewer sends than this in a phase of `seconds` put a flow behind: under half its share in
+/// an open-loop phase (judged only where a share is at least two sends, so a healthy flow's
+/// schedule cannot put it there), under half the median flow's sends at saturation.
+fn behind_floor(phase: Phase, seconds: f64, sent_by_flow: &[u64]) -> f64 {
+    match phase {
+        Phase::Rate(per_flow) if per_flow * seconds >= 2.0 => per_flow * seconds / 2.0,
+        Phase::Rate(_) => 0.0,
+        _ => {
+            let mut sorted = sent_by_flow.to_vec();
+            sorted.sort_unstable();
+            let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
+            (median as f64 / 2.0).max(0.5)
+        }
+    }
 }
 
 /// Stops the senders and waits until every message sent has been delivered (or `limit`).
