@@ -89,7 +89,6 @@ pub struct Tracker {
     /// Deliveries a send produces (fan-out); a send takes that many window permits.
     pub fan_out: u32,
     delivered: AtomicU64,
-    sent: AtomicU64,
     errors: AtomicU64,
     first_error: Mutex<Option<String>>,
     recording: AtomicBool,
@@ -114,7 +113,6 @@ impl Tracker {
             flow_wait: (0..flows).map(|_| AtomicU8::new(0)).collect(),
             fan_out,
             delivered: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             first_error: Mutex::new(None),
             recording: AtomicBool::new(false),
@@ -170,9 +168,12 @@ impl Tracker {
         self.delivered.load(Ordering::Relaxed)
     }
 
-    /// Sends so far.
+    /// Sends so far (every flow's).
     pub fn sent_count(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
+        self.flow_sent
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Sends so far, per flow.
@@ -191,7 +192,6 @@ impl Tracker {
     }
 
     fn count_sent(&self, flow: u32, batch: usize) {
-        self.sent.fetch_add(batch as u64, Ordering::Relaxed);
         if let Some(n) = self.flow_sent.get(flow as usize) {
             n.fetch_add(batch as u64, Ordering::Relaxed);
         }

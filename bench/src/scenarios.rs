@@ -185,10 +185,11 @@ pub async fn measure(
         .zip(&flows1)
         .map(|(before, after)| after - before)
         .collect();
+    let floor = behind_floor(phase, flows_seconds, &sent_by_flow);
     let behind: Vec<String> = sent_by_flow
         .iter()
         .enumerate()
-        .filter(|(_, sent)| (**sent as f64) < behind_floor(phase, flows_seconds, &sent_by_flow))
+        .filter(|(_, sent)| (**sent as f64) < floor)
         .map(|(flow, sent)| {
             format!(
                 "flow {flow}: {sent} sent, {}",
