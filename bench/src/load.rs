@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::RngCore;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Semaphore, TryAcquireError};
 
 /// Bytes of the header at the start of every payload.
 pub const HEADER_LEN: usize = 16;
@@ -364,21 +364,42 @@ async fn drive_phases<S: FrameSink>(
                     }
                     let mut result = Ok(());
                     let mut batch = 0;
-                    // Everything due by now goes out in one flush.
+                    let mut unflushed = 0;
+                    // Everything due by now goes out in one flush, unless the window fills
+                    // first: what is fed is not on the wire until flushed, and only its
+                    // delivery makes room, so flush it before waiting for room. (Waiting
+                    // with it unflushed, a flow that fell a window behind waited for itself
+                    // for the rest of the run.)
                     while next_ns <= tracker.now_ns() && batch < MAX_SEND_BATCH && result.is_ok() {
-                        tracker.waits(flow, FlowWait::Window);
-                        match window.acquire_many(permits).await {
+                        match window.try_acquire_many(permits) {
                             Ok(permit) => permit.forget(),
-                            Err(_) => return sink,
+                            Err(TryAcquireError::Closed) => return sink,
+                            Err(TryAcquireError::NoPermits) => {
+                                if unflushed > 0 {
+                                    tracker.count_sent(flow, unflushed);
+                                    unflushed = 0;
+                                    tracker.waits(flow, FlowWait::Flush);
+                                    result = sink.flush().await;
+                                    if result.is_err() {
+                                        break;
+                                    }
+                                }
+                                tracker.waits(flow, FlowWait::Window);
+                                match window.acquire_many(permits).await {
+                                    Ok(permit) => permit.forget(),
+                                    Err(_) => return sink,
+                                }
+                            }
                         }
                         tracker.waits(flow, FlowWait::Write);
                         result = sink.feed(flow, seq, next_ns).await;
                         seq = seq.wrapping_add(1);
                         next_ns += interval_ns;
                         batch += 1;
+                        unflushed += 1;
                     }
-                    tracker.count_sent(flow, batch);
-                    if result.is_ok() {
+                    tracker.count_sent(flow, unflushed);
+                    if result.is_ok() && unflushed > 0 {
                         tracker.waits(flow, FlowWait::Flush);
                         result = sink.flush().await;
                     }

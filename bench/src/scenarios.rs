@@ -546,40 +546,57 @@ mod tests {
     use super::*;
     use crate::load::stamp;
 
-    /// A sink that "delivers" what it is given at once, or never takes anything.
+    /// When a test sink "delivers" what it is given.
+    #[derive(PartialEq)]
+    enum Delivers {
+        /// As soon as it is fed.
+        AtOnce,
+        /// When it is flushed, as a socket does.
+        OnFlush,
+        /// Never: the sink takes nothing.
+        Never,
+    }
+
     struct TestSink {
         tracker: Arc<Tracker>,
-        stuck: bool,
+        delivers: Delivers,
+        fed: Vec<Vec<u8>>,
+    }
+
+    impl TestSink {
+        fn new(tracker: &Arc<Tracker>, delivers: Delivers) -> TestSink {
+            TestSink {
+                tracker: tracker.clone(),
+                delivers,
+                fed: Vec::new(),
+            }
+        }
     }
 
     impl FrameSink for TestSink {
         async fn feed(&mut self, flow: u32, seq: u32, sent_ns: u64) -> anyhow::Result<()> {
-            if self.stuck {
+            if self.delivers == Delivers::Never {
                 std::future::pending::<()>().await;
             }
             let mut payload = vec![0u8; 32];
             stamp(&mut payload, flow, seq, sent_ns);
-            self.tracker.delivered(&payload);
+            if self.delivers == Delivers::AtOnce {
+                self.tracker.delivered(&payload);
+            } else {
+                self.fed.push(payload);
+            }
             Ok(())
         }
 
         async fn flush(&mut self) -> anyhow::Result<()> {
+            for payload in self.fed.drain(..) {
+                self.tracker.delivered(&payload);
+            }
             Ok(())
         }
     }
 
-    #[tokio::test]
-    async fn a_flow_that_stops_sending_is_reported_with_where_it_waits() {
-        let tracker = Tracker::new(3, 4, 1).unwrap();
-        let (phases_tx, phases) = watch::channel(Phase::Idle);
-        let sinks = (0..3)
-            .map(|flow| TestSink {
-                tracker: tracker.clone(),
-                stuck: flow == 1,
-            })
-            .collect();
-        let mut tasks = JoinSet::new();
-        spawn_senders(sinks, &tracker, &phases, &mut tasks);
+    fn probe_and_timing() -> (Probe, Timing) {
         let probe = Probe {
             pids: vec![std::process::id()],
             metrics: None,
@@ -589,6 +606,53 @@ mod tests {
             measure: Duration::from_millis(300),
             open_loop_fraction: 0.5,
         };
+        (probe, timing)
+    }
+
+    #[tokio::test]
+    async fn a_flow_a_window_behind_flushes_what_it_fed_before_waiting_for_room() {
+        // A window of 4 and a send due every 50 µs: each wake of the flow finds more sends
+        // due than its window holds, and only a flush delivers (and so makes room).
+        let tracker = Tracker::new(1, 4, 1).unwrap();
+        let (phases_tx, phases) = watch::channel(Phase::Idle);
+        let mut tasks = JoinSet::new();
+        spawn_senders(
+            vec![TestSink::new(&tracker, Delivers::OnFlush)],
+            &tracker,
+            &phases,
+            &mut tasks,
+        );
+        let (probe, timing) = probe_and_timing();
+        let measured = measure(&tracker, &phases_tx, Phase::Rate(20_000.0), timing, &probe)
+            .await
+            .unwrap();
+        assert_eq!(
+            measured.flows_behind, 0,
+            "{:?}",
+            measured.flows_behind_detail
+        );
+        assert!(measured.sent >= 3_000, "sent {}", measured.sent);
+        phases_tx.send_replace(Phase::Done);
+        tasks.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_flow_that_stops_sending_is_reported_with_where_it_waits() {
+        let tracker = Tracker::new(3, 4, 1).unwrap();
+        let (phases_tx, phases) = watch::channel(Phase::Idle);
+        let sinks = (0..3)
+            .map(|flow| {
+                let delivers = if flow == 1 {
+                    Delivers::Never
+                } else {
+                    Delivers::AtOnce
+                };
+                TestSink::new(&tracker, delivers)
+            })
+            .collect();
+        let mut tasks = JoinSet::new();
+        spawn_senders(sinks, &tracker, &phases, &mut tasks);
+        let (probe, timing) = probe_and_timing();
         let measured = measure(&tracker, &phases_tx, Phase::Rate(200.0), timing, &probe)
             .await
             .unwrap();
