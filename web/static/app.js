@@ -229,14 +229,18 @@ function fatal(e) {
 }
 
 // ---------- the connection
+// Each handler acts only while its socket is the current one: a connection closed earlier (at
+// an automatic logoff, the server ends it a moment later) must not fail the login that opened
+// the next one, nor tell the new session that it closed.
 function connect() {
   manualClose = false;
   return new Promise((resolve) => {
     authWaiter = resolve;
-    ws = new WebSocket(`wss://${location.host}/v1/ws`);
-    ws.binaryType = "arraybuffer";
-    ws.onmessage = (msg) => {
-      if (!engine) return;
+    const socket = new WebSocket(`wss://${location.host}/v1/ws`);
+    ws = socket;
+    socket.binaryType = "arraybuffer";
+    socket.onmessage = (msg) => {
+      if (ws !== socket || !engine) return;
       try {
         engine.receive(new Uint8Array(msg.data));
       } catch (err) {
@@ -244,7 +248,9 @@ function connect() {
       }
       pump();
     };
-    ws.onclose = () => {
+    socket.onclose = () => {
+      if (ws !== socket) return;
+      ws = null;
       clearInterval(pingTimer);
       if (engine) engine.connectionClosed();
       pump();
@@ -254,7 +260,8 @@ function connect() {
         reconnectDelay = Math.min(reconnectDelay * 2, 30000);
       }
     };
-    ws.onopen = () => {
+    socket.onopen = () => {
+      if (ws !== socket) return;
       reconnectDelay = 500;
       clearInterval(pingTimer);
       pingTimer = setInterval(() => { if (engine) { engine.ping(); pump(); } }, PING_MS);
@@ -276,8 +283,11 @@ async function reconnect() {
 function closeConnection() {
   manualClose = true;
   clearInterval(pingTimer);
-  if (ws) { try { ws.close(1000, "bye"); } catch (_) { /* closed already */ } }
+  const socket = ws;
   ws = null;
+  if (socket) { try { socket.close(1000, "bye"); } catch (_) { /* closed already */ } }
+  // Its handlers now ignore it; a login still waiting on it hears that it closed.
+  if (authWaiter) { const w = authWaiter; authWaiter = null; w({ type: "auth_failed", code: "DISCONNECTED", message: "The connection was closed." }); }
 }
 
 // Forgets everything decrypted: the engine (keys, sessions, history in memory) and the screens.
