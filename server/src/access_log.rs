@@ -2,9 +2,10 @@
 //!
 //! Each entry carries its sequence number and the SHA-256 of the entry before it; its own hash
 //! covers both and its body (`medrelay-access-log-v1\0 || postcard(body)`), so changing,
-//! deleting or reordering any entry breaks the chain at that entry. Every
-//! [`CHECKPOINT_EVERY`] entries (or [`CHECKPOINT_INTERVAL_MS`], or when a new day begins),
-//! and at shutdown, an Ed25519 checkpoint signs (sequence, hash,
+//! deleting or reordering any entry breaks the chain at that entry. Once
+//! [`CHECKPOINT_EVERY`] entries are unsealed (or [`CHECKPOINT_INTERVAL_MS`] has passed), at the
+//! end of the flush that writes them, when a new day begins, and at shutdown, an Ed25519
+//! checkpoint signs (sequence, hash,
 //! time) with the log's own key (`DIR/access-log.key`, 0600; its public half beside it), so a
 //! log cut short before a checkpoint is caught too. [`verify`] runs offline on the database
 //! files. Entries hold pseudonymous ids, actions and outcomes: never content, keys or handles.
@@ -45,7 +46,8 @@ use crate::store::codec::{key_id_of, Codec};
 use crate::store::sled_store::SledStore;
 use crate::store::{FlushHook, PendingFlush, StoreError};
 
-/// Entries between two checkpoints.
+/// Unsealed entries that make the next flush end with a checkpoint (a flush that writes more
+/// ends with one checkpoint over them all).
 pub const CHECKPOINT_EVERY: u64 = 64;
 /// Longest time an entry stays unsealed while the log is written to (ms).
 pub const CHECKPOINT_INTERVAL_MS: u64 = 60_000;
@@ -878,15 +880,21 @@ impl AccessLog {
             if let Some(last) = row.entries.last() {
                 head.written = (last.seq, last.hash, last.at_ms);
             }
-            let (seq, _, at) = head.written;
-            if row.day_ends
-                || seq.saturating_sub(head.sealed) >= CHECKPOINT_EVERY
-                || at.saturating_sub(head.sealed_at_ms) >= CHECKPOINT_INTERVAL_MS
-            {
+            if row.day_ends {
+                let at = head.written.2;
                 self.write_checkpoint(&mut head, at)?;
             }
         }
+        // The count and the interval are checked once, after the last row: every row of this
+        // write becomes durable with the same flush, so a checkpoint between them would seal
+        // nothing sooner than one at the end, which seals them all for one signature.
         let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+        let (seq, _, at) = head.written;
+        if seq.saturating_sub(head.sealed) >= CHECKPOINT_EVERY
+            || at.saturating_sub(head.sealed_at_ms) >= CHECKPOINT_INTERVAL_MS
+        {
+            self.write_checkpoint(&mut head, at)?;
+        }
         if head.want_checkpoint {
             head.want_checkpoint = false;
             let at = head.written.2.max(head.last_at_ms);
@@ -1596,6 +1604,32 @@ mod encoding_tests {
         store.sync().await.unwrap();
         log.write_head_file().unwrap();
         assert_eq!(read_head(dir.path()).unwrap().unwrap(), written);
+    }
+
+    #[tokio::test]
+    async fn a_flush_of_many_rows_ends_with_one_checkpoint_over_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, log) = open_log(dir.path());
+        store.sync().await.unwrap();
+        let before = log.verify_now().unwrap();
+        let rows = || store.database().open_tree(ENTRIES).unwrap().len();
+        let rows_before = rows();
+        for _ in 0..5 * CHECKPOINT_EVERY {
+            log.record(&event("read_messages")).unwrap();
+        }
+        store.sync().await.unwrap();
+        let after = log.verify_now().unwrap();
+        assert!(
+            rows() >= rows_before + 3,
+            "the flush wrote {} rows",
+            rows() - rows_before
+        );
+        assert_eq!(after.entries, before.entries + 5 * CHECKPOINT_EVERY);
+        assert_eq!(after.checkpoints, before.checkpoints + 1);
+        assert_eq!(
+            after.unsealed, 0,
+            "the checkpoint seals the flush's last entry"
+        );
     }
 
     #[tokio::test]
