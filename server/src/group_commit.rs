@@ -39,7 +39,7 @@ pub trait Flush: Send + Sync + 'static {
 }
 
 /// The least time between the starts of two flushes (see the module docs). Measured at 10% of
-/// saturation, 1 ms cut the relay's CPU by a third and gave 14-16 messages per flush against 3,
+/// saturation, 1 ms cut the relay's CPU by a third and gave 14-19 messages per flush against 3,
 /// for about 2 ms more at p50 (`bench/FINDINGS.md`).
 pub const MIN_FLUSH_GAP: Duration = Duration::from_millis(1);
 
@@ -115,8 +115,9 @@ impl GroupCommit {
         Self::start_with_gap(target, MIN_FLUSH_GAP)
     }
 
-    /// Like [`GroupCommit::start`], with flushes starting at least `gap` apart.
-    pub fn start_with_gap(target: Arc<dyn Flush>, gap: Duration) -> Arc<Self> {
+    /// Like [`GroupCommit::start`], with flushes starting at least `gap` apart (tests use a
+    /// gap of their own).
+    fn start_with_gap(target: Arc<dyn Flush>, gap: Duration) -> Arc<Self> {
         let (completed, _) = watch::channel(Completed {
             generation: 0,
             failed: false,
