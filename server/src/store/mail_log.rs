@@ -21,7 +21,7 @@
 //! items of the newest flush: opening writes any that are missing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 use medrelay_proto::ids::{ClientMessageId, DeviceId, MessageId, OrgId};
@@ -30,8 +30,8 @@ use sled::{Db, Tree};
 
 use super::codec::{key_id_of, Codec};
 use super::mail_state::{
-    Appended, Deliverable, FlushPlan, GroupNo, Landed, Loc, MailState, MailStats, Record,
-    Recovered, SealedSend, SendMeta, Seq, Source,
+    Deliverable, FlushPlan, GroupNo, Landed, Loc, MailState, MailStats, Record, Recovered,
+    Reservation, SealedSend, SendMeta, Seq, Source,
 };
 use super::{ArchiveItemRecord, MailboxItem, NewSend, SendRecord, StoreError, StoreSendOutcome};
 use crate::keyring::{day_of, Scope};
@@ -219,8 +219,42 @@ pub struct MailLog {
     summaries: Tree,
     archive: Tree,
     state: Mutex<MailState>,
+    /// Signalled when a send being sealed is completed or given up while a flush waits for it.
+    sealed: Condvar,
     /// The next flush's number (recovery looks for the newest flush's rows).
     next_flush: Mutex<u64>,
+}
+
+/// A send whose position is reserved while its records are sealed. Completed with
+/// [`Sealing::complete`]; dropped otherwise (sealing failed, or a panic), it is given up, so
+/// no flush waits for it for ever.
+struct Sealing<'a> {
+    log: &'a MailLog,
+    meta: SendMeta,
+    /// Not yet completed.
+    open: bool,
+}
+
+impl Sealing<'_> {
+    fn complete(mut self, envelopes: Vec<(DeviceId, Bytes)>, sealed: SealedSend) -> SendRecord {
+        self.open = false;
+        let (record, wake) = self
+            .log
+            .state()
+            .complete_send(self.meta.clone(), envelopes, sealed);
+        if wake {
+            self.log.sealed.notify_all();
+        }
+        record
+    }
+}
+
+impl Drop for Sealing<'_> {
+    fn drop(&mut self) {
+        if self.open && self.log.state().cancel_send(&self.meta) {
+            self.log.sealed.notify_all();
+        }
+    }
 }
 
 /// One flush of the mail log, from taking its work to its flush being durable.
@@ -343,6 +377,7 @@ impl MailLog {
             groups,
             summaries,
             archive,
+            sealed: Condvar::new(),
             next_flush: Mutex::new(newest_flush + 1),
         };
         // The newest flush may have stopped between its rows and its archive items.
@@ -357,6 +392,9 @@ impl MailLog {
     }
 
     /// Appends a send (durable with the next flush), or finds it was sent before.
+    ///
+    /// Its position is taken under the state's lock, its records are sealed without it, and
+    /// then it is completed under the lock again (see [`MailState::reserve_send`]).
     pub fn store_send(&self, send: NewSend) -> Result<StoreSendOutcome, StoreError> {
         let meta = SendMeta {
             seq: 0,
@@ -369,23 +407,26 @@ impl MailLog {
             server_time_ms: send.record.server_time_ms,
         };
         let db = &self.db;
-        let plain = send.envelopes.clone();
-        let archive = send.archive;
         // Positions start at 1: 0 means "nothing" to the durable mark and to cursors.
-        let appended = self.state().append_send(
+        let reserved = self.state().reserve_send(meta, || {
+            db.generate_id()
+                .map(|id| id.saturating_add(1))
+                .map_err(db_error)
+        })?;
+        let meta = match reserved {
+            Reservation::Duplicate(record) => return Ok(StoreSendOutcome::Duplicate(record)),
+            Reservation::Reserved(meta) => meta,
+        };
+        // From here until it is completed, dropping this gives the reservation up.
+        let sealing = Sealing {
+            log: self,
             meta,
-            send.envelopes,
-            || {
-                db.generate_id()
-                    .map(|id| id.saturating_add(1))
-                    .map_err(db_error)
-            },
-            |meta| self.seal_send(meta, &plain, archive.as_deref()),
-        )?;
-        Ok(match appended {
-            Appended::Stored(record) => StoreSendOutcome::Stored(record),
-            Appended::Duplicate(record) => StoreSendOutcome::Duplicate(record),
-        })
+            open: true,
+        };
+        let sealed = self.seal_send(&sealing.meta, &send.envelopes, send.archive.as_deref())?;
+        Ok(StoreSendOutcome::Stored(
+            sealing.complete(send.envelopes, sealed),
+        ))
     }
 
     /// The earlier send of this (sender device, client message id), if there was one.
@@ -542,9 +583,19 @@ impl MailLog {
 
     /// Takes what the next flush writes (called with new writes held back).
     pub fn take_flush(self: &Arc<Self>) -> MailFlush {
+        let mut state = self.state();
+        // Every send stored before this flush began goes into it, so that a sync that began
+        // after a send was stored covers it: wait for those still being sealed (each takes
+        // microseconds, and no lock is held meanwhile but this condvar's).
+        let cut = state.last_reserved();
+        while state.must_wait_for_sealing(cut) {
+            state = self.sealed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        let plan = state.take_flush();
+        drop(state);
         MailFlush {
             log: self.clone(),
-            plan: self.state().take_flush(),
+            plan,
             landed: Vec::new(),
         }
     }
@@ -994,6 +1045,98 @@ mod tests {
             "read and opened from its row"
         );
         assert!(fixture.log.sent(&id(4), &id(1)).is_some());
+    }
+
+    /// Reserves a send's position as `store_send` does, and hands back the reservation
+    /// before its records are sealed.
+    fn reserve(fixture: &Fixture, n: u8) -> Sealing<'_> {
+        let meta = SendMeta {
+            seq: 0,
+            org: id(1),
+            message_id: id(100 + n),
+            conversation: id(2),
+            sender_user: id(3),
+            sender_device: id(4),
+            client_message_id: id(n),
+            server_time_ms: 1_700_000_000_000,
+        };
+        let db = &fixture.db;
+        let reserved = fixture
+            .log
+            .state()
+            .reserve_send(meta, || db.generate_id().map(|id| id + 1))
+            .unwrap();
+        let Reservation::Reserved(meta) = reserved else {
+            panic!("{reserved:?}");
+        };
+        Sealing {
+            log: &fixture.log,
+            meta,
+            open: true,
+        }
+    }
+
+    /// Takes a flush on another thread; tells whether it is still waiting after a while.
+    fn flush_on_a_thread(fixture: &Fixture) -> std::thread::JoinHandle<MailFlush> {
+        let log = fixture.log.clone();
+        let flush = std::thread::spawn(move || log.take_flush());
+        // The flush cannot finish while it waits: this only gives it time to get there.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        flush
+    }
+
+    #[test]
+    fn a_flush_waits_for_a_send_reserved_before_it_began_and_writes_it() {
+        let fixture = open(tempfile::tempdir().unwrap());
+        let bob: DeviceId = id(50);
+        let sealing = reserve(&fixture, 1);
+        // Stored after the reservation, so the flush must hold it too (its sender may be
+        // syncing already).
+        let later = send(&fixture, 2, &[bob], false);
+        let flush = flush_on_a_thread(&fixture);
+        assert!(
+            !flush.is_finished(),
+            "the flush took its work around a send being sealed"
+        );
+        let text = Bytes::from(format!("ciphertext-1-{bob}"));
+        let sealed = fixture
+            .log
+            .seal_send(&sealing.meta, &[(bob, text.clone())], None)
+            .unwrap();
+        let first = sealing.complete(vec![(bob, text)], sealed);
+        let mut flush = flush.join().unwrap();
+        flush.write().unwrap();
+        fixture.db.flush().unwrap();
+        flush.durable();
+        let delivered: Vec<MessageId> = fixture
+            .log
+            .mailbox_after(&bob, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|item| item.message_id)
+            .collect();
+        assert_eq!(delivered, vec![first.message_id, later.message_id]);
+    }
+
+    #[test]
+    fn a_reservation_dropped_unsealed_is_given_up_and_the_flush_goes_on() {
+        let fixture = open(tempfile::tempdir().unwrap());
+        let bob: DeviceId = id(50);
+        let sealing = reserve(&fixture, 1);
+        send(&fixture, 2, &[bob], false);
+        let flush = flush_on_a_thread(&fixture);
+        assert!(!flush.is_finished());
+        // As when sealing fails (or panics) before the send is complete.
+        drop(sealing);
+        let mut flush = flush.join().unwrap();
+        flush.write().unwrap();
+        fixture.db.flush().unwrap();
+        flush.durable();
+        assert_eq!(texts(&fixture, &bob), vec![format!("ciphertext-2-{bob}")]);
+        assert!(
+            fixture.log.sent(&id(4), &id(1)).is_none(),
+            "its id is free again"
+        );
     }
 
     #[test]

@@ -159,7 +159,8 @@ pub struct Loc {
 }
 
 /// A send's records as the mail log stores them, sealed when the send is appended (so the
-/// work is spread over the requests, not left to the flush).
+/// work is spread over the requests, not left to the flush), outside the state's lock (see
+/// [`MailState::reserve_send`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SealedSend {
     /// The header's payload.
@@ -304,6 +305,24 @@ pub struct Deliverable {
     pub source: Source,
 }
 
+/// The outcome of reserving a send's position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// The position is taken (in the meta): seal the send's records, then complete it with
+    /// [`MailState::complete_send`] or give it up with [`MailState::cancel_send`].
+    Reserved(SendMeta),
+    /// This (sender device, client message id) was sent before: nothing was reserved.
+    Duplicate(SendRecord),
+}
+
+/// An entry of what the next flush writes: a record, or the place of a send being sealed.
+#[derive(Debug)]
+enum Pending {
+    Ready(Record),
+    /// A reserved send, not yet complete: no flush takes it or anything after it.
+    Sealing(Seq),
+}
+
 /// The outcome of appending a send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
@@ -415,7 +434,14 @@ pub struct MailStats {
 pub struct MailState {
     next_group: GroupNo,
     next_flush: u64,
-    pending: Vec<Record>,
+    /// What the next flush writes, in the order it happened.
+    pending: Vec<Pending>,
+    /// Sends reserved and not yet completed or given up.
+    sealing: BTreeSet<Seq>,
+    /// The newest position reserved.
+    last_reserved: Seq,
+    /// A flush waits for a send being sealed (see [`Self::must_wait_for_sealing`]).
+    flush_waiting: bool,
     sends: HashMap<Seq, Send>,
     queues: HashMap<DeviceId, Queue>,
     sent: SentIndex,
@@ -448,6 +474,9 @@ impl MailState {
             next_group: next_group.max(1),
             next_flush: 1,
             pending: Vec::new(),
+            sealing: BTreeSet::new(),
+            last_reserved: 0,
+            flush_waiting: false,
             sends: HashMap::new(),
             queues: HashMap::new(),
             sent: SentIndex::new(),
@@ -566,13 +595,8 @@ impl MailState {
         self.sent.get(&(*sender, *client_message_id)).copied()
     }
 
-    /// Appends a send, or finds it was sent before. `next_seq` is called (once, inside) to
-    /// take the send's position, so positions follow the order sends are appended in; it
-    /// must give positions above every earlier one, from 1 (0 is below the durable mark of
-    /// an empty log).
-    ///
-    /// `seal` makes the send's records once its position is known; if it fails, nothing
-    /// changes.
+    /// Appends a send, or finds it was sent before: [`Self::reserve_send`], `seal`, then
+    /// [`Self::complete_send`] (or [`Self::cancel_send`] if `seal` fails: nothing changes).
     pub fn append_send<E>(
         &mut self,
         meta_without_seq: SendMeta,
@@ -580,27 +604,74 @@ impl MailState {
         next_seq: impl FnOnce() -> Result<Seq, E>,
         seal: impl FnOnce(&SendMeta) -> Result<SealedSend, E>,
     ) -> Result<Appended, E> {
+        let meta = match self.reserve_send(meta_without_seq, next_seq)? {
+            Reservation::Duplicate(record) => return Ok(Appended::Duplicate(record)),
+            Reservation::Reserved(meta) => meta,
+        };
+        match seal(&meta) {
+            Ok(sealed) => Ok(Appended::Stored(
+                self.complete_send(meta, envelopes, sealed).0,
+            )),
+            Err(error) => {
+                self.cancel_send(&meta);
+                Err(error)
+            }
+        }
+    }
+
+    /// Takes a send's position, or finds it was sent before. `next_seq` is called (once,
+    /// inside) to take the position, so positions follow the order sends are reserved in; it
+    /// must give positions above every earlier one, from 1 (0 is below the durable mark of an
+    /// empty log).
+    ///
+    /// The send's records are sealed after this, with the position in their associated data,
+    /// and without the lock the caller holds around this state: sealing is the costliest part
+    /// of a send, and the connections would otherwise wait for one another. Its place in the
+    /// log is kept meanwhile: a flush takes nothing from it on until it is completed or given
+    /// up, so what a flush writes is always everything up to one moment, and the durable mark
+    /// never passes a send that is not yet written.
+    pub fn reserve_send<E>(
+        &mut self,
+        meta_without_seq: SendMeta,
+        next_seq: impl FnOnce() -> Result<Seq, E>,
+    ) -> Result<Reservation, E> {
         let key = meta_without_seq.idempotency_key();
         if let Some(previous) = self.sent.get(&key) {
-            return Ok(Appended::Duplicate(*previous));
+            return Ok(Reservation::Duplicate(*previous));
         }
         let seq = next_seq()?;
         let meta = SendMeta {
             seq,
             ..meta_without_seq
         };
-        let sealed = seal(&meta)?;
+        // Recorded now, so a repeat arriving while this one is sealed is a duplicate.
         self.sent.insert(key, meta.record());
+        self.sealing.insert(seq);
+        self.last_reserved = self.last_reserved.max(seq);
+        self.pending.push(Pending::Sealing(seq));
+        Ok(Reservation::Reserved(meta))
+    }
+
+    /// Completes a reserved send with its sealed records: it waits for its devices from the
+    /// next flush on. Also returns whether a flush waits for it (see
+    /// [`Self::must_wait_for_sealing`]).
+    pub fn complete_send(
+        &mut self,
+        meta: SendMeta,
+        envelopes: Vec<(DeviceId, Bytes)>,
+        sealed: SealedSend,
+    ) -> (SendRecord, bool) {
+        let seq = meta.seq;
         let mut waiting = Vec::with_capacity(envelopes.len());
-        for (device, ciphertext) in &envelopes {
-            if self.revoked.contains(device) {
+        for (device, ciphertext) in envelopes {
+            if self.revoked.contains(&device) {
                 continue;
             }
-            waiting.push((*device, None));
-            let queue = self.queues.entry(*device).or_default();
+            waiting.push((device, None));
+            let queue = self.queues.entry(device).or_default();
             queue.by_seq.insert(seq, meta.message_id);
             queue.by_id.insert(meta.message_id, seq);
-            self.cache.insert((seq, *device), ciphertext.clone());
+            self.cache.insert((seq, device), ciphertext);
         }
         self.sends.insert(
             seq,
@@ -615,8 +686,52 @@ impl MailState {
             },
         );
         let record = meta.record();
-        self.pending.push(Record::Send { meta, sealed });
-        Ok(Appended::Stored(record))
+        let ready = Pending::Ready(Record::Send { meta, sealed });
+        // Its place is near the end: only what happened while it was sealed is after it.
+        match self
+            .pending
+            .iter_mut()
+            .rev()
+            .find(|p| matches!(p, Pending::Sealing(s) if *s == seq))
+        {
+            Some(place) => *place = ready,
+            // Not reserved: cannot happen; written with the next flush all the same.
+            None => self.pending.push(ready),
+        }
+        self.sealing.remove(&seq);
+        (record, self.flush_waiting)
+    }
+
+    /// Gives up a reserved send (its records could not be sealed): as if it never came. Returns
+    /// whether a flush waits for it.
+    pub fn cancel_send(&mut self, meta: &SendMeta) -> bool {
+        self.pending
+            .retain(|p| !matches!(p, Pending::Sealing(s) if *s == meta.seq));
+        self.sealing.remove(&meta.seq);
+        let key = meta.idempotency_key();
+        if self
+            .sent
+            .get(&key)
+            .is_some_and(|r| r.message_id == meta.message_id)
+        {
+            self.sent.remove(&key);
+        }
+        self.flush_waiting
+    }
+
+    /// The newest position reserved so far.
+    pub fn last_reserved(&self) -> Seq {
+        self.last_reserved
+    }
+
+    /// Whether a send at or before position `cut` is still being sealed. A flush takes, from
+    /// the state, every send reserved before the flush began (`cut`: the
+    /// [`Self::last_reserved`] then), so that a sync that began after a send was stored covers
+    /// it: until this is false, it waits, and [`Self::complete_send`] and
+    /// [`Self::cancel_send`] say when to look again.
+    pub fn must_wait_for_sealing(&mut self, cut: Seq) -> bool {
+        self.flush_waiting = self.sealing.range(..=cut).next().is_some();
+        self.flush_waiting
     }
 
     /// Up to `limit` durable deliveries waiting for `device` after position `after` (from
@@ -719,10 +834,10 @@ impl MailState {
         }
         let count = u32::try_from(finished.len()).unwrap_or(u32::MAX);
         if !finished.is_empty() {
-            self.pending.push(Record::Done {
+            self.pending.push(Pending::Ready(Record::Done {
                 device: *device,
                 seqs: finished,
-            });
+            }));
         }
         count
     }
@@ -792,6 +907,22 @@ impl MailState {
     /// with where the records landed once they are durable.
     pub fn take_flush(&mut self) -> FlushPlan {
         let mut plan = FlushPlan::default();
+        // Everything up to the first send still being sealed; the rest waits for the next.
+        let later = match self
+            .pending
+            .iter()
+            .position(|p| matches!(p, Pending::Sealing(_)))
+        {
+            Some(first) => self.pending.split_off(first),
+            None => Vec::new(),
+        };
+        let mut taken: Vec<Record> = std::mem::replace(&mut self.pending, later)
+            .into_iter()
+            .filter_map(|p| match p {
+                Pending::Ready(record) => Some(record),
+                Pending::Sealing(_) => None,
+            })
+            .collect();
         // Collect first: a group is judged on what was durable before this flush. `Done`
         // records that must outlive a collected group go into this flush's rows, which are
         // written before anything is deleted.
@@ -806,25 +937,23 @@ impl MailState {
             self.forget_group(*number);
         }
         for (device, seqs) in relog {
-            self.pending.push(Record::Done { device, seqs });
+            taken.push(Record::Done { device, seqs });
         }
         // A `Done` naming only sends whose last copy this flush deletes says nothing the
         // deletion does not: the acknowledgement is answered after this flush either way.
         // Most acknowledgements arrive before the next flush, so most `Done`s go here.
         let sends = &self.sends;
-        self.pending.retain_mut(|record| match record {
+        taken.retain_mut(|record| match record {
             Record::Done { seqs, .. } => {
                 seqs.retain(|seq| sends.contains_key(seq));
                 !seqs.is_empty()
             }
             Record::Send { .. } | Record::Copy { .. } => true,
         });
-        self.plan_compaction();
         // Copies go into rows of their own: they hold mail that waits long (an offline
         // device's), which new traffic would otherwise pin and then copy again.
-        let (copies, fresh): (Vec<Record>, Vec<Record>) = std::mem::take(&mut self.pending)
-            .into_iter()
-            .partition(|r| matches!(r, Record::Copy { .. }));
+        let copies = self.plan_compaction();
+        let fresh = taken;
         let mut rows: Vec<Vec<Record>> = Vec::new();
         for records in [fresh, copies] {
             let mut row_bytes = MAX_GROUP_BYTES;
@@ -993,8 +1122,9 @@ impl MailState {
         }
     }
 
-    /// Queues copies of the still-waiting sends of old, mostly finished groups.
-    fn plan_compaction(&mut self) {
+    /// Copies of the still-waiting sends of old, mostly finished groups, for this flush.
+    fn plan_compaction(&mut self) -> Vec<Record> {
+        let mut planned = Vec::new();
         let horizon = self.next_group.saturating_sub(COMPACT_AFTER_GROUPS);
         let mut budget = COMPACT_BYTES_PER_FLUSH;
         let candidates: Vec<GroupNo> = self
@@ -1056,9 +1186,10 @@ impl MailState {
                         send.moving_to = Some(0);
                     }
                 }
-                self.pending.push(copy);
+                planned.push(copy);
             }
         }
+        planned
     }
 
     /// Everything `plan` wrote is durable; `landed` says where its sends and copies lie.
@@ -1146,6 +1277,34 @@ impl MailState {
         }
         if let Some((device, _)) = expected.into_iter().find(|(_, q)| !q.is_empty()) {
             return Err(format!("{device:?} waits but has no queue"));
+        }
+        let placed: BTreeSet<Seq> = self
+            .pending
+            .iter()
+            .filter_map(|p| match p {
+                Pending::Sealing(seq) => Some(*seq),
+                Pending::Ready(_) => None,
+            })
+            .collect();
+        if placed != self.sealing {
+            return Err("the sends being sealed and their places in the log differ".into());
+        }
+        let mut last = 0;
+        for entry in &self.pending {
+            let seq = match entry {
+                Pending::Sealing(seq)
+                | Pending::Ready(Record::Send {
+                    meta: SendMeta { seq, .. },
+                    ..
+                }) => *seq,
+                Pending::Ready(_) => continue,
+            };
+            if seq <= last || seq <= self.durable {
+                return Err(format!(
+                    "send {seq} is out of order in what the next flush writes"
+                ));
+            }
+            last = seq;
         }
         // Looking only where something happened finds every group a look at all would.
         let everywhere = self.collectable_among(self.groups.keys().copied().collect());
@@ -1425,6 +1584,119 @@ mod tests {
         ));
     }
 
+    /// Reserves send `n` for these devices, numbered from the disk's counter; returns its
+    /// meta and the envelopes and records to complete it with.
+    fn reserve(
+        state: &mut MailState,
+        disk: &mut Disk,
+        n: u64,
+        to: &[DeviceId],
+    ) -> (SendMeta, Vec<(DeviceId, Bytes)>, SealedSend) {
+        let next = &mut disk.next_seq;
+        let reserved = state
+            .reserve_send(meta(n), || {
+                *next += 1;
+                Ok::<_, ()>(*next)
+            })
+            .unwrap();
+        let Reservation::Reserved(meta) = reserved else {
+            panic!("send {n} is not new: {reserved:?}");
+        };
+        let envelopes = to
+            .iter()
+            .map(|d| (*d, Bytes::from(vec![n as u8; 8])))
+            .collect();
+        let sealed = SealedSend {
+            header: Vec::new(),
+            envelopes: to.iter().map(|d| (*d, vec![n as u8; 8])).collect(),
+            archive: None,
+        };
+        (meta, envelopes, sealed)
+    }
+
+    #[test]
+    fn a_flush_takes_nothing_from_a_send_still_being_sealed_on() {
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let bob: DeviceId = id(50);
+        send(&mut state, &mut disk, 1, &[bob]);
+        let (sealing, envelopes, sealed) = reserve(&mut state, &mut disk, 2, &[bob]);
+        send(&mut state, &mut disk, 3, &[bob]);
+        assert_eq!(state.last_reserved(), 3);
+        assert!(state.must_wait_for_sealing(3));
+        assert!(!state.must_wait_for_sealing(1));
+        // A flush now writes send 1 only: send 3 came after the one being sealed.
+        flush(&mut state, &mut disk);
+        assert_eq!(state.durable(), 1);
+        assert_eq!(waiting(&state, &bob), vec![id(1001)]);
+        let (_, wake) = state.complete_send(sealing, envelopes, sealed);
+        assert!(!wake, "no flush waited");
+        state.check().unwrap();
+        assert_eq!(
+            waiting(&state, &bob),
+            vec![id(1001)],
+            "2 and 3 are not durable"
+        );
+        flush(&mut state, &mut disk);
+        assert_eq!(state.durable(), 3);
+        assert_eq!(waiting(&state, &bob), vec![id(1001), id(1002), id(1003)]);
+        // On disk in the order of their positions, and all there after a restart.
+        let restarted = disk.recover(&BTreeSet::new());
+        assert_eq!(
+            waiting(&restarted, &bob),
+            vec![id(1001), id(1002), id(1003)]
+        );
+    }
+
+    #[test]
+    fn a_send_given_up_while_sealed_leaves_nothing_and_holds_back_no_flush() {
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let bob: DeviceId = id(50);
+        let (sealing, _, _) = reserve(&mut state, &mut disk, 1, &[bob]);
+        // A repeat while it is sealed is a duplicate of it.
+        let next = &mut disk.next_seq;
+        let again = state
+            .reserve_send(meta(1), || {
+                *next += 1;
+                Ok::<_, ()>(*next)
+            })
+            .unwrap();
+        assert_eq!(again, Reservation::Duplicate(sealing.record()));
+        send(&mut state, &mut disk, 2, &[bob]);
+        assert!(state.must_wait_for_sealing(2));
+        assert!(state.cancel_send(&sealing), "the flush waiting is told");
+        assert!(!state.must_wait_for_sealing(2));
+        state.check().unwrap();
+        flush(&mut state, &mut disk);
+        assert_eq!(waiting(&state, &bob), vec![id(1002)]);
+        // Given up, its client message id is free again.
+        assert!(state.sent(&id(4), &id(1)).is_none());
+        assert!(matches!(
+            send(&mut state, &mut disk, 1, &[bob]),
+            Appended::Stored(_)
+        ));
+    }
+
+    #[test]
+    fn a_failed_seal_changes_nothing() {
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let bob: DeviceId = id(50);
+        let failed = state.append_send(
+            meta(1),
+            vec![(bob, Bytes::from_static(b"x"))],
+            || Ok(1),
+            |_| Err("no key"),
+        );
+        assert_eq!(failed, Err("no key"));
+        assert!(!state.has_work());
+        assert!(state.sent(&id(4), &id(1)).is_none());
+        assert!(!state.must_wait_for_sealing(u64::MAX));
+        state.check().unwrap();
+        disk.next_seq = 1;
+        send(&mut state, &mut disk, 1, &[bob]);
+        flush(&mut state, &mut disk);
+        assert_eq!(waiting(&state, &bob), vec![id(1001)]);
+    }
+
     #[test]
     fn a_row_of_done_records_that_must_stay_is_kept_not_written_again_every_flush() {
         let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
@@ -1698,6 +1970,13 @@ mod tests {
             Expire {
                 before: u8,
             },
+            /// A send whose position is taken and whose records are still being sealed (on
+            /// another connection) while what follows happens.
+            Reserve {
+                to: Vec<u8>,
+            },
+            /// The reserved send is sealed and completed.
+            Complete,
         }
 
         fn op() -> impl Strategy<Value = Op> {
@@ -1709,6 +1988,8 @@ mod tests {
                 1 => any::<bool>().prop_map(|keep_rows| Op::Crash { keep_rows }),
                 1 => Just(Op::Restart),
                 1 => (0u8..40).prop_map(|before| Op::Expire { before }),
+                2 => prop::collection::vec(0u8..4, 0..4).prop_map(|to| Op::Reserve { to }),
+                2 => Just(Op::Complete),
             ]
         }
 
@@ -1728,9 +2009,23 @@ mod tests {
                 let mut pending_waiting: BTreeMap<DeviceId, BTreeSet<Seq>> = BTreeMap::new();
                 let mut durable_finished: BTreeSet<(Seq, DeviceId)> = BTreeSet::new();
                 let mut pending_finished: BTreeSet<(Seq, DeviceId)> = BTreeSet::new();
+                // A send being sealed, and what happened after it: no flush writes any of it
+                // until it is complete. A real flush waits for the sends reserved before it
+                // began (`MailLog::take_flush`), so a flush here with one open stands for a
+                // flush that began before it was reserved.
+                type Open = (SendMeta, Vec<(DeviceId, Bytes)>, SealedSend);
+                let mut open: Option<Open> = None;
+                let mut behind_waiting: BTreeMap<DeviceId, BTreeSet<Seq>> = BTreeMap::new();
+                let mut behind_finished: BTreeSet<(Seq, DeviceId)> = BTreeSet::new();
+                // Deliveries finished behind a send being sealed, until a flush writes them: a
+                // flush meanwhile may already have collected their rows (it collects what is
+                // finished, whenever it was), so after a crash they may come back or not.
+                let mut early: BTreeSet<(Seq, DeviceId)> = BTreeSet::new();
                 let mut n = 0u64;
                 let dev = |d: u8| -> DeviceId { id(50 + u64::from(d)) };
                 for op in ops {
+                    // What happens now goes after the send being sealed, if there is one.
+                    let after_open = open.is_some();
                     match op {
                         Op::Send { to } => {
                             n += 1;
@@ -1740,9 +2035,36 @@ mod tests {
                             send(&mut state, &mut disk, n, &to);
                             let seq = disk.next_seq;
                             prop_assert_eq!(seq, before + 1);
+                            let now_waiting = if after_open { &mut behind_waiting } else { &mut pending_waiting };
+                            for d in to {
+                                now_waiting.entry(d).or_default().insert(seq);
+                            }
+                        }
+                        Op::Reserve { to } => {
+                            if open.is_some() {
+                                continue;
+                            }
+                            n += 1;
+                            let to: BTreeSet<DeviceId> = to.into_iter().map(dev).filter(|d| !revoked.contains(d)).collect();
+                            let to: Vec<DeviceId> = to.into_iter().collect();
+                            open = Some(reserve(&mut state, &mut disk, n, &to));
+                        }
+                        Op::Complete => {
+                            let Some((meta, envelopes, sealed)) = open.take() else {
+                                continue;
+                            };
+                            let seq = meta.seq;
+                            // Revoked while it was sealed: nothing waits for that device.
+                            let to: Vec<DeviceId> = envelopes.iter().map(|(d, _)| *d).filter(|d| !revoked.contains(d)).collect();
+                            state.complete_send(meta, envelopes, sealed);
                             for d in to {
                                 pending_waiting.entry(d).or_default().insert(seq);
                             }
+                            for (d, seqs) in std::mem::take(&mut behind_waiting) {
+                                pending_waiting.entry(d).or_default().extend(seqs);
+                            }
+                            early.extend(behind_finished.iter().copied());
+                            pending_finished.extend(std::mem::take(&mut behind_finished));
                         }
                         Op::Ack { device, pick } => {
                             let d = dev(device);
@@ -1750,15 +2072,18 @@ mod tests {
                             if list.is_empty() { continue; }
                             let chosen = &list[pick as usize % list.len()];
                             prop_assert_eq!(state.acknowledge(&d, &[chosen.meta.message_id]), 1);
-                            pending_finished.insert((chosen.meta.seq, d));
+                            let now_finished = if after_open { &mut behind_finished } else { &mut pending_finished };
+                            now_finished.insert((chosen.meta.seq, d));
                         }
                         Op::Revoke { device } => {
                             let d = dev(device);
                             revoked.insert(d);
                             state.drop_device(&d);
-                            for s in durable_waiting.get(&d).into_iter().flatten().chain(pending_waiting.get(&d).into_iter().flatten()) {
-                                pending_finished.insert((*s, d));
-                            }
+                            let all = durable_waiting.get(&d).into_iter().flatten()
+                                .chain(pending_waiting.get(&d).into_iter().flatten())
+                                .chain(behind_waiting.get(&d).into_iter().flatten());
+                            let finished: Vec<(Seq, DeviceId)> = all.map(|s| (*s, d)).collect();
+                            if after_open { behind_finished.extend(finished) } else { pending_finished.extend(finished) }
                         }
                         Op::Flush => {
                             flush(&mut state, &mut disk);
@@ -1766,8 +2091,18 @@ mod tests {
                                 durable_waiting.entry(d).or_default().extend(seqs);
                             }
                             durable_finished.extend(std::mem::take(&mut pending_finished));
+                            early.clear();
                         }
                         Op::Crash { keep_rows } => {
+                            // The send being sealed, and the sends after it, never made it. What
+                            // was finished after it may have been made durable all the same (a
+                            // flush collects the rows of what is finished, whenever it was), or
+                            // may come back: either is right, as no one was answered yet.
+                            open = None;
+                            behind_waiting.clear();
+                            let mut maybe_finished = std::mem::take(&mut behind_finished);
+                            maybe_finished.extend(pending_finished.intersection(&early).copied());
+                            early.clear();
                             let plan = state.take_flush();
                             if keep_rows {
                                 // The rows made it; the deletions did not.
@@ -1803,29 +2138,50 @@ mod tests {
                             }
                             state = disk.recover(&revoked);
                             state.check().map_err(TestCaseError::fail)?;
+                            for (s, d) in maybe_finished {
+                                if !state.deliverable(&d, None, usize::MAX).iter().any(|x| x.meta.seq == s) {
+                                    durable_finished.insert((s, d));
+                                }
+                            }
                             disk.next_seq += 1_000; // sled's counter jumps ahead after a crash
                         }
                         Op::Restart => {
+                            // A shutdown waits for the send being sealed.
+                            if let Some((meta, envelopes, sealed)) = open.take() {
+                                let seq = meta.seq;
+                                let to: Vec<DeviceId> = envelopes.iter().map(|(d, _)| *d).filter(|d| !revoked.contains(d)).collect();
+                                state.complete_send(meta, envelopes, sealed);
+                                for d in to {
+                                    pending_waiting.entry(d).or_default().insert(seq);
+                                }
+                                for (d, seqs) in std::mem::take(&mut behind_waiting) {
+                                    pending_waiting.entry(d).or_default().extend(seqs);
+                                }
+                                pending_finished.extend(std::mem::take(&mut behind_finished));
+                            }
                             flush(&mut state, &mut disk);
                             for (d, seqs) in std::mem::take(&mut pending_waiting) {
                                 durable_waiting.entry(d).or_default().extend(seqs);
                             }
                             durable_finished.extend(std::mem::take(&mut pending_finished));
+                            early.clear();
                             state = disk.recover(&revoked);
                             state.check().map_err(TestCaseError::fail)?;
                         }
                         Op::Expire { before } => {
                             let cutoff = u64::from(before) * 1_000;
                             state.expire(|m| m.server_time_ms <= cutoff, |_| false, |_| true);
-                            for (d, seqs) in durable_waiting.iter().chain(pending_waiting.iter()) {
+                            let mut finished = Vec::new();
+                            for (d, seqs) in durable_waiting.iter().chain(pending_waiting.iter()).chain(behind_waiting.iter()) {
                                 for s in seqs {
-                                    // seq == n here, and server_time_ms = 1000 * n.
+                                    // server_time_ms = 1000 * n.
                                     let time = state_time(&state, *s).unwrap_or(u64::MAX);
                                     if time <= cutoff {
-                                        pending_finished.insert((*s, *d));
+                                        finished.push((*s, *d));
                                     }
                                 }
                             }
+                            if after_open { behind_finished.extend(finished) } else { pending_finished.extend(finished) }
                         }
                     }
                     // What the state offers: every durable delivery not finished, in order,
@@ -1841,6 +2197,7 @@ mod tests {
                             // once a flush wrote it.
                             let finished = durable_finished.contains(&(*s, d))
                                 || pending_finished.contains(&(*s, d))
+                                || behind_finished.contains(&(*s, d))
                                 || revoked.contains(&d);
                             if !finished {
                                 prop_assert!(offered.contains(s), "durable delivery {} to {:?} lost", s, d);
@@ -1853,6 +2210,7 @@ mod tests {
                             );
                             prop_assert!(!durable_finished.contains(&(*s, d)), "finished delivery {} to {:?} came back", s, d);
                             prop_assert!(!pending_finished.contains(&(*s, d)), "finished delivery {} offered", s);
+                            prop_assert!(!behind_finished.contains(&(*s, d)), "finished delivery {} offered", s);
                         }
                     }
                 }
