@@ -1,7 +1,7 @@
 //! Proves: nothing acknowledged is lost. A send is acknowledged only once durable, so killing
 //! the server with SIGKILL at any moment, then restarting it, loses no acknowledged message and
 //! leaves the database readable. A repeated (sender device, client message id) is stored and
-//! delivered once.
+//! delivered once, and answered as the same message even once its devices no longer match.
 
 #![allow(
     clippy::unwrap_used,
@@ -147,10 +147,41 @@ async fn a_repeated_client_message_id_is_stored_and_delivered_once() {
         ServerMessage::SendAccepted(a) => a,
         other => panic!("{other:?}"),
     };
-    for repeat in [&again, &third] {
+    // A repeat whose envelopes no longer match the recipients' devices (as when one was
+    // enrolled since) is still the same message: answered as such, not refused.
+    let with_devices = |request: ClientRequest| match request {
+        ClientRequest::Send(mut send) => {
+            send.envelopes.push(Envelope {
+                recipient_device: DeviceId::from_array([7; 16]),
+                ciphertext: medrelay_proto::Bytes::from_static(b"x"),
+            });
+            ClientRequest::Send(send)
+        }
+        other => other,
+    };
+    let fourth = match patient
+        .request(with_devices(send_request(&pair, 1, 1)))
+        .await
+        .unwrap()
+    {
+        ServerMessage::SendAccepted(a) => a,
+        other => panic!("{other:?}"),
+    };
+    for repeat in [&again, &third, &fourth] {
         assert!(repeat.duplicate);
         assert_eq!(repeat.message_id, first.message_id);
         assert_eq!(repeat.server_time_ms, first.server_time_ms);
+    }
+    // The same envelopes under a new id are refused.
+    match patient
+        .request(with_devices(send_request(&pair, 2, 1)))
+        .await
+        .unwrap()
+    {
+        ServerMessage::Error(e) => {
+            assert_eq!(e.code, medrelay_proto::ErrorCode::DevicesMismatch)
+        }
+        other => panic!("{other:?}"),
     }
     let mut staff = pair.staff.connect(&server).await.unwrap();
     let deliveries = staff
