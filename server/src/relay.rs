@@ -1171,6 +1171,14 @@ impl Relay {
                 duplicate: true,
                 recipients: Vec::new(),
             },
+            // Answering it as a duplicate could confirm a send that then fails to be stored.
+            StoreSendOutcome::InProgress => {
+                return Err(WireError::new(
+                    ErrorCode::Internal,
+                    "this message is being stored from another connection right now; send it \
+                     again with the same client message id",
+                ))
+            }
         })
     }
 

@@ -237,11 +237,11 @@ struct Sealing<'a> {
 
 impl Sealing<'_> {
     fn complete(mut self, envelopes: Vec<(DeviceId, Bytes)>, sealed: SealedSend) -> SendRecord {
-        self.open = false;
         let (record, wake) = self
             .log
             .state()
             .complete_send(self.meta.clone(), envelopes, sealed);
+        self.open = false;
         if wake {
             self.log.sealed.notify_all();
         }
@@ -415,6 +415,7 @@ impl MailLog {
         })?;
         let meta = match reserved {
             Reservation::Duplicate(record) => return Ok(StoreSendOutcome::Duplicate(record)),
+            Reservation::InProgress => return Ok(StoreSendOutcome::InProgress),
             Reservation::Reserved(meta) => meta,
         };
         // From here until it is completed, dropping this gives the reservation up.
@@ -586,10 +587,14 @@ impl MailLog {
         let mut state = self.state();
         // Every send stored before this flush began goes into it, so that a sync that began
         // after a send was stored covers it: wait for those still being sealed (each takes
-        // microseconds, and no lock is held meanwhile but this condvar's).
+        // microseconds, and no lock is held meanwhile but this condvar's). The server's
+        // requests hold the flush barrier while they store a send (`Store::hold_flush`), so
+        // there a flush never finds one; this keeps the mail log right on its own.
         let cut = state.last_reserved();
-        while state.must_wait_for_sealing(cut) {
+        while state.sealing_through(cut) {
+            state.flush_waits(true);
             state = self.sealed.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.flush_waits(false);
         }
         let plan = state.take_flush();
         drop(state);
@@ -1137,6 +1142,45 @@ mod tests {
             fixture.log.sent(&id(4), &id(1)).is_none(),
             "its id is free again"
         );
+    }
+
+    #[test]
+    fn a_repeat_of_a_send_being_sealed_is_refused_until_the_first_is_done_with() {
+        let fixture = open(tempfile::tempdir().unwrap());
+        let bob: DeviceId = id(50);
+        let repeat = || NewSend {
+            org: id(1),
+            conversation: id(2),
+            sender_user: id(3),
+            sender_device: id(4),
+            client_message_id: id(1),
+            record: SendRecord {
+                message_id: id(201),
+                server_time_ms: 1_700_000_000_000,
+            },
+            envelopes: vec![(bob, Bytes::from_static(b"again"))],
+            archive: None,
+        };
+        let sealing = reserve(&fixture, 1);
+        // Not a duplicate yet: the first could still fail to be stored.
+        assert_eq!(
+            fixture.log.store_send(repeat()).unwrap(),
+            StoreSendOutcome::InProgress
+        );
+        // The first is given up (its sealing failed): the repeat is stored as new.
+        drop(sealing);
+        let stored = fixture.log.store_send(repeat()).unwrap();
+        assert!(
+            matches!(stored, StoreSendOutcome::Stored(r) if r.message_id == id(201)),
+            "{stored:?}"
+        );
+        flush(&fixture);
+        assert_eq!(texts(&fixture, &bob), vec!["again".to_string()]);
+        // Now it is a duplicate.
+        assert!(matches!(
+            fixture.log.store_send(repeat()).unwrap(),
+            StoreSendOutcome::Duplicate(r) if r.message_id == id(201)
+        ));
     }
 
     #[test]

@@ -313,6 +313,9 @@ pub enum Reservation {
     Reserved(SendMeta),
     /// This (sender device, client message id) was sent before: nothing was reserved.
     Duplicate(SendRecord),
+    /// This (sender device, client message id) is being sealed right now: nothing was
+    /// reserved. It cannot be answered as a duplicate yet, as the first may still be given up.
+    InProgress,
 }
 
 /// An entry of what the next flush writes: a record, or the place of a send being sealed.
@@ -324,12 +327,15 @@ enum Pending {
 }
 
 /// The outcome of appending a send.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
     /// Stored (durable at the next flush).
     Stored(SendRecord),
     /// This (sender device, client message id) was sent before: nothing was stored.
     Duplicate(SendRecord),
+    /// This (sender device, client message id) is being sealed: nothing was stored.
+    InProgress,
 }
 
 /// One send whose records are still in the log (or pending).
@@ -436,12 +442,12 @@ pub struct MailState {
     next_flush: u64,
     /// What the next flush writes, in the order it happened.
     pending: Vec<Pending>,
-    /// Sends reserved and not yet completed or given up.
-    sealing: BTreeSet<Seq>,
+    /// Sends reserved and not yet completed or given up, with their idempotency keys.
+    sealing: BTreeMap<Seq, SentKey>,
     /// The newest position reserved.
     last_reserved: Seq,
-    /// A flush waits for a send being sealed (see [`Self::must_wait_for_sealing`]).
-    flush_waiting: bool,
+    /// Flushes waiting for a send being sealed (see [`Self::sealing_through`]).
+    flushes_waiting: usize,
     sends: HashMap<Seq, Send>,
     queues: HashMap<DeviceId, Queue>,
     sent: SentIndex,
@@ -474,9 +480,9 @@ impl MailState {
             next_group: next_group.max(1),
             next_flush: 1,
             pending: Vec::new(),
-            sealing: BTreeSet::new(),
+            sealing: BTreeMap::new(),
             last_reserved: 0,
-            flush_waiting: false,
+            flushes_waiting: 0,
             sends: HashMap::new(),
             queues: HashMap::new(),
             sent: SentIndex::new(),
@@ -597,6 +603,8 @@ impl MailState {
 
     /// Appends a send, or finds it was sent before: [`Self::reserve_send`], `seal`, then
     /// [`Self::complete_send`] (or [`Self::cancel_send`] if `seal` fails: nothing changes).
+    /// The tests' shorthand for what the mail log does in steps.
+    #[cfg(test)]
     pub fn append_send<E>(
         &mut self,
         meta_without_seq: SendMeta,
@@ -606,6 +614,7 @@ impl MailState {
     ) -> Result<Appended, E> {
         let meta = match self.reserve_send(meta_without_seq, next_seq)? {
             Reservation::Duplicate(record) => return Ok(Appended::Duplicate(record)),
+            Reservation::InProgress => return Ok(Appended::InProgress),
             Reservation::Reserved(meta) => meta,
         };
         match seal(&meta) {
@@ -637,6 +646,10 @@ impl MailState {
     ) -> Result<Reservation, E> {
         let key = meta_without_seq.idempotency_key();
         if let Some(previous) = self.sent.get(&key) {
+            // At most one send per runtime worker is being sealed at a time: a short look.
+            if self.sealing.values().any(|k| *k == key) {
+                return Ok(Reservation::InProgress);
+            }
             return Ok(Reservation::Duplicate(*previous));
         }
         let seq = next_seq()?;
@@ -644,9 +657,9 @@ impl MailState {
             seq,
             ..meta_without_seq
         };
-        // Recorded now, so a repeat arriving while this one is sealed is a duplicate.
+        // Recorded now, so a repeat arriving while this one is sealed is not taken as new.
         self.sent.insert(key, meta.record());
-        self.sealing.insert(seq);
+        self.sealing.insert(seq, key);
         self.last_reserved = self.last_reserved.max(seq);
         self.pending.push(Pending::Sealing(seq));
         Ok(Reservation::Reserved(meta))
@@ -654,7 +667,7 @@ impl MailState {
 
     /// Completes a reserved send with its sealed records: it waits for its devices from the
     /// next flush on. Also returns whether a flush waits for it (see
-    /// [`Self::must_wait_for_sealing`]).
+    /// [`Self::sealing_through`]).
     pub fn complete_send(
         &mut self,
         meta: SendMeta,
@@ -699,7 +712,7 @@ impl MailState {
             None => self.pending.push(ready),
         }
         self.sealing.remove(&seq);
-        (record, self.flush_waiting)
+        (record, self.flushes_waiting > 0)
     }
 
     /// Gives up a reserved send (its records could not be sealed): as if it never came. Returns
@@ -716,7 +729,7 @@ impl MailState {
         {
             self.sent.remove(&key);
         }
-        self.flush_waiting
+        self.flushes_waiting > 0
     }
 
     /// The newest position reserved so far.
@@ -727,11 +740,19 @@ impl MailState {
     /// Whether a send at or before position `cut` is still being sealed. A flush takes, from
     /// the state, every send reserved before the flush began (`cut`: the
     /// [`Self::last_reserved`] then), so that a sync that began after a send was stored covers
-    /// it: until this is false, it waits, and [`Self::complete_send`] and
-    /// [`Self::cancel_send`] say when to look again.
-    pub fn must_wait_for_sealing(&mut self, cut: Seq) -> bool {
-        self.flush_waiting = self.sealing.range(..=cut).next().is_some();
-        self.flush_waiting
+    /// it: while this is true, it waits, counted by [`Self::flush_waits`], and
+    /// [`Self::complete_send`] and [`Self::cancel_send`] say when to look again.
+    pub fn sealing_through(&self, cut: Seq) -> bool {
+        self.sealing.range(..=cut).next().is_some()
+    }
+
+    /// A flush starts (`true`) or stops (`false`) waiting for sends being sealed.
+    pub fn flush_waits(&mut self, waiting: bool) {
+        if waiting {
+            self.flushes_waiting += 1;
+        } else {
+            self.flushes_waiting = self.flushes_waiting.saturating_sub(1);
+        }
     }
 
     /// Up to `limit` durable deliveries waiting for `device` after position `after` (from
@@ -1286,7 +1307,7 @@ impl MailState {
                 Pending::Ready(_) => None,
             })
             .collect();
-        if placed != self.sealing {
+        if placed != self.sealing.keys().copied().collect() {
             return Err("the sends being sealed and their places in the log differ".into());
         }
         let mut last = 0;
@@ -1622,14 +1643,20 @@ mod tests {
         let (sealing, envelopes, sealed) = reserve(&mut state, &mut disk, 2, &[bob]);
         send(&mut state, &mut disk, 3, &[bob]);
         assert_eq!(state.last_reserved(), 3);
-        assert!(state.must_wait_for_sealing(3));
-        assert!(!state.must_wait_for_sealing(1));
+        assert!(state.sealing_through(3));
+        assert!(!state.sealing_through(1));
         // A flush now writes send 1 only: send 3 came after the one being sealed.
         flush(&mut state, &mut disk);
         assert_eq!(state.durable(), 1);
         assert_eq!(waiting(&state, &bob), vec![id(1001)]);
         let (_, wake) = state.complete_send(sealing, envelopes, sealed);
         assert!(!wake, "no flush waited");
+        // Complete, a repeat is a duplicate.
+        let next = &mut disk.next_seq;
+        let again = state
+            .reserve_send(meta(2), || Ok::<_, ()>(*next + 1))
+            .unwrap();
+        assert!(matches!(again, Reservation::Duplicate(r) if r.message_id == id(1002)));
         state.check().unwrap();
         assert_eq!(
             waiting(&state, &bob),
@@ -1652,7 +1679,8 @@ mod tests {
         let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
         let bob: DeviceId = id(50);
         let (sealing, _, _) = reserve(&mut state, &mut disk, 1, &[bob]);
-        // A repeat while it is sealed is a duplicate of it.
+        // A repeat while it is sealed is neither new nor, yet, a duplicate: the first may
+        // still be given up, and a repeat answered as accepted would then be lost.
         let next = &mut disk.next_seq;
         let again = state
             .reserve_send(meta(1), || {
@@ -1660,11 +1688,13 @@ mod tests {
                 Ok::<_, ()>(*next)
             })
             .unwrap();
-        assert_eq!(again, Reservation::Duplicate(sealing.record()));
+        assert_eq!(again, Reservation::InProgress);
         send(&mut state, &mut disk, 2, &[bob]);
-        assert!(state.must_wait_for_sealing(2));
+        assert!(state.sealing_through(2));
+        state.flush_waits(true);
         assert!(state.cancel_send(&sealing), "the flush waiting is told");
-        assert!(!state.must_wait_for_sealing(2));
+        state.flush_waits(false);
+        assert!(!state.sealing_through(2));
         state.check().unwrap();
         flush(&mut state, &mut disk);
         assert_eq!(waiting(&state, &bob), vec![id(1002)]);
@@ -1689,7 +1719,7 @@ mod tests {
         assert_eq!(failed, Err("no key"));
         assert!(!state.has_work());
         assert!(state.sent(&id(4), &id(1)).is_none());
-        assert!(!state.must_wait_for_sealing(u64::MAX));
+        assert!(!state.sealing_through(u64::MAX));
         state.check().unwrap();
         disk.next_seq = 1;
         send(&mut state, &mut disk, 1, &[bob]);

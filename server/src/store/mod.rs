@@ -69,6 +69,10 @@ pub enum StoreSendOutcome {
     Stored(SendRecord),
     /// The same sender device already sent this client message id; nothing was written.
     Duplicate(SendRecord),
+    /// The same sender device's send of this client message id is being stored right now
+    /// (another connection's): nothing was written, and whether that send will be stored is
+    /// not known yet. Answered as a transient failure, so the client sends it again.
+    InProgress,
 }
 
 /// One delivery waiting in a device's mailbox, with its position.
