@@ -1162,7 +1162,9 @@ mod tests {
             archive: None,
         };
         let sealing = reserve(&fixture, 1);
-        // Not a duplicate yet: the first could still fail to be stored.
+        // Not a duplicate yet: the first could still fail to be stored. The relay looks
+        // first, then stores.
+        assert!(fixture.log.sent(&id(4), &id(1)).is_none());
         assert_eq!(
             fixture.log.store_send(repeat()).unwrap(),
             StoreSendOutcome::InProgress

@@ -592,13 +592,19 @@ impl MailState {
         state
     }
 
-    /// The earlier send of this (sender device, client message id), if any.
+    /// The earlier send of this (sender device, client message id), if any. A send still
+    /// being sealed is not one yet: it may still be given up (a repeat then goes on to
+    /// [`Self::reserve_send`], which says it is in progress).
     pub fn sent(
         &self,
         sender: &DeviceId,
         client_message_id: &ClientMessageId,
     ) -> Option<SendRecord> {
-        self.sent.get(&(*sender, *client_message_id)).copied()
+        let key = (*sender, *client_message_id);
+        if self.sealing.values().any(|k| *k == key) {
+            return None;
+        }
+        self.sent.get(&key).copied()
     }
 
     /// Appends a send, or finds it was sent before: [`Self::reserve_send`], `seal`, then
@@ -895,7 +901,15 @@ impl MailState {
             }
             if forget_record(&send.meta) {
                 send.expired = true;
-                self.sent.remove(&send.meta.idempotency_key());
+                // Only its own record: a later send may have reused the key since.
+                let key = send.meta.idempotency_key();
+                if self
+                    .sent
+                    .get(&key)
+                    .is_some_and(|r| r.message_id == send.meta.message_id)
+                {
+                    self.sent.remove(&key);
+                }
             }
         }
         for (device, seqs) in to_finish {
@@ -1689,6 +1703,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(again, Reservation::InProgress);
+        assert_eq!(state.sent(&id(4), &id(1)), None, "not a send yet");
         send(&mut state, &mut disk, 2, &[bob]);
         assert!(state.sealing_through(2));
         state.flush_waits(true);
@@ -1934,6 +1949,46 @@ mod tests {
             .values()
             .flatten()
             .all(|m| m.client_message_id != id(1)));
+    }
+
+    #[test]
+    fn retention_forgets_only_its_own_idempotency_record_not_a_later_one_with_the_same_key() {
+        let (mut state, mut disk) = (MailState::new(1, 1 << 20), Disk::default());
+        let bob: DeviceId = id(50);
+        send(&mut state, &mut disk, 1, &[bob]);
+        flush(&mut state, &mut disk);
+        state.expire(|m| m.server_time_ms <= 1_000, |_| false, |_| true);
+        assert!(state.sent(&id(4), &id(1)).is_none());
+        // The client reuses the id for a new message while the old send is still in the log.
+        let reused = SendMeta {
+            message_id: id(5000),
+            server_time_ms: 9_000,
+            ..meta(1)
+        };
+        let next = disk.next_seq + 1;
+        disk.next_seq = next;
+        let appended = state
+            .append_send(
+                reused,
+                vec![(bob, Bytes::from_static(b"new"))],
+                || Ok::<_, ()>(next),
+                |_| {
+                    Ok(SealedSend {
+                        header: Vec::new(),
+                        envelopes: vec![(bob, b"new".to_vec())],
+                        archive: None,
+                    })
+                },
+            )
+            .unwrap();
+        assert!(matches!(appended, Appended::Stored(_)));
+        // The next pass meets the old send again: the new record stays.
+        state.expire(|m| m.server_time_ms <= 1_000, |_| false, |_| true);
+        assert_eq!(
+            state.sent(&id(4), &id(1)).map(|r| r.message_id),
+            Some(id(5000))
+        );
+        state.check().unwrap();
     }
 
     #[test]
