@@ -437,6 +437,9 @@ pub struct Measured {
     pub syncs: Option<u64>,
     /// Microseconds spent in storage flushes in that time (relay only).
     pub flush_us: Option<u64>,
+    /// The longest storage flush of that time, microseconds, if it was longer than every
+    /// flush before it (the server keeps only the longest since it started); else none.
+    pub slowest_flush_us: Option<u64>,
     /// Flows that sent less than half of what the phase asked of them (none at all, at
     /// saturation): how many, and the first few, each with where it waited at the end.
     pub flows_behind: usize,

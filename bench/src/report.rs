@@ -31,15 +31,17 @@ fn phase_row(out: &mut String, name: &str, phase: &Value) {
     };
     let _ = writeln!(
         out,
-        "| {name}{behind} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {name}{behind} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         num(&phase["delivered_per_s"], 0),
         num(&phase["server_cpu_us_per_msg"], 2),
         num(&phase["server_cores"], 2),
         num(&phase["p50_ms"], 3),
         num(&phase["p99_ms"], 3),
         num(&phase["p999_ms"], 3),
+        num(&phase["max_ms"], 1),
         num_or_dash(&phase["msgs_per_flush"], 1),
         num_or_dash(&phase["flush_ms_mean"], 2),
+        num_or_dash(&phase["slowest_flush_ms"], 1),
     );
 }
 
@@ -161,7 +163,13 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
     let _ = writeln!(out, "\n## Throughput and latency\n");
     let _ = writeln!(
         out,
-        "| system, phase | delivered msgs/s | server CPU µs/msg | server cores | p50 ms | p99 ms | p99.9 ms | msgs/flush | ms/flush |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "\"max ms\" is the phase's slowest message; \"slowest flush ms\" its longest storage \
+         flush, shown when that was the server's longest so far (the server keeps only that), so \
+         a stall can be told to be in the flush or elsewhere.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| system, phase | delivered msgs/s | server CPU µs/msg | server cores | p50 ms | p99 ms | p99.9 ms | max ms | msgs/flush | ms/flush | slowest flush ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let scenarios = &results["scenarios"];
     for (key, name) in [
@@ -203,7 +211,7 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
         let s = &scenarios[key];
         let _ = writeln!(
             out,
-            "| {name} | {} | {} | | | | | | |",
+            "| {name} | {} | {} | | | | | | | | |",
             num(&s["delivered_per_s"], 1),
             num(&s["server_cpu_us_per_msg"], 2)
         );

@@ -55,6 +55,10 @@ pub struct PhaseReport {
     pub flushes_per_s: Option<f64>,
     /// Mean time of one storage flush, ms (relay only).
     pub flush_ms_mean: Option<f64>,
+    /// The longest storage flush of the phase, ms, when it was the server's longest so far
+    /// (relay only; absent when no flush of the phase beat an earlier one). Tells a stall in
+    /// the flush from one elsewhere.
+    pub slowest_flush_ms: Option<f64>,
     /// Sender flows that fell behind (see `Measured::flows_behind`), and the first few.
     pub flows_behind: usize,
     pub flows_behind_detail: Vec<String>,
@@ -84,6 +88,7 @@ impl PhaseReport {
                 (Some(us), Some(f)) if f > 0 => Some(round(us as f64 / f as f64 / 1000.0, 2)),
                 _ => None,
             },
+            slowest_flush_ms: m.slowest_flush_us.map(|us| round(us as f64 / 1000.0, 2)),
             flows_behind: m.flows_behind,
             flows_behind_detail: m.flows_behind_detail.clone(),
         }
@@ -221,6 +226,9 @@ pub async fn measure(
         flush_us: commit0
             .zip(commit1)
             .map(|(a, b)| b.flush_us.saturating_sub(a.flush_us)),
+        slowest_flush_us: commit0.zip(commit1).and_then(|(a, b)| {
+            (b.slowest_flush_us > a.slowest_flush_us).then_some(b.slowest_flush_us)
+        }),
         flows_behind: behind.len(),
         flows_behind_detail: behind.into_iter().take(5).collect(),
     })

@@ -219,6 +219,8 @@ pub struct CommitCounters {
     pub syncs: u64,
     /// Microseconds spent in flushes so far.
     pub flush_us: u64,
+    /// The longest flush so far, microseconds.
+    pub slowest_flush_us: u64,
 }
 
 /// Reads `/metrics` over HTTPS.
@@ -248,5 +250,6 @@ pub async fn metrics(
         flushes: value("medrelay_storage_flushes_total ")?,
         syncs: value("medrelay_storage_syncs_total ")?,
         flush_us: value("medrelay_storage_flush_microseconds_total ")?,
+        slowest_flush_us: value("medrelay_storage_flush_microseconds_max ")?,
     })
 }
