@@ -437,9 +437,10 @@ pub struct Measured {
     pub syncs: Option<u64>,
     /// Microseconds spent in storage flushes in that time (relay only).
     pub flush_us: Option<u64>,
-    /// The longest storage flush of that time, microseconds, if it was longer than every
-    /// flush before it (the server keeps only the longest since it started); else none.
-    pub slowest_flush_us: Option<u64>,
+    /// The longest storage flush of that time, microseconds, and whether that is exact (it
+    /// was the server's longest so far) or the upper bound of its histogram bucket; none
+    /// when no flush happened (or not the relay).
+    pub slowest_flush: Option<(u64, bool)>,
     /// Flows that sent less than half of what the phase asked of them (none at all, at
     /// saturation): how many, and the first few, each with where it waited at the end.
     pub flows_behind: usize,

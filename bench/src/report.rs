@@ -20,6 +20,16 @@ fn num_or_dash(value: &Value, digits: usize) -> String {
     }
 }
 
+/// The phase's slowest flush: exact, or "≤ bound" when only its histogram bucket is known
+/// (older results, without the flag, kept only exact figures).
+fn slowest_flush(phase: &Value) -> String {
+    let figure = num_or_dash(&phase["slowest_flush_ms"], 1);
+    match phase["slowest_flush_exact"].as_bool() {
+        Some(false) => format!("≤ {figure}"),
+        _ => figure,
+    }
+}
+
 fn phase_row(out: &mut String, name: &str, phase: &Value) {
     // A phase some sender flows fell behind in measured less load than it names: say so.
     let behind = match phase["flows_behind"].as_u64() {
@@ -41,7 +51,7 @@ fn phase_row(out: &mut String, name: &str, phase: &Value) {
         num(&phase["max_ms"], 1),
         num_or_dash(&phase["msgs_per_flush"], 1),
         num_or_dash(&phase["flush_ms_mean"], 2),
-        num_or_dash(&phase["slowest_flush_ms"], 1),
+        slowest_flush(phase),
     );
 }
 
@@ -164,8 +174,9 @@ pub fn markdown(results: &Value, command: &str, findings: &str) -> String {
     let _ = writeln!(
         out,
         "\"max ms\" is the phase's slowest message; \"slowest flush ms\" its longest storage \
-         flush, shown when that was the server's longest so far (the server keeps only that), so \
-         a stall can be told to be in the flush or elsewhere.\n"
+         flush (exact when it was the server's longest so far, else \"≤\" the bound of its \
+         bucket in the server's histogram of flush durations), so a stall can be told to be in \
+         the flush or elsewhere.\n"
     );
     let _ = writeln!(
         out,

@@ -13,7 +13,7 @@ use crate::client::{Target, Ws};
 use crate::clinic::{recipients, Clinic, Device};
 use crate::load::{drive, FrameSink, Measured, Phase, Tracker};
 use crate::procfs;
-use crate::server::{metrics, CommitCounters};
+use crate::server::{metrics, slowest_flush_between, CommitCounters};
 use crate::transport::{
     forwarder_receiver, relay_receiver, relay_sender_replies, SendFrames, WsSink,
 };
@@ -55,10 +55,13 @@ pub struct PhaseReport {
     pub flushes_per_s: Option<f64>,
     /// Mean time of one storage flush, ms (relay only).
     pub flush_ms_mean: Option<f64>,
-    /// The longest storage flush of the phase, ms, when it was the server's longest so far
-    /// (relay only; absent when no flush of the phase beat an earlier one). Tells a stall in
-    /// the flush from one elsewhere.
+    /// The longest storage flush of the phase, ms (relay only): exact when it was the
+    /// server's longest so far, else the upper bound of its bucket in the server's histogram
+    /// of flush durations (see `slowest_flush_exact`). Tells a stall in the flush from one
+    /// elsewhere.
     pub slowest_flush_ms: Option<f64>,
+    /// Whether `slowest_flush_ms` is the flush's own duration or its bucket's upper bound.
+    pub slowest_flush_exact: Option<bool>,
     /// Sender flows that fell behind (see `Measured::flows_behind`), and the first few.
     pub flows_behind: usize,
     pub flows_behind_detail: Vec<String>,
@@ -88,7 +91,8 @@ impl PhaseReport {
                 (Some(us), Some(f)) if f > 0 => Some(round(us as f64 / f as f64 / 1000.0, 2)),
                 _ => None,
             },
-            slowest_flush_ms: m.slowest_flush_us.map(|us| round(us as f64 / 1000.0, 2)),
+            slowest_flush_ms: m.slowest_flush.map(|(us, _)| round(us as f64 / 1000.0, 2)),
+            slowest_flush_exact: m.slowest_flush.map(|(_, exact)| exact),
             flows_behind: m.flows_behind,
             flows_behind_detail: m.flows_behind_detail.clone(),
         }
@@ -218,17 +222,21 @@ pub async fn measure(
         server_cpu_us: cpu1.cpu_us.saturating_sub(cpu0.cpu_us),
         latency,
         flushes: commit0
-            .zip(commit1)
+            .as_ref()
+            .zip(commit1.as_ref())
             .map(|(a, b)| b.flushes.saturating_sub(a.flushes)),
         syncs: commit0
-            .zip(commit1)
+            .as_ref()
+            .zip(commit1.as_ref())
             .map(|(a, b)| b.syncs.saturating_sub(a.syncs)),
         flush_us: commit0
-            .zip(commit1)
+            .as_ref()
+            .zip(commit1.as_ref())
             .map(|(a, b)| b.flush_us.saturating_sub(a.flush_us)),
-        slowest_flush_us: commit0.zip(commit1).and_then(|(a, b)| {
-            (b.slowest_flush_us > a.slowest_flush_us).then_some(b.slowest_flush_us)
-        }),
+        slowest_flush: commit0
+            .as_ref()
+            .zip(commit1.as_ref())
+            .and_then(|(a, b)| slowest_flush_between(a, b)),
         flows_behind: behind.len(),
         flows_behind_detail: behind.into_iter().take(5).collect(),
     })

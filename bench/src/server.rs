@@ -211,7 +211,7 @@ impl Drop for Forwarder {
 }
 
 /// Storage group-commit counters as the server reports them at `/metrics`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CommitCounters {
     /// Storage flushes so far.
     pub flushes: u64,
@@ -221,6 +221,9 @@ pub struct CommitCounters {
     pub flush_us: u64,
     /// The longest flush so far, microseconds.
     pub slowest_flush_us: u64,
+    /// Flushes so far by duration: (upper bound in µs, or `u64::MAX` for the last bucket;
+    /// flushes at most that long), cumulative, in the order of the bounds.
+    pub flush_buckets: Vec<(u64, u64)>,
 }
 
 /// Reads `/metrics` over HTTPS.
@@ -251,5 +254,121 @@ pub async fn metrics(
         syncs: value("medrelay_storage_syncs_total ")?,
         flush_us: value("medrelay_storage_flush_microseconds_total ")?,
         slowest_flush_us: value("medrelay_storage_flush_microseconds_max ")?,
+        flush_buckets: flush_buckets(&text)?,
     })
+}
+
+/// The cumulative buckets of `medrelay_storage_flush_seconds` in a `/metrics` text.
+fn flush_buckets(text: &str) -> anyhow::Result<Vec<(u64, u64)>> {
+    let mut buckets = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("medrelay_storage_flush_seconds_bucket{le=\"") else {
+            continue;
+        };
+        let (le, count) = rest
+            .split_once("\"} ")
+            .ok_or_else(|| anyhow!("/metrics: unreadable bucket line {line:?}"))?;
+        let bound_us = if le == "+Inf" {
+            u64::MAX
+        } else {
+            let seconds: f64 = le
+                .parse()
+                .map_err(|e| anyhow!("/metrics bucket {le:?}: {e}"))?;
+            (seconds * 1e6).round() as u64
+        };
+        let count = count
+            .trim()
+            .parse()
+            .map_err(|e| anyhow!("/metrics bucket {le:?}: {e}"))?;
+        buckets.push((bound_us, count));
+    }
+    if buckets.is_empty() {
+        return Err(anyhow!(
+            "/metrics has no medrelay_storage_flush_seconds histogram"
+        ));
+    }
+    Ok(buckets)
+}
+
+/// The longest flush between two readings: exact when it was the server's longest so far
+/// (the gauge rose), else the upper bound of the highest histogram bucket that gained a
+/// flush (`(µs, exact)`); none when no flush happened.
+pub fn slowest_flush_between(
+    before: &CommitCounters,
+    after: &CommitCounters,
+) -> Option<(u64, bool)> {
+    if after.slowest_flush_us > before.slowest_flush_us {
+        return Some((after.slowest_flush_us, true));
+    }
+    let gained = |i: usize| {
+        let now = after.flush_buckets.get(i).map_or(0, |b| b.1);
+        let then = before.flush_buckets.get(i).map_or(0, |b| b.1);
+        now.saturating_sub(then)
+    };
+    let total = gained(after.flush_buckets.len().checked_sub(1)?);
+    if total == 0 {
+        return None;
+    }
+    // Cumulative counts: the first bucket that gained them all bounds the slowest flush.
+    (0..after.flush_buckets.len())
+        .find(|&i| gained(i) == total)
+        .and_then(|i| after.flush_buckets.get(i))
+        .map(|&(bound, _)| (bound, false))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = "\
+medrelay_storage_flush_microseconds_max 30000
+medrelay_storage_flush_seconds_bucket{le=\"0.001\"} 4
+medrelay_storage_flush_seconds_bucket{le=\"0.02\"} 9
+medrelay_storage_flush_seconds_bucket{le=\"0.05\"} 10
+medrelay_storage_flush_seconds_bucket{le=\"+Inf\"} 10
+";
+
+    fn counters(text: &str) -> CommitCounters {
+        CommitCounters {
+            slowest_flush_us: 30_000,
+            flush_buckets: flush_buckets(text).unwrap(),
+            ..CommitCounters::default()
+        }
+    }
+
+    #[test]
+    fn reads_the_flush_histogram() {
+        assert_eq!(
+            flush_buckets(METRICS).unwrap(),
+            vec![(1_000, 4), (20_000, 9), (50_000, 10), (u64::MAX, 10)]
+        );
+        assert!(flush_buckets("medrelay_storage_flushes_total 3\n").is_err());
+    }
+
+    #[test]
+    fn the_slowest_flush_is_bounded_by_the_highest_bucket_that_gained() {
+        let before = counters(METRICS);
+        // Two more flushes: one within 1 ms, one within 20 ms.
+        let after = counters(
+            &METRICS
+                .replace("} 4", "} 5")
+                .replace("} 9", "} 11")
+                .replace("} 10", "} 12"),
+        );
+        assert_eq!(
+            slowest_flush_between(&before, &after),
+            Some((20_000, false))
+        );
+        assert_eq!(slowest_flush_between(&before, &before), None);
+        // A new longest flush is known exactly.
+        let longer = CommitCounters {
+            slowest_flush_us: 70_000,
+            ..counters(&METRICS.replace("} 10", "} 11"))
+        };
+        assert_eq!(
+            slowest_flush_between(&before, &longer),
+            Some((70_000, true))
+        );
+    }
 }

@@ -82,6 +82,21 @@ pub struct GroupCommit {
     syncs: AtomicU64,
     flush_us: AtomicU64,
     slowest_flush_us: AtomicU64,
+    /// Flushes by duration: `flush_buckets[i]` counts those over the previous bound and at
+    /// most `FLUSH_BUCKET_BOUNDS_US[i]`; the last counts those over every bound.
+    flush_buckets: [AtomicU64; FLUSH_BUCKETS],
+}
+
+/// Upper bounds of the flush-duration histogram, microseconds (1 ms to 2 s).
+pub const FLUSH_BUCKET_BOUNDS_US: [u64; 11] = [
+    1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 2_000_000,
+];
+/// Buckets of the flush-duration histogram: one per bound, and one for longer flushes.
+pub const FLUSH_BUCKETS: usize = FLUSH_BUCKET_BOUNDS_US.len() + 1;
+
+/// The histogram bucket of a flush that took `us` microseconds.
+fn flush_bucket(us: u64) -> usize {
+    FLUSH_BUCKET_BOUNDS_US.partition_point(|&bound| bound < us)
 }
 
 /// Why a write could not be made durable.
@@ -106,6 +121,9 @@ pub struct CommitStats {
     pub flush_us: u64,
     /// The longest flush so far, in microseconds.
     pub slowest_flush_us: u64,
+    /// Flushes so far by duration, per bucket of [`FLUSH_BUCKET_BOUNDS_US`] (not cumulative;
+    /// the last bucket holds those longer than every bound).
+    pub flush_buckets: [u64; FLUSH_BUCKETS],
 }
 
 impl GroupCommit {
@@ -130,6 +148,7 @@ impl GroupCommit {
             syncs: AtomicU64::new(0),
             flush_us: AtomicU64::new(0),
             slowest_flush_us: AtomicU64::new(0),
+            flush_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
         });
         let weak = Arc::downgrade(&commit);
         tokio::spawn(async move {
@@ -164,6 +183,9 @@ impl GroupCommit {
                 let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 commit.flush_us.fetch_add(took, Ordering::Relaxed);
                 commit.slowest_flush_us.fetch_max(took, Ordering::Relaxed);
+                if let Some(bucket) = commit.flush_buckets.get(flush_bucket(took)) {
+                    bucket.fetch_add(1, Ordering::Relaxed);
+                }
                 commit.flushes.fetch_add(1, Ordering::Relaxed);
                 commit.completed.send_replace(Completed {
                     generation,
@@ -245,6 +267,11 @@ impl GroupCommit {
             syncs: self.syncs.load(Ordering::Relaxed),
             flush_us: self.flush_us.load(Ordering::Relaxed),
             slowest_flush_us: self.slowest_flush_us.load(Ordering::Relaxed),
+            flush_buckets: std::array::from_fn(|i| {
+                self.flush_buckets
+                    .get(i)
+                    .map_or(0, |bucket| bucket.load(Ordering::Relaxed))
+            }),
         }
     }
 }
@@ -376,6 +403,30 @@ mod tests {
             "200 concurrent syncs took {} flushes",
             stats.flushes
         );
+    }
+
+    #[test]
+    fn flush_buckets_hold_their_upper_bound() {
+        assert_eq!(flush_bucket(0), 0);
+        assert_eq!(flush_bucket(1_000), 0);
+        assert_eq!(flush_bucket(1_001), 1);
+        assert_eq!(flush_bucket(50_000), 5);
+        assert_eq!(flush_bucket(2_000_000), FLUSH_BUCKETS - 2);
+        assert_eq!(flush_bucket(2_000_001), FLUSH_BUCKETS - 1);
+        assert_eq!(flush_bucket(u64::MAX), FLUSH_BUCKETS - 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_flush_is_counted_in_the_bucket_of_its_duration() {
+        let commit = GroupCommit::start_with_gap(recorder_taking(Duration::from_millis(30)), GAP);
+        commit.sync().await.unwrap();
+        commit.sync().await.unwrap();
+        let stats = commit.stats();
+        // 30 ms lies over the 20 ms bound and within the 50 ms one.
+        let mut expected = [0; FLUSH_BUCKETS];
+        expected[5] = 2;
+        assert_eq!(stats.flush_buckets, expected);
+        assert_eq!(stats.slowest_flush_us, 30_000);
     }
 
     #[tokio::test]
