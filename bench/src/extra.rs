@@ -110,7 +110,8 @@ pub async fn drain(
     let mut seq = 0u32;
     let started = Instant::now();
     while accepted < count {
-        // Stay under the per-device send rate (2000 burst, 1000/s).
+        // In chunks, each answered before the next, as a client queues a backlog (and under
+        // the server's default per-device send rate, 2000 burst, 1000/s).
         let chunk = 100.min(count - accepted);
         let chunk_started = Instant::now();
         for _ in 0..chunk {

@@ -61,11 +61,17 @@ pub const AUTH_RATE: Rate = Rate {
     burst: 100.0,
     per_second: 5.0,
 };
-/// Sends per device (generous: a care-team device sends in bursts; the benchmark overrides).
-pub const SEND_RATE: Rate = Rate {
-    burst: 2000.0,
-    per_second: 1000.0,
-};
+/// Sends per device per second, by default (generous: a care-team device sends in bursts).
+/// `medrelay serve --sends-per-second` changes it.
+pub const DEFAULT_SENDS_PER_SECOND: u32 = 1000;
+
+/// The send rate of a device: `per_second` on average, bursts of twice that.
+pub fn send_rate(per_second: u32) -> Rate {
+    Rate {
+        burst: 2.0 * f64::from(per_second),
+        per_second: f64::from(per_second),
+    }
+}
 /// Prekey fetches per device.
 pub const FETCH_RATE: Rate = Rate {
     burst: 200.0,

@@ -79,6 +79,12 @@ enum Command {
         /// Minutes of the server's clock between two retention sweeps.
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=10_080))]
         sweep_interval_minutes: u64,
+        /// Sends one device may make per second, on average (bursts of twice that); more are
+        /// refused with RATE_LIMITED. Raise it for an integration that sends in bulk, or for
+        /// load tests.
+        #[arg(long, default_value_t = medrelay_server::limits::DEFAULT_SENDS_PER_SECOND,
+              value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+        sends_per_second: u32,
         /// Tests only: run on a clock that moves only when `advance_clock` is sent on the
         /// admin socket.
         #[arg(long, hide = true)]
@@ -308,6 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             master_key,
             audit_retention_days,
             sweep_interval_minutes,
+            sends_per_second,
             test_clock,
         } => {
             init_logs(json_logs);
@@ -376,7 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 origins,
                 shutdown: shutdown_rx,
                 live_connections: AtomicUsize::new(0),
-                limits: Default::default(),
+                limits: server::Limiters::new(sends_per_second),
                 audit: access_log.clone(),
                 audit_days: audit_retention_days,
                 sweeping: tokio::sync::Mutex::new(()),

@@ -60,13 +60,20 @@ pub struct Limiters {
     pub fetches: RateLimiter<medrelay_proto::DeviceId>,
 }
 
-impl Default for Limiters {
-    fn default() -> Self {
+impl Limiters {
+    /// The limiters, with `sends_per_second` per device (bursts of twice that).
+    pub fn new(sends_per_second: u32) -> Self {
         Limiters {
             auth: RateLimiter::new(limits::AUTH_RATE),
-            sends: RateLimiter::new(limits::SEND_RATE),
+            sends: RateLimiter::new(limits::send_rate(sends_per_second)),
             fetches: RateLimiter::new(limits::FETCH_RATE),
         }
+    }
+}
+
+impl Default for Limiters {
+    fn default() -> Self {
+        Limiters::new(limits::DEFAULT_SENDS_PER_SECOND)
     }
 }
 

@@ -76,6 +76,11 @@ pub struct Server {
 impl Server {
     /// Starts a fresh server (first start: initialises the data directory).
     pub fn start() -> anyhow::Result<Server> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Server::start`], with further `serve` options.
+    pub fn start_with(args: &[&str]) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let mut server = Server {
             dir,
@@ -83,7 +88,7 @@ impl Server {
             port: 0,
             admin_invite: None,
             test_clock: false,
-            extra_args: Vec::new(),
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         server.spawn()?;
         Ok(server)
