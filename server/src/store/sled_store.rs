@@ -12,6 +12,7 @@ use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use medrelay_proto::ids::{ClientMessageId, ConversationId, DeviceId, MessageId, OrgId, UserId};
 use medrelay_proto::{Handle, TeamId};
@@ -83,6 +84,8 @@ type Hooks = std::sync::RwLock<Vec<Arc<dyn FlushHook>>>;
 /// grows the server's memory with every device seen; the mail log keeps its own cache of
 /// recent ciphertext.
 const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+/// A flush at least this long is logged with where its time went.
+const SLOW_FLUSH: Duration = Duration::from_millis(50);
 
 /// Bytes of recent ciphertext the mail log keeps in memory for delivery.
 const MAIL_CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -244,6 +247,12 @@ impl DbFlush {
     /// Writes every hook's deferred writes, then flushes the database: one flush. After a
     /// failed flush, every flush fails.
     fn flush_now(&self) -> Result<(), StoreError> {
+        self.flush_queued(Duration::ZERO)
+    }
+
+    /// [`DbFlush::flush_now`] for a flush that waited `queued` for a thread to run it (the
+    /// group commit's), counted in the breakdown of a slow flush.
+    fn flush_queued(&self, queued: Duration) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering;
         if self.failed.load(Ordering::SeqCst) {
             return Err(StoreError::Database(
@@ -252,7 +261,7 @@ impl DbFlush {
                     .to_owned(),
             ));
         }
-        let result = self.write_and_flush();
+        let result = self.write_and_flush(queued);
         if let Err(error) = &result {
             self.failed.store(true, Ordering::SeqCst);
             tracing::error!(%error, "storage flush failed; every write is refused until restart");
@@ -260,7 +269,8 @@ impl DbFlush {
         result
     }
 
-    fn write_and_flush(&self) -> Result<(), StoreError> {
+    fn write_and_flush(&self, queued: Duration) -> Result<(), StoreError> {
+        let started = Instant::now();
         let hooks: Vec<Arc<dyn FlushHook>> =
             self.hooks.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut pending: Vec<Box<dyn PendingFlush>> = {
@@ -268,12 +278,31 @@ impl DbFlush {
             let _held = self.barrier.write().unwrap_or_else(|e| e.into_inner());
             hooks.iter().map(|hook| hook.take()).collect()
         };
+        let taken = started.elapsed();
+        let mut writes = Vec::with_capacity(pending.len());
         for part in &mut pending {
+            let writing = Instant::now();
             part.write()?;
+            writes.push(writing.elapsed().as_secs_f64() * 1e3);
         }
+        let syncing = Instant::now();
         self.db.flush().map_err(db_error)?;
+        let synced = syncing.elapsed();
         for part in pending {
             part.durable();
+        }
+        let total = queued + started.elapsed();
+        if total >= SLOW_FLUSH {
+            // Where a slow flush's time went, so an operator (or the benchmarks) can tell a
+            // slow disk from a busy machine or a large flush. Counts only: nothing about whom.
+            tracing::warn!(
+                total_ms = total.as_secs_f64() * 1e3,
+                waited_for_a_thread_ms = queued.as_secs_f64() * 1e3,
+                took_pending_ms = taken.as_secs_f64() * 1e3,
+                wrote_ms = ?writes,
+                synced_ms = synced.as_secs_f64() * 1e3,
+                "slow storage flush (writes per hook: the access log, then the mail log)"
+            );
         }
         Ok(())
     }
@@ -286,7 +315,8 @@ impl Flush for GroupFlush {
     fn flush(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>> {
         let flusher = self.0.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || flusher.flush_now())
+            let queued = Instant::now();
+            tokio::task::spawn_blocking(move || flusher.flush_queued(queued.elapsed()))
                 .await
                 .map_err(io::Error::other)?
                 .map_err(|e| io::Error::other(e.to_string()))
@@ -2003,7 +2033,7 @@ mod prekey_count_tests {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod failed_flush_tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -2033,6 +2063,76 @@ mod failed_flush_tests {
         }
 
         fn durable(self: Box<Self>) {}
+    }
+
+    /// A hook whose write takes a while, as a large flush's would.
+    #[derive(Debug)]
+    struct SlowHook(Duration);
+
+    impl FlushHook for SlowHook {
+        fn take(&self) -> Box<dyn PendingFlush> {
+            Box::new(SlowHook(self.0))
+        }
+    }
+
+    impl PendingFlush for SlowHook {
+        fn write(&mut self) -> Result<(), StoreError> {
+            std::thread::sleep(self.0);
+            Ok(())
+        }
+
+        fn durable(self: Box<Self>) {}
+    }
+
+    /// Log lines, captured.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_flush_is_logged_with_where_its_time_went() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring =
+            Keyring::open(&dir.path().join("keyring"), &dir.path().join("master.key")).unwrap();
+        let store = SledStore::open(&dir.path().join("db"), Arc::new(keyring)).unwrap();
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer({
+                let captured = captured.clone();
+                move || captured.clone()
+            })
+            .finish();
+        let log = || String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            store.flush_now().unwrap();
+            assert!(log().is_empty(), "a quick flush was logged: {}", log());
+            store.add_flush_hook(Arc::new(SlowHook(SLOW_FLUSH + Duration::from_millis(10))));
+            store.flush_now().unwrap();
+        });
+        let log = log();
+        assert!(
+            log.contains("WARN") && log.contains("slow storage flush"),
+            "{log}"
+        );
+        // The first hook's write (this one) took the time.
+        let first_write: f64 = log
+            .split_once("wrote_ms=[")
+            .and_then(|(_, rest)| rest.split([',', ']']).next())
+            .and_then(|ms| ms.trim().parse().ok())
+            .expect("a write time");
+        assert!(first_write >= 60.0, "{log}");
+        assert!(log.contains("synced_ms="), "{log}");
     }
 
     #[tokio::test]
