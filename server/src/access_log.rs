@@ -269,6 +269,10 @@ impl FlushHook for LogHook {
 }
 
 impl PendingFlush for LogFlush {
+    fn name(&self) -> &'static str {
+        "access log"
+    }
+
     fn write(&mut self) -> Result<(), StoreError> {
         self.checkpoint = self
             .log

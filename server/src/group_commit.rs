@@ -406,6 +406,12 @@ mod tests {
     }
 
     #[test]
+    fn flush_bucket_bounds_rise() {
+        let bounds = FLUSH_BUCKET_BOUNDS_US.iter();
+        assert!(bounds.clone().zip(bounds.skip(1)).all(|(a, b)| a < b));
+    }
+
+    #[test]
     fn flush_buckets_hold_their_upper_bound() {
         assert_eq!(flush_bucket(0), 0);
         assert_eq!(flush_bucket(1_000), 0);

@@ -122,7 +122,8 @@ fn flush_histogram(out: &mut String, stats: &CommitStats) {
     let name = "medrelay_storage_flush_seconds";
     let _ = writeln!(
         out,
-        "# HELP {name} Storage flushes by how long they took (writing what waits, then syncing)."
+        "# HELP {name} Storage flushes by how long they took (waiting for a thread, writing what \
+         waits, syncing, then waking those it made durable)."
     );
     let _ = writeln!(out, "# TYPE {name} histogram");
     let mut cumulative = 0u64;

@@ -43,6 +43,7 @@ async fn sends_over_the_device_rate_are_refused_and_store_nothing() {
     }
     let mut accepted = Vec::new();
     let mut refused = Vec::new();
+    let mut retry_after_ms = 0;
     while accepted.len() + refused.len() < ids.len() {
         let frame = patient.next_frame().await.unwrap();
         let Some(&(_, n)) = ids.iter().find(|(id, _)| *id == frame.request_id) else {
@@ -54,6 +55,7 @@ async fn sends_over_the_device_rate_are_refused_and_store_nothing() {
                 assert_eq!(error.code, ErrorCode::RateLimited, "{error:?}");
                 assert!(error.message.contains("slow down"), "{error:?}");
                 assert!(error.retry_after_ms > 0, "{error:?}");
+                retry_after_ms = retry_after_ms.max(error.retry_after_ms);
                 refused.push(n);
             }
             other => panic!("unexpected answer {other:?}"),
@@ -78,10 +80,27 @@ async fn sends_over_the_device_rate_are_refused_and_store_nothing() {
         .collect();
     assert_eq!(delivered, vec![1, 2]);
 
-    // Once the rate allows it again, the refused send goes through.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Once the rate allows it again, as the error said, the refused send goes through as a
+    // new message (a refused send left no idempotency record behind) and is delivered.
+    tokio::time::sleep(Duration::from_millis(retry_after_ms + 50)).await;
     match clinic.patient.conn.request(send(3)).await.unwrap() {
-        ServerMessage::SendAccepted(_) => {}
+        ServerMessage::SendAccepted(accepted) => {
+            assert!(
+                !accepted.duplicate,
+                "the refused send had been stored: {accepted:?}"
+            );
+        }
         other => panic!("the retried send was not accepted: {other:?}"),
     }
+    let deliveries = clinic
+        .staff
+        .conn
+        .drain_deliveries(Duration::from_millis(500))
+        .await
+        .unwrap();
+    let delivered: Vec<u8> = deliveries
+        .iter()
+        .map(|d| d.ciphertext.first().copied().unwrap())
+        .collect();
+    assert_eq!(delivered, vec![3]);
 }

@@ -128,6 +128,8 @@ pub trait FlushHook: Send + Sync + std::fmt::Debug + 'static {
 
 /// What one flush takes from a [`FlushHook`].
 pub trait PendingFlush: Send {
+    /// What it is, for the breakdown of a slow flush in the log.
+    fn name(&self) -> &'static str;
     /// Writes it to the database, before the flush.
     fn write(&mut self) -> Result<(), StoreError>;
     /// The flush after [`PendingFlush::write`] succeeded: it is durable.
