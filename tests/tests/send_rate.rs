@@ -14,7 +14,17 @@ use std::time::Duration;
 use medrelay_proto::{
     ClientMessageId, ClientRequest, Envelope, ErrorCode, SendRequest, ServerMessage,
 };
-use medrelay_tests::{now_ms, RawClinic, Server};
+use medrelay_tests::{now_ms, RawClient, RawClinic, Server};
+
+/// Which sends reached `conn` since it last looked, by the byte each ciphertext is filled with.
+async fn delivered(conn: &mut RawClient) -> Vec<u8> {
+    conn.drain_deliveries(Duration::from_millis(500))
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.ciphertext.first().copied().unwrap())
+        .collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_over_the_device_rate_are_refused_and_store_nothing() {
@@ -68,17 +78,7 @@ async fn sends_over_the_device_rate_are_refused_and_store_nothing() {
     assert_eq!(refused, vec![3, 4]);
 
     // Only the accepted sends reach the recipient.
-    let deliveries = clinic
-        .staff
-        .conn
-        .drain_deliveries(Duration::from_millis(500))
-        .await
-        .unwrap();
-    let delivered: Vec<u8> = deliveries
-        .iter()
-        .map(|d| d.ciphertext.first().copied().unwrap())
-        .collect();
-    assert_eq!(delivered, vec![1, 2]);
+    assert_eq!(delivered(&mut clinic.staff.conn).await, vec![1, 2]);
 
     // Once the rate allows it again, as the error said, the refused send goes through as a
     // new message (a refused send left no idempotency record behind) and is delivered.
@@ -92,15 +92,5 @@ async fn sends_over_the_device_rate_are_refused_and_store_nothing() {
         }
         other => panic!("the retried send was not accepted: {other:?}"),
     }
-    let deliveries = clinic
-        .staff
-        .conn
-        .drain_deliveries(Duration::from_millis(500))
-        .await
-        .unwrap();
-    let delivered: Vec<u8> = deliveries
-        .iter()
-        .map(|d| d.ciphertext.first().copied().unwrap())
-        .collect();
-    assert_eq!(delivered, vec![3]);
+    assert_eq!(delivered(&mut clinic.staff.conn).await, vec![3]);
 }
